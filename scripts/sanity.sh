@@ -7,11 +7,16 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
+mkdir -p .build
+# One run at a time: parallel runs would share the mirrored tree.
+exec 9>.build/sanity.lock
+flock 9
 tree=.build/sanity/ansible_collections/consistent/backup
-mkdir -p "$tree"
-git ls-files -co --exclude-standard -z | rsync -a --delete --from0 --files-from=- ./ "$tree/.tmp-incoming/"
-rsync -a --delete --exclude=.git --exclude=tests/output "$tree/.tmp-incoming/" "$tree/" --filter='P .git' --filter='P tests/output'
-rm -rf "$tree/.tmp-incoming"
+stage=.build/sanity-stage
+rm -rf "$stage"
+mkdir -p "$stage" "$tree"
+git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ "$stage/"
+rsync -a --delete --exclude=/.git --exclude=/tests/output "$stage/" "$tree/"
 cd "$tree"
 if [ ! -d .git ]; then git init -q . ; fi
 git add -A >/dev/null 2>&1

@@ -1,0 +1,251 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Backup set lifecycle: open (lock), close (report.json, then COMPLETE last), release.
+
+This is a private module_utils file of consistent.backup: it is not part of the collection's
+public API and may change without notice.
+
+A set lives in ``<backup_dest>/<backup_id>/``. While a run writes it, ``LOCK`` holds the run's identity
+(created with O_EXCL, so two runs cannot both own it). ``COMPLETE`` is written last and only when the
+verdict is a success and the set's manifest (and any engine metadata the caller names) is on the medium:
+a restore refuses a set without it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import os
+import socket
+import typing as t
+
+from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
+
+LOCK_NAME = "LOCK"
+COMPLETE_NAME = "COMPLETE"
+REPORT_NAME = "report.json"
+MANIFEST_NAME = "manifest.json"
+PHASE_ORDER = ("media", "pre", "copy", "post")
+
+
+class BackupSetError(Exception):
+    """A backup set cannot be opened or closed; the message says why and what to do."""
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def set_path(dest: str, backup_id: str) -> str:
+    if not os.path.isabs(dest):
+        raise BackupSetError("backup_dest must be an absolute path; found %r. Give the full path of the backup directory" % dest)
+    if not backup_id or "/" in backup_id or backup_id in (".", "..") or backup_id.startswith("."):
+        raise BackupSetError(
+            "backup_id must be a plain name (no '/', not starting with '.'); found %r. Choose another backup_id" % backup_id
+        )
+    return os.path.join(dest, backup_id)
+
+
+def read_lock(path: str) -> t.Optional[t.Dict[str, t.Any]]:
+    try:
+        with open(os.path.join(path, LOCK_NAME), "r", encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"unreadable": text[:200]}
+
+
+def _lock_is_stale(lock: t.Dict[str, t.Any], stale_after: t.Optional[int], now: float) -> bool:
+    """A lock is stale when it is older than stale_after seconds (the longest a run may take).
+
+    The lock is held across many short module processes, so there is no process whose death would tell.
+    """
+    if stale_after is not None and isinstance(lock.get("epoch"), (int, float)):
+        return now - lock["epoch"] > stale_after
+    return False
+
+
+def plan_open(dest: str, backup_id: str, run_id: str) -> t.Dict[str, t.Any]:
+    """What opening the set would do, without writing: raises BackupSetError when it would be refused."""
+    path = set_path(dest, backup_id)
+    if not os.path.isdir(dest):
+        raise BackupSetError("backup destination %s does not exist or is not a directory; mount the backup medium there first" % dest)
+    if os.path.exists(os.path.join(path, COMPLETE_NAME)):
+        raise BackupSetError(
+            "backup set %s is already marked COMPLETE by an earlier run; choose a new backup_id or remove the set" % path
+        )
+    lock = read_lock(path)
+    return {
+        "set_path": path,
+        "exists": os.path.isdir(path),
+        "lock": lock,
+        "own_lock": bool(lock and lock.get("run_id") == run_id),
+    }
+
+
+def open_set(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int]) -> t.Dict[str, t.Any]:
+    """Create the set directory and take its lock. Returns {set_path, changed, lock, broke_stale_lock}."""
+    plan = plan_open(dest, backup_id, run_id)
+    path = plan["set_path"]
+    if plan["own_lock"]:
+        return {"set_path": path, "changed": False, "lock": plan["lock"], "broke_stale_lock": None}
+    created = False
+    if not plan["exists"]:
+        os.mkdir(path, 0o750)
+        fsync_dir(dest)
+        created = True
+    now = datetime.datetime.now(datetime.timezone.utc).timestamp()
+    lock = {
+        "run_id": run_id,
+        "backup_id": backup_id,
+        "host": socket.gethostname(),
+        "epoch": now,
+        "since": utc_now(),
+    }
+    broke = None
+    lock_file = os.path.join(path, LOCK_NAME)
+    for _attempt in range(2):
+        try:
+            fd = os.open(lock_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except FileExistsError:
+            held = read_lock(path) or {}
+            if held.get("run_id") == run_id:
+                return {"set_path": path, "changed": created, "lock": held, "broke_stale_lock": None}
+            if broke is None and _lock_is_stale(held, stale_after, now):
+                broke = held
+                os.unlink(lock_file)
+                continue
+            raise BackupSetError(
+                "backup set %s is locked by run %s from host %s since %s; expected no other run on this set. "
+                "Wait for that run to finish, or if it is dead remove %s"
+                % (path, held.get("run_id"), held.get("host"), held.get("since"), lock_file)
+            )
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(lock, handle, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        fsync_dir(path)
+        return {"set_path": path, "changed": True, "lock": lock, "broke_stale_lock": broke}
+    raise BackupSetError("backup set %s: could not take the lock %s; remove it if no run is using the set" % (path, lock_file))
+
+
+def _as_float(value: t.Any) -> t.Optional[float]:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def build_report(backup_id: str, engine: str, phases: t.Dict[str, t.Dict[str, t.Any]], manifest: t.Optional[t.Dict[str, t.Any]],
+                 failure: t.Optional[str], check_mode: bool) -> t.Dict[str, t.Any]:
+    """The report.json document: phases in order with times and attempts, quiesce_seconds, bytes, verdict.
+
+    quiesce_seconds is the database's time out of its normal state: from the start of pre to the end of post.
+    """
+    ordered = {}
+    for name in PHASE_ORDER:
+        if name in phases:
+            ordered[name] = dict(phases[name])
+    for name in sorted(set(phases) - set(PHASE_ORDER)):
+        ordered[name] = dict(phases[name])
+    for phase in ordered.values():
+        start, end = _as_float(phase.get("start")), _as_float(phase.get("end"))
+        if start is not None and end is not None:
+            phase["seconds"] = round(end - start, 3)
+    pre_start = _as_float(ordered.get("pre", {}).get("start"))
+    post_end = _as_float(ordered.get("post", {}).get("end"))
+    quiesce = round(post_end - pre_start, 3) if pre_start is not None and post_end is not None else None
+    failed = [name for name, phase in ordered.items() if phase.get("result") == "failed"]
+    incomplete = [name for name in ("pre", "copy", "post") if ordered.get(name, {}).get("result") not in ("ok", "failed")]
+    if check_mode:
+        verdict = "failed" if failed else "ready"
+    elif failed:
+        verdict = "failed"
+    elif incomplete:
+        verdict = "failed"
+        failure = failure or "phases %s did not run to the end" % ", ".join(incomplete)
+    else:
+        verdict = "success"
+    files = (manifest or {}).get("files", [])
+    return {
+        "backup_id": backup_id,
+        "engine": engine,
+        "host": socket.gethostname(),
+        "check_mode": check_mode,
+        "phases": ordered,
+        "quiesce_seconds": quiesce,
+        "files": sum(1 for entry in files if entry.get("type", "file") == "file"),
+        "bytes": sum(int(entry.get("size") or 0) for entry in files if entry.get("type", "file") == "file"),
+        "failed_phases": failed,
+        "failure": failure if verdict == "failed" else None,
+        "verdict": verdict,
+        "written": utc_now(),
+    }
+
+
+def load_json(path: str) -> t.Optional[t.Dict[str, t.Any]]:
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+
+
+def missing_for_complete(path: str, require: t.List[str]) -> t.List[str]:
+    """What a COMPLETE marker would vouch for but is not on the medium: the manifest and required metadata."""
+    missing = []
+    manifest = load_json(os.path.join(path, MANIFEST_NAME))
+    if manifest is None:
+        missing.append(MANIFEST_NAME)
+    for name in require:
+        if not os.path.isfile(os.path.join(path, name)):
+            missing.append(name)
+    return missing
+
+
+def close_set(path: str, backup_id: str, run_id: str, engine: str, phases: t.Dict[str, t.Dict[str, t.Any]],
+              failure: t.Optional[str], require: t.List[str], extra: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+    """Write report.json, then COMPLETE (only on success, last), then drop our lock."""
+    if not os.path.isdir(path):
+        raise BackupSetError("backup set %s does not exist; the set is opened before pre, so open it first (state=open)" % path)
+    lock = read_lock(path)
+    if lock is not None and lock.get("run_id") != run_id:
+        raise BackupSetError(
+            "backup set %s is locked by run %s (host %s), not by this run %s; this run must not write its report there"
+            % (path, lock.get("run_id"), lock.get("host"), run_id)
+        )
+    manifest = load_json(os.path.join(path, MANIFEST_NAME))
+    report = build_report(backup_id, engine, phases, manifest, failure, check_mode=False)
+    if report["verdict"] == "success":
+        missing = missing_for_complete(path, require)
+        if missing:
+            report["verdict"] = "failed"
+            report["failure"] = "the set lacks %s, so it is not marked COMPLETE" % ", ".join(missing)
+    report.update(extra)
+    report["complete"] = report["verdict"] == "success"
+    atomic_write(os.path.join(path, REPORT_NAME), (json.dumps(report, indent=2, sort_keys=False) + "\n").encode("utf-8"), 0o640)
+    if report["complete"]:
+        marker = {"backup_id": backup_id, "completed": utc_now(), "run_id": run_id, "files": report["files"], "bytes": report["bytes"]}
+        atomic_write(os.path.join(path, COMPLETE_NAME), (json.dumps(marker, sort_keys=True) + "\n").encode("utf-8"), 0o640)
+    release_lock(path, run_id)
+    return report
+
+
+def release_lock(path: str, run_id: str) -> bool:
+    lock = read_lock(path)
+    if lock is None or lock.get("run_id") != run_id:
+        return False
+    try:
+        os.unlink(os.path.join(path, LOCK_NAME))
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+        return False
+    fsync_dir(path)
+    return True

@@ -1,0 +1,221 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: backup_set
+short_description: Open, lock and close a backup set; write report.json and the COMPLETE marker
+version_added: 0.1.0
+description:
+  - Manages the life of one backup set C(<backup_dest>/<backup_id>/) on a disk medium.
+  - O(state=open) creates the set directory and takes its C(LOCK) (created exclusively), so two runs never write
+    one set. A set already marked C(COMPLETE) is refused.
+  - O(state=closed) writes C(report.json) (phases with start and end times, attempts, results, C(quiesce_seconds),
+    bytes, verdict) and then, only when the verdict is a success and the set's C(manifest.json) and every file in
+    O(require) are present, writes C(COMPLETE) last. The lock is released in every case.
+  - O(state=released) only drops this run's lock (for example after an interrupted run that will not write a report).
+  - The module never deletes backup data.
+options:
+  dest:
+    description: The backup destination root (C(backup_dest)); it must already exist (the media role checks it).
+    type: path
+    required: true
+  backup_id:
+    description: The set's name inside O(dest). A plain name, no C(/).
+    type: str
+    required: true
+  run_id:
+    description:
+      - Identity of the run that owns the set (the guard playbook makes one per host and run).
+      - Opening again with the same O(run_id) is not a change.
+    type: str
+    required: true
+  state:
+    description: What to do with the set.
+    type: str
+    choices: [open, closed, released]
+    default: open
+  engine:
+    description: The database engine, recorded in the report.
+    type: str
+    default: files
+  phases:
+    description:
+      - For O(state=closed), what happened in each phase, keyed by phase name (C(media), C(pre), C(copy), C(post)).
+      - Each value is a dict with C(start) and C(end) (epoch seconds), C(attempts), C(result) (C(ok), C(failed),
+        C(skipped) or C(not run)) and C(msg).
+    type: dict
+    default: {}
+  failure:
+    description: For O(state=closed), the reason the run failed, as the playbook saw it.
+    type: str
+  require:
+    description:
+      - For O(state=closed), files (relative to the set) that must exist before C(COMPLETE) is written,
+        besides C(manifest.json); for example C(backup_label) for PostgreSQL.
+    type: list
+    elements: str
+    default: []
+  extra:
+    description: For O(state=closed), more facts to record at the top level of C(report.json) (for example the start LSN).
+    type: dict
+    default: {}
+  stale_lock_after:
+    description:
+      - Seconds after which another run's lock is taken as abandoned and replaced (reported in RV(broke_stale_lock)).
+      - Leave unset to never break a lock; remove C(LOCK) by hand once you know the other run is dead.
+    type: int
+attributes:
+  check_mode:
+    support: full
+    details: In check mode O(state=open) reports whether the set could be opened (lock, C(COMPLETE)) and
+      O(state=closed) returns the report it would write; nothing is created or written.
+  diff_mode:
+    support: none
+    details: The set's files are reports and markers, not configuration; there is nothing useful to diff.
+  idempotent:
+    support: full
+    details: Opening a set this run already holds is not a change; closing writes the report of what happened.
+notes:
+  - C(quiesce_seconds) is the time from the start of pre to the end of post, the database's time out of its
+    normal state.
+seealso:
+  - module: consistent.backup.aligned_copy
+author: consistent.backup developers (@consistent-backup)
+'''
+
+EXAMPLES = r'''
+- name: Open the backup set and lock it for this run
+  consistent.backup.backup_set:
+    dest: /backup
+    backup_id: db1-20261121T0200Z
+    run_id: "{{ backup_run_id }}"
+    state: open
+
+- name: Write the report; COMPLETE only when every phase succeeded and the manifest is there
+  consistent.backup.backup_set:
+    dest: /backup
+    backup_id: db1-20261121T0200Z
+    run_id: "{{ backup_run_id }}"
+    state: closed
+    engine: postgresql
+    require: [backup_label]
+    phases:
+      pre: {start: 1795251581.0, end: 1795251581.4, attempts: 1, result: ok}
+      copy: {start: 1795251581.4, end: 1795251590.1, attempts: 1, result: ok}
+      post: {start: 1795251590.1, end: 1795251590.5, attempts: 1, result: ok}
+'''
+
+RETURN = r'''
+set_path:
+  description: The set directory.
+  returned: always
+  type: str
+  sample: /backup/db1-20261121T0200Z
+lock:
+  description: The lock this run holds (O(state=open)) or found.
+  returned: when state is open
+  type: dict
+broke_stale_lock:
+  description: The abandoned lock that was replaced, when O(stale_lock_after) allowed it.
+  returned: when state is open
+  type: dict
+report:
+  description: The report written to C(report.json) (or, in check mode, the one that would be).
+  returned: when state is closed
+  type: dict
+verdict:
+  description: C(success), C(failed), or C(ready) in check mode.
+  returned: when state is closed
+  type: str
+  sample: success
+complete:
+  description: Whether C(COMPLETE) was written.
+  returned: when state is closed
+  type: bool
+quiesce_seconds:
+  description: Seconds from the start of pre to the end of post.
+  returned: when state is closed
+  type: float
+  sample: 4.21
+released:
+  description: Whether this run's lock was removed.
+  returned: when state is closed or released
+  type: bool
+'''
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import (
+    BackupSetError,
+    build_report,
+    close_set,
+    load_json,
+    open_set,
+    plan_open,
+    read_lock,
+    release_lock,
+    set_path,
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            dest=dict(type='path', required=True),
+            backup_id=dict(type='str', required=True),
+            run_id=dict(type='str', required=True),
+            state=dict(type='str', default='open', choices=['open', 'closed', 'released']),
+            engine=dict(type='str', default='files'),
+            phases=dict(type='dict', default={}),
+            failure=dict(type='str'),
+            require=dict(type='list', elements='str', default=[]),
+            extra=dict(type='dict', default={}),
+            stale_lock_after=dict(type='int'),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        path = set_path(params['dest'], params['backup_id'])
+        if params['state'] == 'open':
+            if module.check_mode:
+                plan = plan_open(params['dest'], params['backup_id'], params['run_id'])
+                held = plan['lock']
+                if held and not plan['own_lock']:
+                    module.fail_json(
+                        msg='backup set %s is locked by run %s from host %s since %s; wait for that run to finish'
+                        % (path, held.get('run_id'), held.get('host'), held.get('since')),
+                        set_path=path, lock=held)
+                module.exit_json(changed=not plan['own_lock'], set_path=path, lock=held, broke_stale_lock=None)
+            result = open_set(params['dest'], params['backup_id'], params['run_id'], params['stale_lock_after'])
+            module.exit_json(**result)
+        if params['state'] == 'released':
+            released = False if module.check_mode else release_lock(path, params['run_id'])
+            module.exit_json(changed=released, set_path=path, released=released)
+        if module.check_mode:
+            manifest = load_json(os.path.join(path, 'manifest.json'))
+            report = build_report(params['backup_id'], params['engine'], params['phases'], manifest,
+                                  params['failure'], check_mode=True)
+            module.exit_json(changed=False, set_path=path, report=report, verdict=report['verdict'], complete=False,
+                             quiesce_seconds=report['quiesce_seconds'], released=False)
+        held_before = read_lock(path)
+        report = close_set(path, params['backup_id'], params['run_id'], params['engine'], params['phases'],
+                           params['failure'], params['require'], params['extra'])
+        module.exit_json(changed=True, set_path=path, report=report, verdict=report['verdict'],
+                         complete=report['complete'], quiesce_seconds=report['quiesce_seconds'],
+                         released=bool(held_before and held_before.get('run_id') == params['run_id']))
+    except BackupSetError as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg='backup set in %s: %s (%s); check that the backup medium is mounted read-write and has space'
+                         % (params['dest'], exc.strerror or exc, getattr(exc, 'filename', None) or params['backup_id']))
+
+
+if __name__ == '__main__':
+    main()

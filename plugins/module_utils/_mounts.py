@@ -199,7 +199,7 @@ class CheckResult:
     @property
     def msg(self) -> str:
         if not self.failures:
-            return "%s is ready for a backup: on %s (%s, source %s), %s available" % (
+            return "%s meets every need: on %s (%s, source %s), %s available" % (
                 self.facts.path.resolved, self.facts.entry.mountpoint, self.facts.entry.fstype,
                 self.facts.entry.source, format_bytes(self.facts.space.available_bytes))
         return "; ".join(failure.message for failure in self.failures)

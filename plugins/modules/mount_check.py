@@ -129,7 +129,9 @@ EXAMPLES = r'''
 
 RETURN = r'''
 path:
-  description: The destination with symbolic links resolved.
+  description:
+    - The destination with symbolic links resolved.
+    - Because the result has a C(path), Ansible also adds the usual file facts of it (C(owner), C(mode), C(state), ...).
   returned: always
   type: str
   sample: /mnt/backup/postgresql

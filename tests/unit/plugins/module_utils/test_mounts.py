@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
+import tempfile
 
 import pytest
 
@@ -488,15 +490,37 @@ def test_write_probe_succeeds_and_leaves_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_write_probe_in_unwritable_directory_reports_errno(tmp_path):
-    tmp_path.chmod(0o555)
+def _probe_as_nobody(directory: str) -> ProbeResult:
+    """Run the probe in a child that dropped root, since root ignores directory permissions."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            os.write(write_end, json.dumps(dataclasses.asdict(write_probe(directory))).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return ProbeResult(**json.loads(data))
+
+
+def test_write_probe_in_unwritable_directory_reports_errno():
+    # Not under tmp_path: pytest's base directory is private to root, nobody could not even reach it.
+    directory = tempfile.mkdtemp(prefix="mount-check-probe-")
     try:
-        result = write_probe(str(tmp_path))
+        os.chmod(directory, 0o555)
+        result = _probe_as_nobody(directory)
     finally:
-        tmp_path.chmod(0o755)
+        os.rmdir(directory)
     assert (result.performed, result.ok) == (True, False)
-    assert "Permission denied (EACCES)" in result.error
+    assert result.error.startswith("cannot create %s/.mount_check." % directory)
+    assert result.error.endswith("Permission denied (EACCES)")
 
 
 def test_write_probe_failure_reports_the_step_and_errno_name(tmp_path, monkeypatch):

@@ -1,0 +1,126 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The backup set's lock, report and COMPLETE marker."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from ansible_collections.consistent.backup.plugins.module_utils import _backup_set as bs
+
+PHASES_OK = {
+    "pre": {"start": 100.0, "end": 101.0, "attempts": 1, "result": "ok"},
+    "copy": {"start": 101.0, "end": 110.0, "attempts": 1, "result": "ok"},
+    "post": {"start": 110.0, "end": 110.5, "attempts": 2, "result": "ok"},
+}
+
+
+def write_manifest(path, files=None):
+    with open(os.path.join(path, "manifest.json"), "w", encoding="utf-8") as handle:
+        json.dump({"files": files if files is not None else [{"path": "a", "type": "file", "size": 5, "sha256": "x"}]}, handle)
+
+
+def test_open_creates_the_set_and_takes_the_lock(tmp_path):
+    result = bs.open_set(str(tmp_path), "b1", "run-1", None)
+    assert result["changed"] is True
+    assert json.loads((tmp_path / "b1" / "LOCK").read_text())["run_id"] == "run-1"
+
+
+def test_open_again_by_the_same_run_is_not_a_change(tmp_path):
+    bs.open_set(str(tmp_path), "b1", "run-1", None)
+    assert bs.open_set(str(tmp_path), "b1", "run-1", None)["changed"] is False
+
+
+def test_open_by_another_run_is_refused_with_the_holder_named(tmp_path):
+    bs.open_set(str(tmp_path), "b1", "run-1", None)
+    with pytest.raises(bs.BackupSetError, match="locked by run run-1"):
+        bs.open_set(str(tmp_path), "b1", "run-2", None)
+
+
+def test_a_lock_older_than_stale_lock_after_is_replaced_and_reported(tmp_path):
+    (tmp_path / "b1").mkdir()
+    (tmp_path / "b1" / "LOCK").write_text(json.dumps({"run_id": "dead", "epoch": 1.0}))
+    result = bs.open_set(str(tmp_path), "b1", "run-2", 3600)
+    assert result["broke_stale_lock"]["run_id"] == "dead"
+    assert json.loads((tmp_path / "b1" / "LOCK").read_text())["run_id"] == "run-2"
+
+
+def test_a_complete_set_is_refused(tmp_path):
+    (tmp_path / "b1").mkdir()
+    (tmp_path / "b1" / "COMPLETE").write_text("{}")
+    with pytest.raises(bs.BackupSetError, match="already marked COMPLETE"):
+        bs.open_set(str(tmp_path), "b1", "run-1", None)
+
+
+@pytest.mark.parametrize("backup_id", ["", "a/b", "..", ".hidden"])
+def test_backup_ids_that_are_not_plain_names_are_refused(tmp_path, backup_id):
+    with pytest.raises(bs.BackupSetError, match="plain name"):
+        bs.set_path(str(tmp_path), backup_id)
+
+
+def test_relative_destination_is_refused():
+    with pytest.raises(bs.BackupSetError, match="absolute"):
+        bs.set_path("backup", "b1")
+
+
+def test_close_after_success_writes_report_then_complete_and_releases_the_lock(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    write_manifest(path)
+    report = bs.close_set(path, "b1", "run-1", "files", PHASES_OK, None, [], {})
+    assert report["verdict"] == "success" and report["complete"] is True
+    assert report["quiesce_seconds"] == 10.5
+    assert report["bytes"] == 5
+    assert json.loads((tmp_path / "b1" / "report.json").read_text())["verdict"] == "success"
+    assert (tmp_path / "b1" / "COMPLETE").exists()
+    assert not (tmp_path / "b1" / "LOCK").exists()
+
+
+def test_close_after_a_failed_phase_writes_no_complete(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    write_manifest(path)
+    phases = dict(PHASES_OK, copy={"start": 101.0, "end": 102.0, "attempts": 3, "result": "failed", "msg": "ENOSPC"})
+    report = bs.close_set(path, "b1", "run-1", "files", phases, "copy failed: ENOSPC", [], {})
+    assert report["verdict"] == "failed" and report["failure"] == "copy failed: ENOSPC"
+    assert report["failed_phases"] == ["copy"]
+    assert not (tmp_path / "b1" / "COMPLETE").exists()
+    assert not (tmp_path / "b1" / "LOCK").exists()
+
+
+def test_close_without_manifest_is_not_complete(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    report = bs.close_set(path, "b1", "run-1", "files", PHASES_OK, None, [], {})
+    assert report["verdict"] == "failed"
+    assert "manifest.json" in report["failure"]
+    assert not (tmp_path / "b1" / "COMPLETE").exists()
+
+
+def test_close_without_required_engine_metadata_is_not_complete(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    write_manifest(path)
+    report = bs.close_set(path, "b1", "run-1", "postgresql", PHASES_OK, None, ["backup_label"], {})
+    assert report["verdict"] == "failed" and "backup_label" in report["failure"]
+
+
+def test_a_phase_that_never_finished_fails_the_verdict(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    write_manifest(path)
+    phases = {key: value for key, value in PHASES_OK.items() if key != "copy"}
+    report = bs.close_set(path, "b1", "run-1", "files", phases, None, [], {})
+    assert report["verdict"] == "failed" and "copy" in report["failure"]
+
+
+def test_close_by_a_run_that_does_not_hold_the_lock_is_refused(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    with pytest.raises(bs.BackupSetError, match="not by this run"):
+        bs.close_set(path, "b1", "run-2", "files", PHASES_OK, None, [], {})
+
+
+def test_check_mode_report_says_ready_and_the_phase_times(tmp_path):
+    report = bs.build_report("b1", "files", PHASES_OK, None, None, check_mode=True)
+    assert report["verdict"] == "ready"
+    assert report["phases"]["copy"]["seconds"] == 9.0
+    assert list(report["phases"]) == ["pre", "copy", "post"]

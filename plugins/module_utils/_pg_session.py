@@ -1,0 +1,1400 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""PostgreSQL non-exclusive backup session: connection helper, preflight, the detached holder and its client.
+
+This is a private module_utils file of consistent.backup: it is not part of the collection's
+public API and may change without notice.
+
+Why a holder process: a non-exclusive backup belongs to the database session that started it. When that
+connection closes before the stop, the server aborts the backup ("aborting backup due to backend exiting
+before pg_backup_stop was called") and no reconnect can recover it. An Ansible task ends when its module
+returns, so ``started`` forks a detached holder (double fork, setsid, stdio on /dev/null) that opens the one
+connection itself, starts the backup and keeps the session until ``stopped`` asks it, over a Unix socket in a
+0700 directory, to stop the backup and hand back backup_label and tablespace_map.
+
+Per session directory ``<runtime_dir>/<backup_id>/``:
+
+    holder.sock   the holder's socket (JSON lines: status / stop / abort)
+    state.json    starting | running | stopping | stopped | aborted | expired | failed, with the start facts,
+                  the stop result (label included, so a failed write of the label can be repeated) and the reason
+    lock          flock'ed by a module run while it changes the session
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import time
+import traceback
+import typing as t
+
+from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write
+from ansible_collections.consistent.backup.plugins.module_utils import _pg_manifest
+
+try:
+    from ansible_collections.consistent.backup.plugins.module_utils._manifest import load_manifest as _load_set_manifest
+except ImportError:  # pragma: no cover - the copy engine's manifest module ships with the collection
+    _load_set_manifest = None
+
+try:
+    import psycopg
+    HAS_PSYCOPG = True
+    PSYCOPG_IMPORT_ERROR = None  # type: t.Optional[str]
+except ImportError:
+    psycopg = None
+    HAS_PSYCOPG = False
+    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
+
+MIN_SERVER_VERSION_NUM = 120000
+DEFAULT_RUNTIME_DIR = "/run/consistent-backup"
+STATE_NAME = "state.json"
+SOCKET_NAME = "holder.sock"
+LOCK_NAME = "lock"
+
+STARTING = "starting"
+RUNNING = "running"
+STOPPING = "stopping"
+STOPPED = "stopped"
+ABORTED = "aborted"
+EXPIRED = "expired"
+FAILED = "failed"
+ENDED_UNUSABLE = (ABORTED, EXPIRED, FAILED)
+
+# Answers of holder_probe()
+ALIVE = "alive"
+GONE = "gone"
+BUSY = "busy"
+
+_BACKUP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]{0,99}$")
+_LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
+_WALFILE_RE = re.compile(r"^[0-9A-F]{24}")
+_MAX_SOCKET_PATH = 107  # sizeof(sun_path) - 1 on Linux
+_ARCHIVE_POLL_SECONDS = 0.1
+
+
+class SessionError(Exception):
+    """A failure of the session with a message for the operator and the facts known so far."""
+
+    def __init__(self, msg: str, **facts: t.Any) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.facts = facts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------------------------
+
+class BackupFunctions(t.NamedTuple):
+    """The SQL of one server version's low-level backup API (see reference: 12-14 vs 15+)."""
+
+    start_sql: str           # parameters: label, fast
+    stop_sql: str            # no parameters; returns lsn, labelfile, spcmapfile
+    start_signature: str     # for has_function_privilege()
+    stop_signature: str
+    not_in_progress: str     # the server's error when the session has no backup to stop
+
+
+def backup_functions(server_version_num: int) -> BackupFunctions:
+    """The start/stop SQL for ``server_version_num``; the one place that knows the function names.
+
+    The stop never waits for archiving (second argument false): the built-in wait sleeps in one-second steps
+    with no bound. The holder leaves backup mode at once and then waits for the archive itself, bounded.
+    """
+    if server_version_num < MIN_SERVER_VERSION_NUM:
+        raise SessionError(
+            "PostgreSQL server_version_num %d is not supported by pg_backup_session: it needs PostgreSQL 12 or later "
+            "(non-exclusive backups with pg_start_backup(label, fast, false)); upgrade the server or back it up "
+            "with pg_basebackup" % server_version_num)
+    if server_version_num < 150000:
+        return BackupFunctions(
+            start_sql="SELECT pg_catalog.pg_start_backup(%s, %s, false)::text",
+            stop_sql="SELECT lsn::text, labelfile, spcmapfile FROM pg_catalog.pg_stop_backup(false, false)",
+            start_signature="pg_catalog.pg_start_backup(text, boolean, boolean)",
+            stop_signature="pg_catalog.pg_stop_backup(boolean, boolean)",
+            not_in_progress="non-exclusive backup is not in progress",
+        )
+    return BackupFunctions(
+        start_sql="SELECT pg_catalog.pg_backup_start(%s, %s)::text",
+        stop_sql="SELECT lsn::text, labelfile, spcmapfile FROM pg_catalog.pg_backup_stop(false)",
+        start_signature="pg_catalog.pg_backup_start(text, boolean)",
+        stop_signature="pg_catalog.pg_backup_stop(boolean)",
+        not_in_progress="backup is not in progress",
+    )
+
+
+def is_not_in_progress_error(message: str) -> bool:
+    """True for the server's "no backup in this session" error of any version (12-14 and 15+ wording)."""
+    return "backup is not in progress" in message
+
+
+def session_settings(server_version_num: int) -> t.List[str]:
+    """SET statements that keep the holder's session alive for hours (pgBackRest #2789: idle_session_timeout)."""
+    statements = []
+    if server_version_num >= 140000:
+        statements.append("SET idle_session_timeout = 0")
+    statements += [
+        "SET idle_in_transaction_session_timeout = 0",
+        "SET statement_timeout = 0",
+        "SET max_parallel_workers_per_gather = 0",
+    ]
+    return statements
+
+
+def parse_lsn(text: str) -> int:
+    """``'16/B374D848'`` -> integer. Raises ValueError naming the value for anything else."""
+    match = _LSN_RE.match(text.strip()) if isinstance(text, str) else None
+    if not match:
+        raise ValueError("not a PostgreSQL LSN (expected hex/hex such as 0/2000028): %r" % (text,))
+    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
+
+
+def format_lsn(value: int) -> str:
+    """Integer -> ``'X/X'`` the way PostgreSQL prints pg_lsn."""
+    return _pg_manifest.format_lsn(value)
+
+
+def walfile_timeline(walfile: str) -> int:
+    """Timeline of a WAL segment file name (its first 8 hex digits)."""
+    if not _WALFILE_RE.match(walfile or ""):
+        raise ValueError("not a WAL segment file name: %r" % (walfile,))
+    return int(walfile[:8], 16)
+
+
+def segment_archived(last_archived_wal: t.Optional[str], walfile: str) -> bool:
+    """Has the archiver passed ``walfile``? pg_stat_archiver.last_archived_wal only moves forward in name order.
+
+    The archiver works oldest first, so a later segment archived means ours was. A name such as
+    ``<segment>.00000028.backup`` counts as its segment (the segment is archived before the history file);
+    a timeline history file (``00000002.history``) says nothing about segments.
+    """
+    if not last_archived_wal or not _WALFILE_RE.match(last_archived_wal):
+        return False
+    return last_archived_wal[:24] >= walfile
+
+
+def sql_literal(value: t.Any) -> str:
+    """A value as an SQL literal, for the ``queries`` report only (execution always binds parameters)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return "'%s'" % str(value).replace("'", "''")
+
+
+def render_sql(sql: str, params: t.Sequence[t.Any] = ()) -> str:
+    """``sql`` with its %s placeholders replaced by literals: what ``queries`` reports."""
+    if not params:
+        return sql
+    return sql % tuple(sql_literal(value) for value in params)
+
+
+def validate_backup_id(backup_id: t.Optional[str]) -> str:
+    """The backup id is the label and a directory name: letters, digits and . _ + @ - (no leading dot), 1-100."""
+    if not backup_id or not _BACKUP_ID_RE.match(backup_id):
+        raise SessionError(
+            "backup_id %r is not usable as a PostgreSQL backup label and directory name: use 1-100 characters from "
+            "letters, digits and . _ + @ - starting with a letter or digit (for example 20240501T0200-pg1)" % (backup_id,))
+    return backup_id
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def iso(moment: t.Optional[datetime.datetime]) -> t.Optional[str]:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def setting_bytes(setting: t.Optional[str], unit: t.Optional[str]) -> t.Optional[int]:
+    """pg_settings setting * unit in bytes (``'16777216', 'B'`` or ``'2048', '8kB'``)."""
+    if setting is None:
+        return None
+    factor = 1
+    match = re.match(r"^(\d*)\s*(B|kB|MB|GB|TB)?$", unit or "")
+    if match:
+        scale = {"B": 1, "kB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}.get(match.group(2) or "B", 1)
+        factor = int(match.group(1) or 1) * scale
+    return int(setting) * factor
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Connection helper and preflight
+# ---------------------------------------------------------------------------------------------------------
+
+def connection_kwargs(params: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+    """libpq keywords from the module options: only what is set, so PGHOST/PGPORT/PGUSER/PGSERVICE still apply.
+
+    ``login_unix_socket`` is the host (a directory) unless ``login_host`` names a host other than localhost,
+    as in community.postgresql. ``connect_params`` come first; the named options win over them.
+    """
+    kwargs = dict((str(k), v) for k, v in (params.get("connect_params") or {}).items() if v is not None)
+    host = params.get("login_host")
+    unix_socket = params.get("login_unix_socket")
+    if unix_socket and (not host or host == "localhost"):
+        host = unix_socket
+    for key, value in (("host", host), ("port", params.get("port")), ("user", params.get("login_user")),
+                       ("password", params.get("login_password")), ("dbname", params.get("login_db"))):
+        if value is not None and value != "":
+            kwargs[key] = str(value)
+    return kwargs
+
+
+def holder_connection_kwargs(base: t.Dict[str, t.Any], backup_id: str) -> t.Dict[str, t.Any]:
+    """The holder's connection: ours plus TCP keepalives (network gear drops idle sessions) and an application_name."""
+    kwargs = dict(base)
+    kwargs.setdefault("connect_timeout", "10")
+    kwargs.setdefault("keepalives", "1")
+    kwargs.setdefault("keepalives_idle", "30")
+    kwargs.setdefault("keepalives_interval", "10")
+    kwargs.setdefault("keepalives_count", "6")
+    kwargs["application_name"] = "consistent.backup:%s" % backup_id
+    return kwargs
+
+
+def describe_target(kwargs: t.Dict[str, t.Any]) -> str:
+    """Where a connection goes, for messages (never the password)."""
+    parts = ["%s=%s" % (key, kwargs[key]) for key in ("host", "port", "user", "dbname", "service") if key in kwargs]
+    environment = ["%s=%s" % (key, os.environ[key]) for key in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE")
+                   if os.environ.get(key)]
+    text = " ".join(parts) if parts else "libpq defaults"
+    if environment:
+        text += " (environment: %s)" % " ".join(environment)
+    return text
+
+
+def connect(kwargs: t.Dict[str, t.Any], application_name: str = "consistent.backup:preflight") -> t.Any:
+    """An autocommit psycopg connection (never idle in transaction: that would pin the xmin horizon)."""
+    options = dict(kwargs)
+    options.setdefault("application_name", application_name)
+    options.setdefault("connect_timeout", "10")
+    try:
+        return psycopg.connect(autocommit=True, **options)
+    except psycopg.Error as exc:
+        raise SessionError(
+            "could not connect to PostgreSQL at %s: %s. Check login_host/port/login_user/login_password or the "
+            "PG* environment and that the server is running" % (describe_target(kwargs), str(exc).strip()))
+
+
+PREFLIGHT_SETTINGS = ("server_version_num", "wal_level", "archive_mode", "archive_command", "archive_library",
+                      "data_directory", "block_size", "wal_segment_size", "server_encoding")
+SQL_BACKEND_PID = "SELECT pg_catalog.pg_backend_pid()"
+SQL_SETTINGS = "SELECT name, setting, unit FROM pg_catalog.pg_settings WHERE name = ANY(%s)"
+SQL_SERVER = ("SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_postmaster_start_time(), current_user, "
+              "(SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)")
+SQL_SYSTEM_IDENTIFIER = "SELECT system_identifier FROM pg_catalog.pg_control_system()"
+SQL_ARCHIVER = ("SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal, "
+                "last_failed_time FROM pg_catalog.pg_stat_archiver")
+SQL_PRIVILEGES = "SELECT pg_catalog.has_function_privilege(%s, 'EXECUTE'), pg_catalog.has_function_privilege(%s, 'EXECUTE')"
+SQL_TABLESPACES = ("SELECT oid::bigint, spcname, pg_catalog.pg_tablespace_location(oid) FROM pg_catalog.pg_tablespace "
+                   "WHERE pg_catalog.pg_tablespace_location(oid) <> '' ORDER BY oid")
+SQL_WALFILE = "SELECT pg_catalog.pg_walfile_name(%s::pg_lsn)"
+SQL_VERIFY_SESSION = "SELECT pg_catalog.pg_backend_pid(), pg_catalog.pg_postmaster_start_time()"
+SQL_ARCHIVE_MODE = "SELECT setting FROM pg_catalog.pg_settings WHERE name = 'archive_mode'"
+SQL_LAST_ARCHIVED = "SELECT last_archived_wal, last_failed_wal, last_failed_time FROM pg_catalog.pg_stat_archiver"
+
+
+def archiver_failing(archiver: t.Dict[str, t.Any]) -> bool:
+    """pg_stat_archiver says archiving is failing: its last failure is newer than its last success."""
+    failed = archiver.get("last_failed_time")
+    if not failed:
+        return False
+    archived = archiver.get("last_archived_time")
+    return not archived or str(failed) > str(archived)
+
+
+def evaluate_preflight(facts: t.Dict[str, t.Any], require_archiving: bool) -> t.Tuple[t.List[str], t.List[str]]:
+    """(errors, warnings) for the preflight facts; errors refuse the start. Pure, for the unit tests."""
+    errors = []  # type: t.List[str]
+    warnings = []  # type: t.List[str]
+    if facts.get("in_recovery"):
+        errors.append(
+            "the server is a standby (pg_is_in_recovery() is true); pg_backup_session backs up a primary only for now: "
+            "connect to the primary (or use pg_basebackup against the standby)")
+    if facts.get("pooled"):
+        errors.append(
+            "the backend pid changed between two statements (%s): the connection goes through a pooler in transaction "
+            "mode, so the stop could reach another backend; connect to PostgreSQL directly" % facts["pooled"])
+    if facts.get("wal_level") == "minimal":
+        errors.append("wal_level is minimal; a base backup needs wal_level replica or logical: set it and restart the server")
+    privileges = facts.get("privileges") or {}
+    if not facts.get("superuser") and not (privileges.get("start") and privileges.get("stop")):
+        errors.append(
+            "role %s is not a superuser and lacks EXECUTE on %s or %s; GRANT EXECUTE on both to it (or use a superuser)"
+            % (facts.get("current_user"), privileges.get("start_signature"), privileges.get("stop_signature")))
+    archive_problems = []
+    mode = facts.get("archive_mode")
+    if mode not in ("on", "always"):
+        archive_problems.append(
+            "archive_mode is %s (expected on or always): without a WAL archive the backup has no guaranteed WAL; set "
+            "archive_mode = on and archive_command (restart needed)" % (mode or "unknown"))
+    else:
+        command = facts.get("archive_command")
+        library = facts.get("archive_library")
+        if command is None and "archive_command" not in facts.get("settings_readable", ()):
+            warnings.append("archive_command is not visible to role %s (needs pg_read_all_settings or pg_monitor); "
+                            "cannot check it is set" % facts.get("current_user"))
+        elif not library and (not command or command == "(disabled)"):
+            archive_problems.append("archive_mode is %s but neither archive_command nor archive_library is set: WAL piles "
+                                    "up in pg_wal and is never archived; set archive_command" % mode)
+    archiver = facts.get("archiver") or {}
+    if archiver_failing(archiver):
+        archive_problems.append(
+            "pg_stat_archiver shows archiving failing: last_failed_wal %s at %s is newer than the last success (%s at %s), "
+            "failed_count %s; fix archive_command (see the server log) until pg_stat_archiver reports a success"
+            % (archiver.get("last_failed_wal"), archiver.get("last_failed_time"), archiver.get("last_archived_wal"),
+               archiver.get("last_archived_time"), archiver.get("failed_count")))
+    if require_archiving:
+        errors.extend(archive_problems)
+    else:
+        warnings.extend(archive_problems)
+    return errors, warnings
+
+
+def _fetch_settings(conn: t.Any) -> t.Dict[str, t.Tuple[t.Optional[str], t.Optional[str]]]:
+    rows = conn.execute(SQL_SETTINGS, [list(PREFLIGHT_SETTINGS)]).fetchall()
+    return dict((name, (setting, unit)) for name, setting, unit in rows)
+
+
+def run_preflight(conn: t.Any, backup_id: str, require_archiving: bool,
+                  queries: t.List[str]) -> t.Dict[str, t.Any]:
+    """Read everything the start needs over a short connection; raise SessionError listing every refusal."""
+    def run(sql: str, params: t.Sequence[t.Any] = ()) -> t.Any:
+        queries.append(render_sql(sql, params))
+        return conn.execute(sql, list(params)) if params else conn.execute(sql)
+
+    first_pid = run(SQL_BACKEND_PID).fetchone()[0]
+    queries.append("SELECT name, setting, unit FROM pg_catalog.pg_settings WHERE name IN (%s)"
+                   % ", ".join(sql_literal(n) for n in PREFLIGHT_SETTINGS))
+    settings = _fetch_settings(conn)
+    version_num = int(settings["server_version_num"][0])
+    functions = backup_functions(version_num)
+    in_recovery, postmaster_start, current_user, superuser = run(SQL_SERVER).fetchone()
+    try:
+        system_identifier = int(run(SQL_SYSTEM_IDENTIFIER).fetchone()[0]) % (1 << 64)
+    except psycopg.Error:
+        system_identifier = None
+    archiver_row = run(SQL_ARCHIVER).fetchone()
+    archiver = dict(zip(("archived_count", "last_archived_wal", "last_archived_time", "failed_count", "last_failed_wal",
+                         "last_failed_time"), archiver_row))
+    for key in ("last_archived_time", "last_failed_time"):
+        archiver[key] = iso(archiver[key])
+    can_start, can_stop = run(SQL_PRIVILEGES, [functions.start_signature, functions.stop_signature]).fetchone()
+    tablespaces = [{"oid": int(oid), "name": name, "location": location}
+                   for oid, name, location in run(SQL_TABLESPACES).fetchall()]
+    last_pid = run(SQL_BACKEND_PID).fetchone()[0]
+
+    def setting(name: str) -> t.Optional[str]:
+        return settings.get(name, (None, None))[0]
+
+    facts = {
+        "backup_id": backup_id,
+        "server_version_num": version_num,
+        "in_recovery": bool(in_recovery),
+        "postmaster_start_time": iso(postmaster_start),
+        "current_user": current_user,
+        "superuser": bool(superuser),
+        "privileges": {"start": bool(can_start), "stop": bool(can_stop),
+                       "start_signature": functions.start_signature, "stop_signature": functions.stop_signature},
+        "wal_level": setting("wal_level"),
+        "archive_mode": setting("archive_mode"),
+        "archive_command": setting("archive_command"),
+        "archive_library": setting("archive_library"),
+        "settings_readable": sorted(settings),
+        "data_directory": setting("data_directory"),
+        "server_encoding": setting("server_encoding"),
+        "page_size": int(setting("block_size")) if setting("block_size") else None,
+        "wal_segment_size": setting_bytes(*settings.get("wal_segment_size", (None, None))),
+        "system_identifier": system_identifier,
+        "archiver": archiver,
+        "tablespaces": tablespaces,
+        "pooled": None if first_pid == last_pid else "%s then %s" % (first_pid, last_pid),
+    }
+    errors, warnings = evaluate_preflight(facts, require_archiving)
+    facts["warnings"] = warnings
+    facts["errors"] = errors
+    return facts
+
+
+def holder_queries(server_version_num: int, backup_id: str, fast: bool) -> t.List[str]:
+    """What the holder runs to start the backup (also what check mode reports)."""
+    functions = backup_functions(server_version_num)
+    return ([SQL_BACKEND_PID] + session_settings(server_version_num)
+            + [render_sql(functions.start_sql, [backup_id, fast]), SQL_BACKEND_PID,
+               "SELECT pg_catalog.pg_walfile_name(<start_lsn>::pg_lsn)", SQL_VERIFY_SESSION])
+
+
+def stop_queries(server_version_num: int, wait_for_archive: bool) -> t.List[str]:
+    """What the holder runs to stop the backup (also what check mode reports)."""
+    functions = backup_functions(server_version_num)
+    queries = [SQL_VERIFY_SESSION, functions.stop_sql, "SELECT pg_catalog.pg_walfile_name(<stop_lsn>::pg_lsn)"]
+    if wait_for_archive:
+        queries += [SQL_ARCHIVE_MODE, SQL_LAST_ARCHIVED + " -- every %.1f s until <stop_walfile> is archived" % _ARCHIVE_POLL_SECONDS]
+    return queries
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Session directory and state file
+# ---------------------------------------------------------------------------------------------------------
+
+def default_runtime_dir() -> str:
+    """/run/consistent-backup when we may create it (root), else /tmp/consistent-backup-<uid>.
+
+    Deterministic, so that ``started`` and ``stopped`` of one backup find the same directory.
+    """
+    if os.path.isdir(DEFAULT_RUNTIME_DIR) and os.access(DEFAULT_RUNTIME_DIR, os.W_OK | os.X_OK):
+        return DEFAULT_RUNTIME_DIR
+    if os.access("/run", os.W_OK | os.X_OK) and not os.path.exists(DEFAULT_RUNTIME_DIR):
+        return DEFAULT_RUNTIME_DIR
+    return "/tmp/consistent-backup-%d" % os.getuid()
+
+
+def _ensure_private_dir(path: str) -> None:
+    """Create ``path`` (mode 0700) or check an existing one is a real directory of ours that nobody else can write."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise SessionError("runtime directory %s is not a directory (or is a symlink); remove it or set runtime_dir" % path)
+    if info.st_uid != os.geteuid():
+        raise SessionError("runtime directory %s belongs to uid %d, not to us (uid %d); set runtime_dir to a directory of "
+                           "our own or remove it" % (path, info.st_uid, os.geteuid()))
+    if info.st_mode & 0o022:
+        os.chmod(path, 0o700)
+
+
+class SessionStore:
+    """The files of one backup session: ``<runtime_dir>/<backup_id>/{state.json,holder.sock,lock}``."""
+
+    def __init__(self, runtime_dir: str, backup_id: str) -> None:
+        self.runtime_dir = runtime_dir
+        self.backup_id = backup_id
+        self.path = os.path.join(runtime_dir, backup_id)
+        self.state_path = os.path.join(self.path, STATE_NAME)
+        self.socket_path = os.path.join(self.path, SOCKET_NAME)
+        self.lock_path = os.path.join(self.path, LOCK_NAME)
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.path)
+
+    def create(self) -> None:
+        if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH:
+            raise SessionError("the holder socket path %s is longer than %d bytes (the Unix socket limit); use a shorter "
+                               "runtime_dir or backup_id" % (self.socket_path, _MAX_SOCKET_PATH))
+        os.makedirs(os.path.dirname(self.runtime_dir.rstrip("/")) or "/", exist_ok=True)
+        _ensure_private_dir(self.runtime_dir)
+        _ensure_private_dir(self.path)
+
+    def read_state(self) -> t.Optional[t.Dict[str, t.Any]]:
+        try:
+            with open(self.state_path, "rb") as handle:
+                return json.loads(handle.read().decode("utf-8"))
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise SessionError("state file %s is not valid JSON (%s); the session is unknown: check the server with "
+                               "pg_stat_activity and remove %s" % (self.state_path, exc, self.path))
+
+    def write_state(self, state: t.Dict[str, t.Any]) -> None:
+        state = dict(state)
+        state["updated_at"] = iso(utc_now())
+        atomic_write(self.state_path, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode("utf-8"), mode=0o600)
+
+    @contextlib.contextmanager
+    def lock(self) -> t.Iterator[None]:
+        """Serialise module runs on one session (two tasks starting or stopping the same backup)."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def aborted_message(backup_id: str, state: t.Dict[str, t.Any]) -> str:
+    """The failure of a backup whose holder ended without a stop: the copy is not a backup."""
+    reason = state.get("reason") or "it was killed or crashed while %s said running" % STATE_NAME
+    return ("PostgreSQL backup %s was aborted: the holder process %s is gone (%s) so the server ended backup mode when its "
+            "connection closed; the files copied for this backup are NOT a usable backup. Run the backup again."
+            % (backup_id, state.get("holder_pid"), reason))
+
+
+def failed_message(backup_id: str, state: t.Dict[str, t.Any], store: SessionStore) -> str:
+    return ("PostgreSQL backup %s failed: %s. The files copied for this backup are NOT a usable backup; fix the cause and "
+            "run the backup again (the server's answer is kept in %s)." % (backup_id, state.get("reason"), store.state_path))
+
+
+def ended_message(backup_id: str, state: t.Dict[str, t.Any], store: SessionStore) -> str:
+    if state.get("state") == FAILED:
+        return failed_message(backup_id, state, store)
+    return aborted_message(backup_id, state)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Holder: the detached process that owns the backup's connection
+# ---------------------------------------------------------------------------------------------------------
+
+class _Terminate(Exception):
+    pass
+
+
+def _raise_terminate(signum: int, frame: t.Any) -> None:
+    raise _Terminate(signal.Signals(signum).name)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip() or exc.__class__.__name__
+    sqlstate = getattr(exc, "sqlstate", None)
+    return "%s (SQLSTATE %s)" % (text, sqlstate) if sqlstate else text
+
+
+class Holder:
+    """Runs in the detached process: starts the backup, serves status/stop/abort, keeps the session alive."""
+
+    def __init__(self, spec: t.Dict[str, t.Any], report_fd: int) -> None:
+        self.spec = spec
+        self.report_fd = report_fd
+        self.store = SessionStore(spec["runtime_dir"], spec["backup_id"])
+        self.functions = backup_functions(spec["server_version_num"])
+        self.conn = None  # type: t.Any
+        self.listener = None  # type: t.Optional[socket.socket]
+        self.finished = False
+        self.deadline = time.monotonic() + spec["max_duration"]
+        started = utc_now()
+        self.state = {
+            "backup_id": spec["backup_id"],
+            "state": STARTING,
+            "holder_pid": os.getpid(),
+            "backend_pid": None,
+            "started_at": iso(started),
+            "expires_at": iso(started + datetime.timedelta(seconds=spec["max_duration"])),
+            "max_duration": spec["max_duration"],
+            "keepalive_interval": spec["keepalive_interval"],
+            "socket": self.store.socket_path,
+            "facts": None,
+            "result": None,
+            "reason": None,
+        }  # type: t.Dict[str, t.Any]
+
+    # -- state ----------------------------------------------------------------------------------------
+    def set_state(self, name: str, reason: t.Optional[str] = None, **extra: t.Any) -> None:
+        self.state["state"] = name
+        if reason is not None:
+            self.state["reason"] = reason
+        self.state.update(extra)
+        self.store.write_state(self.state)
+
+    def report(self, message: t.Dict[str, t.Any]) -> None:
+        if self.report_fd is None:
+            return
+        data = (json.dumps(message) + "\n").encode("utf-8")
+        try:
+            while data:
+                data = data[os.write(self.report_fd, data):]
+        except OSError:
+            pass  # the module died while waiting; state.json tells the next run
+        os.close(self.report_fd)
+        self.report_fd = None
+
+    # -- life cycle -----------------------------------------------------------------------------------
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, _raise_terminate)
+        signal.signal(signal.SIGINT, _raise_terminate)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            self.set_state(STARTING)
+            try:
+                self.listen()
+                facts = self.start_backup()
+            except _Terminate as exc:
+                self.fail_start("the holder received %s while starting the backup" % exc)
+                return
+            except Exception as exc:  # pylint: disable=broad-except
+                self.fail_start(_error_text(exc))
+                return
+            self.set_state(RUNNING, facts=facts, backend_pid=facts["backend_pid"])
+            self.report({"ok": True, "state": self.state})
+            try:
+                self.serve()
+            except _Terminate as exc:
+                if not self.finished:
+                    self.end(ABORTED, "the holder received %s" % exc)
+            except Exception as exc:  # pylint: disable=broad-except
+                if not self.finished:
+                    self.end(ABORTED, "the holder failed: %s" % _error_text(exc))
+        finally:
+            self.close_connection()
+            self.close_listener()
+
+    def fail_start(self, error: str) -> None:
+        self.close_connection()
+        self.set_state(FAILED, reason="the start failed: %s" % error)
+        self.report({"ok": False, "error": error, "state": self.state})
+
+    def listen(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.store.socket_path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.store.socket_path)
+        os.chmod(self.store.socket_path, 0o600)
+        listener.listen(8)
+        self.listener = listener
+
+    def start_backup(self) -> t.Dict[str, t.Any]:
+        spec = self.spec
+        queries = []  # type: t.List[str]
+
+        def run(sql: str, params: t.Sequence[t.Any] = ()) -> t.Any:
+            queries.append(render_sql(sql, params))
+            return self.conn.execute(sql, list(params)) if params else self.conn.execute(sql)
+
+        self.conn = psycopg.connect(autocommit=True, **spec["conn_kwargs"])
+        backend_pid = run(SQL_BACKEND_PID).fetchone()[0]
+        for statement in session_settings(spec["server_version_num"]):
+            run(statement)
+        start_lsn = run(self.functions.start_sql, [spec["backup_id"], spec["fast"]]).fetchone()[0]
+        after_pid = run(SQL_BACKEND_PID).fetchone()[0]
+        if after_pid != backend_pid:
+            raise SessionError("the backend pid changed from %s to %s during the start: the connection goes through a pooler "
+                               "in transaction mode; connect to PostgreSQL directly" % (backend_pid, after_pid))
+        start_walfile = run(SQL_WALFILE, [start_lsn]).fetchone()[0]
+        _pid, postmaster_start = run(SQL_VERIFY_SESSION).fetchone()
+        preflight = dict(spec["preflight"])
+        return {
+            "start_lsn": start_lsn,
+            "start_walfile": start_walfile,
+            "timeline": walfile_timeline(start_walfile),
+            "backend_pid": backend_pid,
+            "holder_pid": os.getpid(),
+            "server_version_num": spec["server_version_num"],
+            "postmaster_start_time": iso(postmaster_start),
+            "system_identifier": preflight.get("system_identifier"),
+            "data_directory": preflight.get("data_directory"),
+            "tablespaces": preflight.get("tablespaces") or [],
+            "page_size": preflight.get("page_size"),
+            "wal_segment_size": preflight.get("wal_segment_size"),
+            "archiving": preflight.get("archive_mode") in ("on", "always"),
+            "encoding": self.conn.info.encoding,
+            "started_at": self.state["started_at"],
+            "expires_at": self.state["expires_at"],
+            "queries": queries,
+        }
+
+    def serve(self) -> None:
+        interval = self.spec["keepalive_interval"]
+        next_keepalive = time.monotonic() + interval
+        while not self.finished:
+            now = time.monotonic()
+            if now >= self.deadline:
+                self.end(EXPIRED, "max_duration of %d s reached at %s; the holder closed its connection, so the server "
+                         "aborted backup mode" % (self.spec["max_duration"], iso(utc_now())))
+                return
+            if now >= next_keepalive:
+                self.keepalive()
+                next_keepalive = time.monotonic() + interval
+                continue
+            readable, _w, _x = select.select([self.listener], [], [], max(0.0, min(next_keepalive, self.deadline) - now))
+            if readable:
+                client, _addr = self.listener.accept()
+                # A stop must not be cut between the server's answer and state.json: signals wait until it is recorded.
+                signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
+                try:
+                    with contextlib.closing(client):
+                        self.handle(client)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))
+
+    def keepalive(self) -> None:
+        """A statement every keepalive_interval: keeps the session warm and proves it is still the same backend."""
+        try:
+            pid = self.conn.execute(SQL_BACKEND_PID).fetchone()[0]
+        except Exception as exc:  # pylint: disable=broad-except
+            self.end(ABORTED, "the connection to PostgreSQL was lost (%s)" % _error_text(exc))
+            return
+        if pid != self.state["backend_pid"]:
+            self.end(ABORTED, "the backend pid changed from %s to %s: a pooler moved the session to another backend"
+                     % (self.state["backend_pid"], pid))
+
+    # -- requests -------------------------------------------------------------------------------------
+    def handle(self, client: socket.socket) -> None:
+        client.settimeout(10)
+        peer_uid = struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+        try:
+            request = json.loads(_read_line(client).decode("utf-8"))
+        except (OSError, ValueError) as exc:
+            _send(client, {"ok": False, "error": "bad request: %s" % exc})
+            return
+        if peer_uid not in (0, os.geteuid()):
+            _send(client, {"ok": False, "error": "uid %d may not talk to this holder" % peer_uid})
+            return
+        command = request.get("cmd")
+        if command == "status":
+            _send(client, {"ok": True, "state": self.state})
+        elif command == "stop":
+            _send(client, self.stop(bool(request.get("wait_for_archive", True)), int(request.get("archive_timeout", 300))))
+        elif command == "abort":
+            self.end(ABORTED, request.get("reason") or "aborted on request")
+            _send(client, {"ok": True, "state": self.state})
+        else:
+            _send(client, {"ok": False, "error": "unknown command %r" % command})
+
+    def stop(self, wait_for_archive: bool, archive_timeout: int) -> t.Dict[str, t.Any]:
+        if self.state["state"] != RUNNING:
+            return {"ok": False, "error": "the session is %s, not running" % self.state["state"], "state": self.state}
+        began = time.monotonic()
+        self.set_state(STOPPING)
+        queries = []  # type: t.List[str]
+
+        def run(sql: str, params: t.Sequence[t.Any] = ()) -> t.Any:
+            queries.append(render_sql(sql, params))
+            return self.conn.execute(sql, list(params)) if params else self.conn.execute(sql)
+
+        facts = self.state["facts"]
+        try:
+            pid, postmaster_start = run(SQL_VERIFY_SESSION).fetchone()
+            if pid != self.state["backend_pid"] or iso(postmaster_start) != facts["postmaster_start_time"]:
+                self.end(ABORTED, "the session changed under the holder (backend pid %s -> %s, postmaster start %s -> %s)"
+                         % (self.state["backend_pid"], pid, facts["postmaster_start_time"], iso(postmaster_start)))
+                return {"ok": False, "error": "aborted", "state": self.state}
+            lsn, labelfile, spcmapfile = run(self.functions.stop_sql).fetchone()
+            stop_walfile = run(SQL_WALFILE, [lsn]).fetchone()[0]
+        except Exception as exc:  # pylint: disable=broad-except
+            text = _error_text(exc)
+            if is_not_in_progress_error(text):
+                text = "the server says no backup is in progress in the holder's session (%s)" % text
+            self.end(ABORTED, "the stop failed: %s" % text)
+            return {"ok": False, "error": "aborted", "state": self.state}
+        left_backup_mode = time.monotonic()
+        result = {
+            "lsn": lsn,
+            "labelfile": labelfile,
+            "spcmapfile": spcmapfile,
+            "encoding": self.conn.info.encoding,
+            "start_lsn": facts["start_lsn"],
+            "timeline": facts["timeline"],
+            "stop_timeline": walfile_timeline(stop_walfile),
+            "stop_walfile": stop_walfile,
+            "archived": False,
+            "system_identifier": facts.get("system_identifier"),
+            "server_version_num": facts["server_version_num"],
+            "stopped_at": iso(utc_now()),
+            "backup_mode_seconds": None,
+            "queries": queries,
+        }
+        error = None
+        if wait_for_archive:
+            try:
+                error = self.wait_for_archive(stop_walfile, archive_timeout, run, result)
+            except Exception as exc:  # pylint: disable=broad-except
+                error = "could not check the archiving of %s: %s" % (stop_walfile, _error_text(exc))
+        result["stop_seconds"] = round(time.monotonic() - began, 3)
+        result["backup_mode_seconds"] = round(left_backup_mode - began, 3)
+        if error:
+            self.end(FAILED, error, result=result)
+            return {"ok": False, "error": error, "state": self.state}
+        self.end(STOPPED, None, result=result)
+        return {"ok": True, "state": self.state}
+
+    def wait_for_archive(self, walfile: str, timeout: int, run: t.Callable[..., t.Any], result: t.Dict[str, t.Any]) -> t.Optional[str]:
+        """Poll pg_stat_archiver until ``walfile`` (holding the stop LSN) is archived; an error text on timeout."""
+        mode = run(SQL_ARCHIVE_MODE).fetchone()
+        if not mode or mode[0] not in ("on", "always"):
+            result["archive_mode"] = mode[0] if mode else None
+            return None
+        deadline = time.monotonic() + timeout
+        first = True
+        while True:
+            if first:
+                row = run(SQL_LAST_ARCHIVED).fetchone()
+                first = False
+            else:
+                row = self.conn.execute(SQL_LAST_ARCHIVED).fetchone()
+            if segment_archived(row[0], walfile):
+                result["archived"] = True
+                return None
+            if time.monotonic() >= deadline:
+                return ("WAL segment %s (holding the stop LSN %s) was not archived within archive_timeout %d s: "
+                        "pg_stat_archiver last_archived_wal is %s, last_failed_wal %s at %s; check archive_command and the "
+                        "server log, then run the backup again" % (walfile, result["lsn"], timeout, row[0], row[1], iso(row[2])))
+            time.sleep(_ARCHIVE_POLL_SECONDS)
+
+    def end(self, name: str, reason: t.Optional[str], **extra: t.Any) -> None:
+        """Leave the session: close the connection (the server aborts a backup still running) and record why."""
+        self.close_connection()
+        self.set_state(name, reason, **extra)
+        self.finished = True
+
+    def close_connection(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+
+    def close_listener(self) -> None:
+        """Remove the socket: from now on a client learns from state.json alone how the session ended."""
+        if self.listener is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.store.socket_path)
+            self.listener.close()
+            self.listener = None
+
+
+def _read_line(sock: socket.socket, limit: int = 1 << 20) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > limit:
+            raise ValueError("message longer than %d bytes" % limit)
+    return data
+
+
+def _send(sock: socket.socket, message: t.Dict[str, t.Any]) -> None:
+    with contextlib.suppress(OSError):
+        sock.sendall((json.dumps(message) + "\n").encode("utf-8"))
+
+
+def _detach_stdio(keep: int) -> None:
+    """Point 0/1/2 at /dev/null and close every other inherited descriptor except ``keep``.
+
+    Ansible waits for the module's stdout/stderr pipes to close; a holder keeping them would hang the task.
+    """
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    if devnull > 2:
+        os.close(devnull)
+    try:
+        max_fd = os.sysconf("SC_OPEN_MAX")
+    except (ValueError, OSError):
+        max_fd = 4096
+    os.closerange(3, keep)
+    os.closerange(keep + 1, max(max_fd, keep + 2))
+
+
+def _holder_process(spec: t.Dict[str, t.Any], report_fd: int) -> None:
+    """Body of the detached grandchild; never returns (os._exit skips the module's atexit handlers)."""
+    code = 1
+    try:
+        os.chdir("/")
+        os.umask(0o077)
+        _detach_stdio(report_fd)
+        Holder(spec, report_fd).run()
+        code = 0
+    except BaseException:  # pylint: disable=broad-except
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def spawn_holder(spec: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+    """Fork the detached holder and wait for its report: ``{"ok": true, "state": ...}`` or ``{"ok": false, "error": ...}``.
+
+    Double fork with setsid: the holder is re-parented to init, has no controlling terminal and survives the end
+    of the Ansible task (and of an SSH session). Only the holder connects, so no connection is shared across a fork.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # first child
+        try:
+            os.close(read_fd)
+            os.setsid()
+            if os.fork() == 0:
+                _holder_process(spec, write_fd)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    chunks = []
+    with os.fdopen(read_fd, "rb") as pipe:
+        while True:
+            chunk = pipe.read(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    data = b"".join(chunks)
+    if not data.strip():
+        store = SessionStore(spec["runtime_dir"], spec["backup_id"])
+        try:
+            state = store.read_state() or {}
+        except SessionError:
+            state = {}
+        return {"ok": False, "state": state,
+                "error": "the holder process ended without reporting (%s; see %s)" % (state.get("reason") or "no reason recorded",
+                                                                                     store.state_path)}
+    return json.loads(data.decode("utf-8").splitlines()[0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Client side (the module)
+# ---------------------------------------------------------------------------------------------------------
+
+class HolderUnreachable(Exception):
+    """Nobody listens on the session's socket: the holder is gone."""
+
+
+def holder_request(socket_path: str, request: t.Dict[str, t.Any], timeout: float) -> t.Dict[str, t.Any]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(socket_path)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
+                raise HolderUnreachable(str(exc))
+            raise
+        sock.sendall((json.dumps(request) + "\n").encode("utf-8"))
+        data = _read_line(sock)
+    finally:
+        sock.close()
+    if not data:
+        raise HolderUnreachable("the holder closed the connection without an answer")
+    return json.loads(data.decode("utf-8"))
+
+
+def holder_probe(store: SessionStore, state: t.Optional[t.Dict[str, t.Any]], timeout: float = 5.0) -> t.Tuple[str, t.Optional[t.Dict[str, t.Any]]]:
+    """(ALIVE | GONE | BUSY, live state): ALIVE answers status, BUSY listens but is inside a start or a stop."""
+    try:
+        answer = holder_request(store.socket_path, {"cmd": "status"}, timeout)
+    except HolderUnreachable:
+        return GONE, None
+    except socket.timeout:
+        return BUSY, None
+    except OSError:
+        return GONE, None
+    live = answer.get("state") or {}
+    if live.get("backup_id") != store.backup_id or (state and live.get("holder_pid") != state.get("holder_pid")):
+        return GONE, None
+    return ALIVE, live
+
+
+def _pid_alive(pid: t.Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def session_liveness(store: SessionStore, state: t.Optional[t.Dict[str, t.Any]]) -> t.Tuple[str, t.Optional[t.Dict[str, t.Any]]]:
+    """Like holder_probe, for a state that says the holder should be there; a holder that is GONE by socket
+    but whose pid lives on while starting is BUSY (it binds its socket before the first statement)."""
+    if not state or state.get("state") not in (STARTING, RUNNING, STOPPING):
+        return GONE, None
+    liveness, live = holder_probe(store, state)
+    if liveness == GONE and state.get("state") == STARTING and _pid_alive(state.get("holder_pid")):
+        return BUSY, None
+    return liveness, live
+
+
+def mark_gone(store: SessionStore, state: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+    """Record that a holder vanished without saying so (SIGKILL, OOM killer, reboot)."""
+    state = dict(state)
+    state["reason"] = ("it was killed or crashed while %s said %s; its socket %s does not answer"
+                       % (STATE_NAME, state.get("state"), store.socket_path))
+    state["state"] = ABORTED
+    store.write_state(state)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Label files
+# ---------------------------------------------------------------------------------------------------------
+
+def _write_if_different(path: str, data: bytes, mode: int = 0o640) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            if handle.read() == data:
+                return False
+    except FileNotFoundError:
+        pass
+    atomic_write(path, data, mode=mode)
+    return True
+
+
+def load_set_manifest(set_path: str) -> t.Dict[str, t.Any]:
+    """The set's manifest.json, read by the copy engine's reader (the one reader of that file)."""
+    if _load_set_manifest is not None:
+        return _load_set_manifest(set_path)
+    path = os.path.join(set_path, "manifest.json")
+    try:
+        with open(path, "rb") as handle:
+            return json.loads(handle.read().decode("utf-8"))
+    except FileNotFoundError:
+        return {"files": []}
+
+
+def write_outputs(result: t.Dict[str, t.Any], backup_id: str, set_path: t.Optional[str], label_dest: t.Optional[str],
+                  data_prefix: str, warn: t.Callable[[str], None]) -> t.Dict[str, t.Any]:
+    """Write backup_label/tablespace_map (+ label.json, + backup_manifest) where asked; idempotent.
+
+    backup_label and tablespace_map are written byte-exact as the server returned them (the text re-encoded in
+    the connection's encoding). tablespace_map only when the server returned one with content, like
+    pg_basebackup. Returns {label_paths, backup_manifest, changed}.
+    """
+    encoding = result.get("encoding") or "utf-8"
+    label = result["labelfile"].encode(encoding)
+    spcmap = result["spcmapfile"].encode(encoding) if result.get("spcmapfile") else None
+    written = []  # type: t.List[str]
+    changed = False
+    manifest_path = None
+
+    def put(directory: str) -> None:
+        nonlocal changed
+        changed = _write_if_different(os.path.join(directory, "backup_label"), label) or changed
+        written.append(os.path.join(directory, "backup_label"))
+        if spcmap is not None:
+            changed = _write_if_different(os.path.join(directory, "tablespace_map"), spcmap) or changed
+            written.append(os.path.join(directory, "tablespace_map"))
+
+    if set_path:
+        if not os.path.isdir(set_path):
+            raise SessionError("set_path %s does not exist: expected the backup set directory <backup_dest>/%s made by the "
+                               "copy; the label is kept in the session state, run stopped again once the set exists"
+                               % (set_path, backup_id))
+        put(set_path)
+        copy_dir = os.path.join(set_path, "data", data_prefix)
+        if os.path.isdir(copy_dir):
+            put(copy_dir)
+            manifest_path, manifest_changed = _write_backup_manifest(result, set_path, data_prefix, copy_dir, spcmap is not None, warn)
+            changed = changed or manifest_changed
+        else:
+            warn("no copy of the data directory at %s: backup_label was written to %s only and no backup_manifest was made"
+                 % (copy_dir, set_path))
+    if label_dest:
+        directory = os.path.join(label_dest, backup_id)
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+        put(directory)
+        info = {
+            "backup_id": backup_id,
+            "lsn": result["lsn"],
+            "start_lsn": result["start_lsn"],
+            "stop_lsn": result["lsn"],
+            "timeline": result["timeline"],
+            "stop_walfile": result["stop_walfile"],
+            "system_identifier": result.get("system_identifier"),
+            "server_version_num": result.get("server_version_num"),
+            "set_path": set_path,
+            "stopped_at": result.get("stopped_at"),
+            "backup_label_sha256": hashlib.sha256(label).hexdigest(),
+        }
+        info_path = os.path.join(directory, "label.json")
+        changed = _write_if_different(info_path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode("utf-8")) or changed
+        written.append(info_path)
+    return {"label_paths": written, "backup_manifest": manifest_path, "changed": changed}
+
+
+def _write_backup_manifest(result: t.Dict[str, t.Any], set_path: str, data_prefix: str, copy_dir: str, has_spcmap: bool,
+                           warn: t.Callable[[str], None]) -> t.Tuple[t.Optional[str], bool]:
+    version_num = int(result.get("server_version_num") or 0)
+    if version_num < 130000:
+        warn("PostgreSQL %d has no backup_manifest format; none was written" % version_num)
+        return None, False
+    try:
+        entries = _pg_manifest.copy_entries(load_set_manifest(set_path), set_path, data_prefix)
+    except ValueError as exc:
+        raise SessionError("cannot write backup_manifest for %s: %s" % (copy_dir, exc))
+    if not entries:
+        warn("manifest.json of %s lists no files under %s/: no backup_manifest was written (copy the data directory first)"
+             % (set_path, data_prefix))
+        return None, False
+    entries.append(_pg_manifest.file_entry(copy_dir, "backup_label"))
+    if has_spcmap:
+        entries.append(_pg_manifest.file_entry(copy_dir, "tablespace_map"))
+    if result["timeline"] != result.get("stop_timeline", result["timeline"]):
+        raise SessionError("the backup started on timeline %s and ended on %s (a promotion during the backup); no "
+                           "backup_manifest can be written for it: run the backup again" % (result["timeline"], result["stop_timeline"]))
+    manifest = _pg_manifest.build_manifest(entries, version_num, result.get("system_identifier"), int(result["timeline"]),
+                                           parse_lsn(result["start_lsn"]), parse_lsn(result["lsn"]))
+    changed = _pg_manifest.write_manifest(copy_dir, manifest)
+    return os.path.join(copy_dir, _pg_manifest.MANIFEST_NAME), changed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Operations (what the module calls)
+# ---------------------------------------------------------------------------------------------------------
+
+START_FACT_KEYS = ("start_lsn", "timeline", "backend_pid", "holder_pid", "server_version_num", "postmaster_start_time",
+                   "system_identifier", "data_directory", "tablespaces", "page_size", "wal_segment_size", "started_at",
+                   "expires_at")
+STOP_FACT_KEYS = ("lsn", "labelfile", "spcmapfile", "start_lsn", "timeline", "stop_walfile", "archived", "stop_seconds")
+
+
+def _start_facts(state: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+    facts = state.get("facts") or {}
+    return dict((key, facts.get(key)) for key in START_FACT_KEYS)
+
+
+def _stop_facts(result: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+    return dict((key, result.get(key)) for key in STOP_FACT_KEYS)
+
+
+class PgBackupSession:
+    """The module's engine: ``started`` / ``stopped`` / ``aborted`` / ``status`` of one backup id."""
+
+    def __init__(self, params: t.Dict[str, t.Any], check_mode: bool, warn: t.Callable[[str], None]) -> None:
+        self.params = params
+        self.check_mode = check_mode
+        self.warn = warn
+        self.runtime_dir = params.get("runtime_dir") or default_runtime_dir()
+        self.backup_id = params.get("backup_id")
+        self.store = SessionStore(self.runtime_dir, self.backup_id) if self.backup_id else None
+
+    def require_id(self) -> SessionStore:
+        validate_backup_id(self.backup_id)
+        return self.store
+
+    @contextlib.contextmanager
+    def _locked(self) -> t.Iterator[None]:
+        if self.check_mode:
+            yield
+            return
+        with self.store.lock():
+            yield
+
+    # -- started --------------------------------------------------------------------------------------
+    def started(self) -> t.Dict[str, t.Any]:
+        store = self.require_id()
+        if not self.check_mode:
+            store.create()
+        with self._locked():
+            state = store.read_state() if store.exists() else None
+            previous = None
+            if state:
+                liveness, live = session_liveness(store, state)
+                if liveness == ALIVE and live.get("state") == RUNNING:
+                    result = _start_facts(live)
+                    result.update(changed=False, queries=[], preflight={}, runtime_dir=store.path,
+                                  msg="PostgreSQL backup %s is already running (holder %s)" % (self.backup_id, live.get("holder_pid")))
+                    return result
+                if liveness in (ALIVE, BUSY):
+                    raise SessionError("PostgreSQL backup %s is being %s by another task (holder %s); wait for it and run again"
+                                       % (self.backup_id, "started" if state.get("state") == STARTING else "stopped",
+                                          state.get("holder_pid")))
+                if state.get("state") == STOPPED:
+                    raise SessionError(
+                        "PostgreSQL backup %s was already completed (stopped at %s, stop LSN %s); a backup label is used once: "
+                        "choose a new backup_id" % (self.backup_id, (state.get("result") or {}).get("stopped_at"),
+                                                    (state.get("result") or {}).get("lsn")))
+                previous = state
+            return self._start(previous)
+
+    def _start(self, previous: t.Optional[t.Dict[str, t.Any]]) -> t.Dict[str, t.Any]:
+        if not HAS_PSYCOPG:
+            raise SessionError("psycopg missing", missing_psycopg=True)
+        params = self.params
+        base_kwargs = connection_kwargs(params)
+        queries = []  # type: t.List[str]
+        conn = connect(base_kwargs)
+        try:
+            preflight = run_preflight(conn, self.backup_id, params["require_archiving"], queries)
+        except psycopg.Error as exc:
+            raise SessionError("preflight on %s failed: %s" % (describe_target(base_kwargs), _error_text(exc)), queries=queries)
+        finally:
+            conn.close()
+        for warning in preflight["warnings"]:
+            self.warn(warning)
+        if previous is not None:
+            self.warn("an earlier attempt of backup %s ended as %s (%s); starting a new one"
+                      % (self.backup_id, previous.get("state"), previous.get("reason")))
+        if preflight["errors"]:
+            raise SessionError("PostgreSQL at %s is not ready for backup %s: %s"
+                               % (describe_target(base_kwargs), self.backup_id, "; ".join(preflight["errors"])),
+                               preflight=preflight, queries=queries)
+        version_num = preflight["server_version_num"]
+        would_run = holder_queries(version_num, self.backup_id, params["fast"])
+        if self.check_mode:
+            result = dict((key, preflight.get(key)) for key in START_FACT_KEYS)
+            result.update(changed=True, preflight=preflight, queries=queries + would_run, runtime_dir=self.store.path,
+                          msg="check mode: would start PostgreSQL backup %s in a holder process" % self.backup_id)
+            return result
+        spec = {
+            "backup_id": self.backup_id,
+            "runtime_dir": self.runtime_dir,
+            "conn_kwargs": holder_connection_kwargs(base_kwargs, self.backup_id),
+            "fast": params["fast"],
+            "max_duration": params["max_duration"],
+            "keepalive_interval": params["keepalive_interval"],
+            "server_version_num": version_num,
+            "preflight": dict((k, v) for k, v in preflight.items() if k != "errors"),
+        }
+        report = spawn_holder(spec)
+        if not report.get("ok"):
+            raise SessionError("PostgreSQL backup %s did not start on %s: %s" % (self.backup_id, describe_target(base_kwargs),
+                                                                                report.get("error")),
+                               preflight=preflight, queries=queries)
+        state = report["state"]
+        result = _start_facts(state)
+        result.update(changed=True, preflight=preflight, queries=queries + state["facts"].get("queries", []),
+                      runtime_dir=self.store.path)
+        return result
+
+    # -- stopped --------------------------------------------------------------------------------------
+    def stopped(self) -> t.Dict[str, t.Any]:
+        store = self.require_id()
+        if not store.exists():
+            return self._no_session("stopped")
+        with self._locked():
+            state = store.read_state()
+            if not state:
+                return self._no_session("stopped")
+            name = state.get("state")
+            if name == STOPPED:
+                return self._finish_stop(state, changed=False)
+            if name in ENDED_UNUSABLE:
+                raise SessionError(ended_message(self.backup_id, state, store), state=state)
+            liveness, _live = session_liveness(store, state)
+            if liveness == GONE:
+                state = mark_gone(store, state)
+                raise SessionError(aborted_message(self.backup_id, state), state=state)
+            if liveness == BUSY or name != RUNNING:
+                raise SessionError("PostgreSQL backup %s is being %s by another task (holder %s); wait for it and run stopped again"
+                                   % (self.backup_id, "started" if name == STARTING else "stopped", state.get("holder_pid")))
+            version_num = (state.get("facts") or {}).get("server_version_num") or 150000
+            if self.check_mode:
+                facts = state.get("facts") or {}
+                result = dict((key, None) for key in STOP_FACT_KEYS)
+                result.update(start_lsn=facts.get("start_lsn"), timeline=facts.get("timeline"), archived=False, changed=True,
+                              queries=stop_queries(version_num, self.params["wait_for_archive"]), label_paths=[],
+                              backup_manifest=None,
+                              msg="check mode: would stop PostgreSQL backup %s (holder %s)" % (self.backup_id, state.get("holder_pid")))
+                return result
+            request = {"cmd": "stop", "wait_for_archive": self.params["wait_for_archive"],
+                       "archive_timeout": self.params["archive_timeout"]}
+            try:
+                answer = holder_request(store.socket_path, request, timeout=self.params["archive_timeout"] + 120)
+            except HolderUnreachable:
+                state = mark_gone(store, state)
+                raise SessionError(aborted_message(self.backup_id, state), state=state)
+            except socket.timeout:
+                raise SessionError("the holder of PostgreSQL backup %s did not answer the stop within %d s; check %s and the "
+                                   "server, then run stopped again" % (self.backup_id, self.params["archive_timeout"] + 120,
+                                                                      store.state_path))
+            state = answer.get("state") or store.read_state() or {}
+            if not answer.get("ok"):
+                raise SessionError(ended_message(self.backup_id, state, store), state=state)
+            return self._finish_stop(state, changed=True)
+
+    def _finish_stop(self, state: t.Dict[str, t.Any], changed: bool) -> t.Dict[str, t.Any]:
+        """Write the label files (again, if a previous write failed) and return the stop facts."""
+        result = state["result"]
+        outputs = write_outputs(result, self.backup_id, self.params.get("set_path"), self.params.get("label_dest"),
+                                self.params["data_prefix"], self.warn)
+        if outputs["changed"] or result.get("label_paths") != outputs["label_paths"]:
+            stored = dict(state)
+            stored["result"] = dict(result, label_paths=outputs["label_paths"], backup_manifest=outputs["backup_manifest"])
+            self.store.write_state(stored)
+        facts = _stop_facts(result)
+        facts.update(changed=changed or outputs["changed"], label_paths=outputs["label_paths"],
+                     backup_manifest=outputs["backup_manifest"], queries=result.get("queries", []) if changed else [])
+        if result.get("archive_mode") is not None:
+            self.warn("the WAL of backup %s was not waited for: archive_mode is %s on the server; the backup needs the WAL "
+                      "from %s onwards from pg_wal" % (self.backup_id, result.get("archive_mode"), result.get("start_lsn")))
+        return facts
+
+    # -- aborted --------------------------------------------------------------------------------------
+    def aborted(self) -> t.Dict[str, t.Any]:
+        store = self.require_id()
+        if not store.exists():
+            return self._no_session("aborted")
+        with self._locked():
+            state = store.read_state()
+            if not state:
+                return self._no_session("aborted")
+            name = state.get("state")
+            if name not in (STARTING, RUNNING, STOPPING):
+                return {"changed": False, "state": state, "queries": [],
+                        "msg": "PostgreSQL backup %s is already %s; nothing to abort" % (self.backup_id, name)}
+            liveness, _live = session_liveness(store, state)
+            if liveness == GONE:
+                state = mark_gone(store, state)
+                return {"changed": False, "state": state, "queries": [],
+                        "msg": "the holder of PostgreSQL backup %s was already gone; the server ended backup mode" % self.backup_id}
+            if self.check_mode:
+                return {"changed": True, "state": state, "queries": [],
+                        "msg": "check mode: would abort PostgreSQL backup %s (holder %s)" % (self.backup_id, state.get("holder_pid"))}
+            try:
+                answer = holder_request(store.socket_path, {"cmd": "abort", "reason": "aborted on request (state=aborted)"}, timeout=60)
+            except HolderUnreachable:
+                state = mark_gone(store, state)
+                return {"changed": False, "state": state, "queries": [],
+                        "msg": "the holder of PostgreSQL backup %s was already gone" % self.backup_id}
+            except socket.timeout:
+                raise SessionError("the holder of PostgreSQL backup %s did not answer the abort within 60 s (busy starting or "
+                                   "stopping); run aborted again" % self.backup_id)
+            return {"changed": True, "state": answer.get("state") or store.read_state(), "queries": [],
+                    "msg": "PostgreSQL backup %s aborted: the holder closed its connection, so the server left backup mode" % self.backup_id}
+
+    # -- status ---------------------------------------------------------------------------------------
+    def status(self) -> t.Dict[str, t.Any]:
+        if not self.backup_id:
+            return self._all_sessions()
+        store = self.require_id()
+        state = store.read_state() if store.exists() else None
+        if not state:
+            return {"changed": False, "running": False, "state": {},
+                    "msg": "no PostgreSQL backup session %s in %s" % (self.backup_id, self.runtime_dir)}
+        liveness, live = session_liveness(store, state)
+        if live:
+            state = live
+        running = state.get("state") == RUNNING and liveness in (ALIVE, BUSY)
+        msg = "PostgreSQL backup %s is %s" % (self.backup_id, state.get("state"))
+        if state.get("state") in (STARTING, RUNNING, STOPPING) and liveness == GONE:
+            msg = aborted_message(self.backup_id, state)
+        return {"changed": False, "running": running, "state": state, "msg": msg}
+
+    def _all_sessions(self) -> t.Dict[str, t.Any]:
+        """status without backup_id: every session in runtime_dir, ``running`` when any runs."""
+        sessions = []
+        try:
+            names = sorted(os.listdir(self.runtime_dir))
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            store = SessionStore(self.runtime_dir, name)
+            state = store.read_state() if _BACKUP_ID_RE.match(name) and store.exists() else None
+            if not state:
+                continue
+            liveness, live = session_liveness(store, state)
+            state = live or state
+            sessions.append({"backup_id": name, "state": state.get("state"),
+                             "running": state.get("state") == RUNNING and liveness in (ALIVE, BUSY),
+                             "holder_pid": state.get("holder_pid"), "started_at": state.get("started_at")})
+        running = [s["backup_id"] for s in sessions if s["running"]]
+        return {"changed": False, "running": bool(running), "state": {}, "sessions": sessions,
+                "msg": "%d PostgreSQL backup session(s) in %s, running: %s" % (len(sessions), self.runtime_dir,
+                                                                              ", ".join(running) or "none")}
+
+    def _no_session(self, what: str) -> t.Dict[str, t.Any]:
+        result = {"changed": False, "queries": [],
+                  "msg": "no PostgreSQL backup session %s was running (no %s); nothing to do for state=%s"
+                  % (self.backup_id, self.store.path, what)}
+        if what == "stopped":
+            result.update(label_paths=[], backup_manifest=None)
+        return result

@@ -292,19 +292,18 @@ def _ancestors(entry: MountEntry, by_id: t.Dict[int, MountEntry]) -> t.Set[int]:
     return seen
 
 
-def visible_mounts(entries: t.Sequence[MountEntry]) -> t.List[MountEntry]:
+def _uncovered(candidates: t.Sequence[MountEntry], by_id: t.Dict[int, MountEntry]) -> t.List[MountEntry]:
     """Drop mounts hidden by a later mount on the same mount point or on a parent directory.
 
     A mount made on top of an existing mount point (or of one of its parents) covers what was
     there; it is listed later in mountinfo and the covered mount is not one of its ancestors.
     """
-    by_id = {entry.mount_id: entry for entry in entries}
     visible = []
-    for index, entry in enumerate(entries):
+    for index, entry in enumerate(candidates):
         ancestors = _ancestors(entry, by_id)
         covered = any(
             is_under(entry.mountpoint, later.mountpoint) and later.mount_id not in ancestors
-            for later in entries[index + 1:]
+            for later in candidates[index + 1:]
         )
         if not covered:
             visible.append(entry)
@@ -317,9 +316,11 @@ def mount_for(path: str, entries: t.Sequence[MountEntry]) -> MountEntry:
     The longest mount point that is a component-wise prefix of the path wins; of several mounts on
     the same mount point the last one listed wins, because it is mounted on top of the others.
     """
+    # Only mounts containing the path matter: a mount that covers one of them contains the path too.
+    candidates = [entry for entry in entries if is_under(path, entry.mountpoint)]
     best: t.Optional[MountEntry] = None
-    for entry in visible_mounts(entries):
-        if is_under(path, entry.mountpoint) and (best is None or len(entry.mountpoint) >= len(best.mountpoint)):
+    for entry in _uncovered(candidates, {entry.mount_id: entry for entry in entries}):
+        if best is None or len(entry.mountpoint) >= len(best.mountpoint):
             best = entry
     if best is None:
         raise MountinfoError("no mount in mountinfo contains %s; is /proc mounted in this namespace?" % path)

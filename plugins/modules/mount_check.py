@@ -80,12 +80,15 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Runs the same checks without the write probe; a read-only mount still fails the writable need.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: The module changes nothing, so there is nothing to show a difference of.
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details: The module only reads facts and never reports changed; the write probe removes its file before returning.
 notes:

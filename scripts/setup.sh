@@ -8,7 +8,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
-apt_packages=(postgresql-15 postgresql-client-15 rsync util-linux procps git make)
+apt_packages=(postgresql-15 postgresql-client-15 rsync util-linux procps git make shellcheck)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

@@ -70,13 +70,16 @@ options:
     type: int
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: In check mode O(state=open) reports whether the set could be opened (lock, C(COMPLETE)) and
       O(state=closed) returns the report it would write; nothing is created or written.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: The set's files are reports and markers, not configuration; there is nothing useful to diff.
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details: Opening a set this run already holds is not a change; closing writes the report of what happened.
 notes:

@@ -87,7 +87,6 @@ class Tmpfs:
             self.mounted = False
 
 
-
 def load_json(path: str) -> t.Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)

@@ -1,0 +1,212 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: pg_restore
+short_description: Prepare a PostgreSQL data directory from a backup set for archive recovery
+version_added: 0.1.0
+description:
+  - The file work of a PostgreSQL restore, in two steps like a split backup: first the label (from the label store
+    O(label_dest) when given, else from the set), then the data set it names.
+  - Refuses a set that is not C(COMPLETE), a set without C(backup_label) (PostgreSQL would otherwise run crash
+    recovery from the copied C(pg_control) and could come up silently corrupt), and a non-empty O(target).
+  - Copies C(<set>/data/pgdata) into O(target) owned by O(owner) with mode 0700, checking every file against the
+    set's C(manifest.json) SHA-256 while copying; puts C(backup_label) in place byte-exact; moves tablespaces to
+    O(tablespace_dir) and rewrites C(tablespace_map) for their new places; leaves C(pg_wal) empty; writes
+    C(recovery.signal) and the recovery settings (C(restore_command) from O(wal_archive), the recovery target,
+    C(recovery_target_action), C(archive_mode=off), O(port)) into C(postgresql.auto.conf).
+  - It does not start the server; C(playbooks/restore.yml) does, and reports the timeline and the first LSN replayed.
+options:
+  backup_dest:
+    description: Where the backup sets are (C(<backup_dest>/<backup_id>)). May be left out when the label store names the set.
+    type: path
+  backup_id:
+    description: The set to restore, or C(latest) for the newest C(COMPLETE) set in O(backup_dest).
+    type: str
+    default: latest
+  label_dest:
+    description: The label store (C(<label_dest>/<backup_id>/backup_label)); looked at before the set.
+    type: path
+  target:
+    description: The new data directory. Must not exist or be empty.
+    type: path
+    required: true
+  tablespace_dir:
+    description: Where tablespaces are restored (one directory per tablespace OID). Defaults to C(<target>_tablespaces).
+    type: path
+  owner:
+    description: The server's operating system user; it owns everything restored.
+    type: str
+    default: postgres
+  port:
+    description: The port the restored server listens on.
+    type: int
+    required: true
+  socket_dir:
+    description: The restored server's Unix socket directory. TCP is off (C(listen_addresses='')).
+    type: path
+    default: /tmp
+  wal_archive:
+    description: Directory of archived WAL read by C(restore_command).
+    type: path
+    required: true
+  recovery_target:
+    description:
+      - C(immediate) stops as soon as the backup is consistent; C(name), C(lsn), C(time) or C(xid) stop at
+        O(recovery_target_value); C(latest) replays all archived WAL.
+    type: str
+    choices: [immediate, name, lsn, time, xid, latest]
+    default: immediate
+  recovery_target_value:
+    description: The restore point name, LSN, time or transaction id for O(recovery_target).
+    type: str
+  recovery_target_action:
+    description: What the server does at the target. C(promote) opens it; C(pause) looks like a hang to most callers.
+    type: str
+    choices: [promote, pause, shutdown]
+    default: promote
+  settings:
+    description: More server settings for the restored copy (written to C(postgresql.auto.conf)).
+    type: dict
+    default: {}
+  verify:
+    description: Check each restored file's SHA-256 against the set's C(manifest.json) while copying.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Check mode finds the set and its label and checks the target; nothing is copied or written.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+    details: A restore writes a whole data directory; there is no useful diff.
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
+    support: none
+    details: A second run finds the target no longer empty and refuses, rather than overwrite it.
+notes:
+  - Restores must run as root (the files are chowned to O(owner)).
+seealso:
+  - module: consistent.backup.pg_backup_session
+author: consistent.backup developers (@consistent-backup)
+'''
+
+EXAMPLES = r'''
+- name: Prepare the newest complete set for a drill on port 5499
+  consistent.backup.pg_restore:
+    backup_dest: /backup
+    backup_id: latest
+    target: /srv/drill/pgdata
+    port: 5499
+    wal_archive: /backup/wal
+
+- name: Two-step restore of a split backup (label store first)
+  consistent.backup.pg_restore:
+    backup_dest: /restore/bareos
+    backup_id: job-4711
+    label_dest: /backup/labels
+    target: /srv/pg/15/main
+    port: 5432
+    wal_archive: /backup/wal
+    recovery_target: name
+    recovery_target_value: before-upgrade
+'''
+
+RETURN = r'''
+backup_id:
+  description: The set restored (resolved when O(backup_id=latest)).
+  returned: always
+  type: str
+set_path:
+  description: The set directory.
+  returned: always
+  type: str
+label_source:
+  description: The directory the backup_label came from (label store or set).
+  returned: always
+  type: str
+label:
+  description: The backup_label's fields (C(START WAL LOCATION), C(CHECKPOINT LOCATION), C(START TIMELINE), C(LABEL), ...).
+  returned: always
+  type: dict
+server_version_num:
+  description: The backed-up server's version (from the set's manifest), to pick matching binaries.
+  returned: always
+  type: int
+  sample: 150018
+system_identifier:
+  description: The backed-up cluster's system identifier.
+  returned: always
+  type: str
+files:
+  description: Files restored.
+  returned: success, not in check mode
+  type: int
+bytes:
+  description: Bytes restored.
+  returned: success, not in check mode
+  type: int
+verified:
+  description: Whether every file was checked against the manifest.
+  returned: success, not in check mode
+  type: bool
+tablespaces:
+  description: Tablespaces moved to their restore locations (oid, original, location).
+  returned: success, not in check mode
+  type: list
+  elements: dict
+settings:
+  description: The recovery settings written to postgresql.auto.conf.
+  returned: always
+  type: dict
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.consistent.backup.plugins.module_utils._pg_restore import RestoreError, prepare, recovery_settings
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            backup_dest=dict(type='path'),
+            backup_id=dict(type='str', default='latest'),
+            label_dest=dict(type='path'),
+            target=dict(type='path', required=True),
+            tablespace_dir=dict(type='path'),
+            owner=dict(type='str', default='postgres'),
+            port=dict(type='int', required=True),
+            socket_dir=dict(type='path', default='/tmp'),
+            wal_archive=dict(type='path', required=True),
+            recovery_target=dict(type='str', default='immediate', choices=['immediate', 'name', 'lsn', 'time', 'xid', 'latest']),
+            recovery_target_value=dict(type='str'),
+            recovery_target_action=dict(type='str', default='promote', choices=['promote', 'pause', 'shutdown']),
+            settings=dict(type='dict', default={}),
+            verify=dict(type='bool', default=True),
+        ),
+        required_one_of=[('backup_dest', 'label_dest')],
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        settings = recovery_settings(params['port'], params['wal_archive'], params['socket_dir'], params['recovery_target'],
+                                     params['recovery_target_value'], params['recovery_target_action'], params['settings'])
+        result = prepare(params['backup_dest'], params['backup_id'], params['label_dest'], params['target'],
+                         params['tablespace_dir'] or params['target'].rstrip('/') + '_tablespaces', params['owner'],
+                         settings, params['verify'], module.check_mode)
+    except RestoreError as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg='restore into %s failed at %s: %s; the target is incomplete, remove it before trying again'
+                         % (params['target'], exc.filename or '?', exc.strerror or exc))
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

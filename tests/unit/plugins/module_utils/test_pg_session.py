@@ -1,0 +1,543 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Specification of the PostgreSQL session engine without a server: the SQL per version, LSNs, the preflight
+verdicts, the connection parameters, the session state file and what stopped/started do with each state."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+
+import pytest
+
+from ansible_collections.consistent.backup.plugins.module_utils import _pg_session
+from ansible_collections.consistent.backup.plugins.module_utils._pg_session import (
+    ALIVE,
+    GONE,
+    PgBackupSession,
+    SessionError,
+    SessionStore,
+    aborted_message,
+    archiver_failing,
+    backup_functions,
+    connection_kwargs,
+    default_runtime_dir,
+    describe_target,
+    evaluate_preflight,
+    format_lsn,
+    holder_connection_kwargs,
+    holder_probe,
+    is_not_in_progress_error,
+    parse_lsn,
+    render_sql,
+    segment_archived,
+    session_settings,
+    setting_bytes,
+    validate_backup_id,
+    walfile_timeline,
+    write_outputs,
+)
+
+LABEL = ("START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\n"
+         "BACKUP METHOD: streamed\nBACKUP FROM: primary\nSTART TIME: 2024-05-01 10:00:00 UTC\nLABEL: b1\n"
+         "START TIMELINE: 1\n")
+
+
+# -- SQL per server version ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version_num", [120000, 120022, 130000, 140000, 140013])
+def test_12_to_14_use_pg_start_backup_non_exclusive_and_pg_stop_backup_without_wait(version_num):
+    functions = backup_functions(version_num)
+
+    assert functions.start_sql == "SELECT pg_catalog.pg_start_backup(%s, %s, false)::text"
+    assert functions.stop_sql == "SELECT lsn::text, labelfile, spcmapfile FROM pg_catalog.pg_stop_backup(false, false)"
+    assert functions.start_signature == "pg_catalog.pg_start_backup(text, boolean, boolean)"
+    assert functions.stop_signature == "pg_catalog.pg_stop_backup(boolean, boolean)"
+    assert functions.not_in_progress == "non-exclusive backup is not in progress"
+
+
+@pytest.mark.parametrize("version_num", [150000, 150008, 160000, 170000, 180000, 180006])
+def test_15_and_later_use_pg_backup_start_and_pg_backup_stop_without_wait(version_num):
+    functions = backup_functions(version_num)
+
+    assert functions.start_sql == "SELECT pg_catalog.pg_backup_start(%s, %s)::text"
+    assert functions.stop_sql == "SELECT lsn::text, labelfile, spcmapfile FROM pg_catalog.pg_backup_stop(false)"
+    assert functions.start_signature == "pg_catalog.pg_backup_start(text, boolean)"
+    assert functions.stop_signature == "pg_catalog.pg_backup_stop(boolean)"
+    assert functions.not_in_progress == "backup is not in progress"
+
+
+@pytest.mark.parametrize("version_num", [90600, 100000, 110022])
+def test_servers_before_12_are_refused_with_the_minimum_version(version_num):
+    with pytest.raises(SessionError, match="needs PostgreSQL 12 or later"):
+        backup_functions(version_num)
+
+
+@pytest.mark.parametrize("message", ["ERROR:  backup is not in progress", "ERROR:  non-exclusive backup is not in progress"])
+def test_the_no_backup_in_progress_error_of_every_version_is_recognised(message):
+    assert is_not_in_progress_error(message)
+
+
+def test_other_errors_are_not_taken_for_no_backup_in_progress():
+    assert not is_not_in_progress_error("a backup is already in progress in this session")
+
+
+def test_idle_session_timeout_is_disabled_from_14_where_it_exists():
+    assert "SET idle_session_timeout = 0" in session_settings(140000)
+    assert "SET idle_session_timeout = 0" not in session_settings(130000)
+    assert session_settings(180000)[1:] == ["SET idle_in_transaction_session_timeout = 0", "SET statement_timeout = 0",
+                                            "SET max_parallel_workers_per_gather = 0"]
+
+
+def test_queries_are_reported_with_literal_parameters():
+    assert render_sql("SELECT pg_catalog.pg_backup_start(%s, %s)::text", ["it's", True]) == \
+        "SELECT pg_catalog.pg_backup_start('it''s', true)::text"
+
+
+# -- LSNs and WAL file names ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, value", [("0/0", 0), ("0/2000028", 0x2000028), ("16/B374D848", 0x16B374D848),
+                                         ("FFFFFFFF/FFFFFFFF", 2 ** 64 - 1), ("0/02000028", 0x2000028)])
+def test_lsn_text_parses_to_its_integer(text, value):
+    assert parse_lsn(text) == value
+
+
+@pytest.mark.parametrize("value, text", [(0, "0/0"), (0x2000028, "0/2000028"), (0x16B374D848, "16/B374D848")])
+def test_lsn_integers_print_as_postgresql_prints_them(value, text):
+    assert format_lsn(value) == text
+
+
+@pytest.mark.parametrize("text", ["", "2000028", "0/", "G/1", "0/123456789", None])
+def test_malformed_lsns_are_refused(text):
+    with pytest.raises(ValueError, match="not a PostgreSQL LSN"):
+        parse_lsn(text)
+
+
+def test_the_timeline_of_a_wal_file_is_its_first_eight_hex_digits():
+    assert walfile_timeline("0000000A0000000100000002") == 10
+
+
+@pytest.mark.parametrize("last_archived, expected", [
+    ("000000010000000000000002", True),
+    ("000000010000000000000003", True),
+    ("000000010000000000000001", False),
+    ("000000010000000000000002.00000028.backup", True),
+    ("000000010000000000000001.00000028.backup", False),
+    ("00000002.history", False),
+    (None, False),
+])
+def test_a_segment_counts_as_archived_once_the_archiver_reached_it(last_archived, expected):
+    assert segment_archived(last_archived, "000000010000000000000002") is expected
+
+
+# -- preflight verdicts --------------------------------------------------------------------------------------------
+
+def healthy(**changes):
+    facts = {
+        "in_recovery": False, "pooled": None, "wal_level": "replica", "superuser": True, "current_user": "postgres",
+        "privileges": {"start": True, "stop": True, "start_signature": "s", "stop_signature": "t"},
+        "archive_mode": "on", "archive_command": "cp %p /archive/%f", "archive_library": "",
+        "settings_readable": ["archive_command"],
+        "archiver": {"last_archived_wal": "000000010000000000000002", "last_archived_time": "2024-05-01T10:00:00Z",
+                     "last_failed_wal": None, "last_failed_time": None, "failed_count": 0},
+    }
+    facts.update(changes)
+    return facts
+
+
+def test_a_healthy_primary_passes_the_preflight():
+    assert evaluate_preflight(healthy(), require_archiving=True) == ([], [])
+
+
+def test_a_standby_is_refused():
+    errors, _warnings = evaluate_preflight(healthy(in_recovery=True), True)
+
+    assert any("standby" in e and "pg_is_in_recovery" in e for e in errors)
+
+
+def test_wal_level_minimal_is_refused():
+    errors, _warnings = evaluate_preflight(healthy(wal_level="minimal"), True)
+
+    assert any("wal_level is minimal" in e for e in errors)
+
+
+def test_a_role_without_superuser_or_execute_on_the_functions_is_refused():
+    facts = healthy(superuser=False, privileges={"start": True, "stop": False, "start_signature": "pg_catalog.pg_backup_start(text, boolean)",
+                                                  "stop_signature": "pg_catalog.pg_backup_stop(boolean)"})
+
+    errors, _warnings = evaluate_preflight(facts, True)
+
+    assert any("GRANT EXECUTE" in e and "pg_catalog.pg_backup_stop(boolean)" in e for e in errors)
+
+
+def test_a_non_superuser_with_execute_on_both_functions_passes():
+    facts = healthy(superuser=False)
+
+    assert evaluate_preflight(facts, True) == ([], [])
+
+
+def test_a_backend_pid_that_changes_between_statements_means_a_pooler_and_is_refused():
+    errors, _warnings = evaluate_preflight(healthy(pooled="100 then 101"), True)
+
+    assert any("pooler" in e for e in errors)
+
+
+def test_archive_mode_off_is_refused_when_archiving_is_required():
+    errors, warnings = evaluate_preflight(healthy(archive_mode="off", archive_command="(disabled)"), True)
+
+    assert any("archive_mode is off" in e for e in errors)
+    assert warnings == []
+
+
+def test_archive_problems_are_only_warnings_when_archiving_is_not_required():
+    errors, warnings = evaluate_preflight(healthy(archive_mode="off"), False)
+
+    assert errors == []
+    assert any("archive_mode is off" in w for w in warnings)
+
+
+def test_archive_mode_on_without_command_or_library_is_refused():
+    errors, _warnings = evaluate_preflight(healthy(archive_command=""), True)
+
+    assert any("neither archive_command nor archive_library" in e for e in errors)
+
+
+def test_an_archive_library_replaces_the_archive_command():
+    assert evaluate_preflight(healthy(archive_command="", archive_library="basic_archive"), True) == ([], [])
+
+
+def test_a_failing_archiver_is_refused_naming_pg_stat_archiver_and_the_failed_wal():
+    archiver = {"last_archived_wal": "000000010000000000000002", "last_archived_time": "2024-05-01T10:00:00Z",
+                "last_failed_wal": "000000010000000000000003", "last_failed_time": "2024-05-01T10:05:00Z", "failed_count": 7}
+
+    errors, _warnings = evaluate_preflight(healthy(archiver=archiver), True)
+
+    assert len(errors) == 1
+    assert "pg_stat_archiver" in errors[0] and "000000010000000000000003" in errors[0] and "fix archive_command" in errors[0]
+
+
+def test_an_archiver_that_succeeded_after_its_last_failure_is_healthy():
+    archiver = {"last_archived_time": "2024-05-01T10:06:00Z", "last_failed_time": "2024-05-01T10:05:00Z"}
+
+    assert not archiver_failing(archiver)
+
+
+def test_an_archiver_that_only_ever_failed_is_failing():
+    assert archiver_failing({"last_archived_time": None, "last_failed_time": "2024-05-01T10:05:00Z"})
+
+
+def test_an_unreadable_archive_command_is_a_warning_not_a_refusal():
+    errors, warnings = evaluate_preflight(healthy(archive_command=None, settings_readable=[]), True)
+
+    assert errors == []
+    assert any("pg_read_all_settings" in w for w in warnings)
+
+
+@pytest.mark.parametrize("setting, unit, expected", [("16777216", "B", 16777216), ("2048", "8kB", 16777216),
+                                                     ("16", "MB", 16777216), (None, "B", None)])
+def test_settings_with_units_convert_to_bytes(setting, unit, expected):
+    assert setting_bytes(setting, unit) == expected
+
+
+# -- connection parameters -----------------------------------------------------------------------------------------
+
+def test_unset_connection_options_are_not_passed_so_libpq_environment_applies():
+    assert connection_kwargs({"login_host": None, "port": None, "login_user": None, "login_password": None,
+                              "login_db": None, "login_unix_socket": None, "connect_params": {}}) == {}
+
+
+def test_set_connection_options_become_libpq_keywords():
+    kwargs = connection_kwargs({"login_host": "db1", "port": 5433, "login_user": "backup", "login_password": "pw",
+                                "login_db": "postgres", "connect_params": {"sslmode": "require", "port": "1"}})
+
+    assert kwargs == {"host": "db1", "port": "5433", "user": "backup", "password": "pw", "dbname": "postgres",
+                      "sslmode": "require"}
+
+
+def test_the_unix_socket_directory_is_the_host_unless_a_remote_host_is_named():
+    assert connection_kwargs({"login_unix_socket": "/run/pg"})["host"] == "/run/pg"
+    assert connection_kwargs({"login_unix_socket": "/run/pg", "login_host": "localhost"})["host"] == "/run/pg"
+    assert connection_kwargs({"login_unix_socket": "/run/pg", "login_host": "db1"})["host"] == "db1"
+
+
+def test_the_holder_connection_adds_keepalives_and_names_itself_after_the_backup():
+    kwargs = holder_connection_kwargs({"host": "db1", "keepalives_idle": "5", "application_name": "x"}, "b1")
+
+    assert kwargs["keepalives"] == "1" and kwargs["keepalives_idle"] == "5"
+    assert kwargs["application_name"] == "consistent.backup:b1"
+    assert kwargs["connect_timeout"] == "10"
+
+
+def test_the_connection_description_never_shows_the_password(monkeypatch):
+    monkeypatch.setenv("PGHOST", "/run/pg")
+
+    text = describe_target({"host": "db1", "user": "backup", "password": "s3cret"})
+
+    assert "s3cret" not in text and "host=db1" in text and "PGHOST=/run/pg" in text
+
+
+# -- backup ids and runtime directory ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backup_id", ["b1", "20240501T0200-pg1", "nightly.2024-05-01", "a+b@c_d"])
+def test_backup_ids_usable_as_label_and_directory_name_are_accepted(backup_id):
+    assert validate_backup_id(backup_id) == backup_id
+
+
+@pytest.mark.parametrize("backup_id", ["", None, ".hidden", "a/b", "..", "with space", "x" * 101, "caf\u00e9"])
+def test_backup_ids_that_are_not_safe_names_are_refused(backup_id):
+    with pytest.raises(SessionError, match="not usable as a PostgreSQL backup label"):
+        validate_backup_id(backup_id)
+
+
+def test_the_runtime_dir_falls_back_to_tmp_per_uid_when_run_is_not_writable(monkeypatch):
+    monkeypatch.setattr(_pg_session.os, "access", lambda path, mode: False)
+
+    assert default_runtime_dir() == "/tmp/consistent-backup-%d" % os.getuid()
+
+
+# -- session state -------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def runtime():
+    # Short path: Unix socket paths are limited to 107 bytes.
+    path = tempfile.mkdtemp(prefix="cb-ut-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def params(runtime, **changes):
+    values = {"backup_id": "b1", "runtime_dir": runtime, "set_path": None, "label_dest": None, "data_prefix": "pgdata",
+              "wait_for_archive": True, "archive_timeout": 5, "require_archiving": True, "fast": True,
+              "max_duration": 60, "keepalive_interval": 10, "connect_params": {}}
+    values.update(changes)
+    return values
+
+
+def stored_session(runtime, state, **extra):
+    store = SessionStore(runtime, "b1")
+    store.create()
+    document = {"backup_id": "b1", "state": state, "holder_pid": 999999, "backend_pid": 4242, "reason": None,
+                "facts": {"start_lsn": "0/2000028", "timeline": 1, "server_version_num": 180000}, "result": None}
+    document.update(extra)
+    store.write_state(document)
+    return store
+
+
+def stop_result(**changes):
+    result = {"lsn": "0/2000100", "labelfile": LABEL, "spcmapfile": "", "encoding": "utf-8", "start_lsn": "0/2000028",
+              "timeline": 1, "stop_timeline": 1, "stop_walfile": "000000010000000000000002", "archived": True,
+              "system_identifier": 7310000000000000001, "server_version_num": 180000, "stopped_at": "2024-05-01T10:01:00Z",
+              "stop_seconds": 0.2, "queries": ["SELECT 1"]}
+    result.update(changes)
+    return result
+
+
+def test_the_state_file_round_trips_and_records_when_it_was_written(runtime):
+    store = stored_session(runtime, "running")
+
+    state = store.read_state()
+
+    assert state["state"] == "running" and state["holder_pid"] == 999999
+    assert state["updated_at"].endswith("Z")
+    assert os.stat(store.path).st_mode & 0o777 == 0o700
+    assert os.stat(store.state_path).st_mode & 0o777 == 0o600
+
+
+def test_a_corrupt_state_file_is_reported_with_what_to_do(runtime):
+    store = stored_session(runtime, "running")
+    with open(store.state_path, "w", encoding="utf-8") as handle:
+        handle.write("{not json")
+
+    with pytest.raises(SessionError, match="pg_stat_activity"):
+        store.read_state()
+
+
+def test_a_holder_whose_socket_nobody_listens_on_is_gone(runtime):
+    store = stored_session(runtime, "running")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(store.socket_path)  # bound, never listening: what a SIGKILLed holder leaves
+    dead.close()
+
+    assert holder_probe(store, store.read_state())[0] == GONE
+
+
+def test_a_holder_answering_status_for_this_backup_is_alive(runtime):
+    store = stored_session(runtime, "running")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(store.socket_path)
+    listener.listen(1)
+
+    def answer():
+        client, _addr = listener.accept()
+        client.recv(1024)
+        client.sendall(json.dumps({"ok": True, "state": {"backup_id": "b1", "holder_pid": 999999, "state": "running"}}).encode() + b"\n")
+        client.close()
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    liveness, live = holder_probe(store, store.read_state())
+    thread.join()
+    listener.close()
+
+    assert liveness == ALIVE and live["state"] == "running"
+
+
+def test_the_aborted_message_names_the_holder_the_reason_and_says_the_copy_is_unusable():
+    message = aborted_message("b1", {"holder_pid": 77, "reason": "max_duration of 3 s reached"})
+
+    assert message == ("PostgreSQL backup b1 was aborted: the holder process 77 is gone (max_duration of 3 s reached) so the "
+                       "server ended backup mode when its connection closed; the files copied for this backup are NOT a "
+                       "usable backup. Run the backup again.")
+
+
+def test_stopped_without_a_session_directory_is_ok_and_not_changed(runtime):
+    result = PgBackupSession(params(runtime), False, lambda w: None).stopped()
+
+    assert result["changed"] is False
+    assert result["msg"].startswith("no PostgreSQL backup session b1 was running")
+
+
+def test_stopped_when_the_holder_vanished_fails_and_records_the_abort(runtime):
+    store = stored_session(runtime, "running")
+
+    with pytest.raises(SessionError) as caught:
+        PgBackupSession(params(runtime), False, lambda w: None).stopped()
+
+    assert "was aborted: the holder process 999999 is gone" in caught.value.msg
+    assert store.read_state()["state"] == "aborted"
+
+
+@pytest.mark.parametrize("state", ["aborted", "expired"])
+def test_stopped_after_an_abort_or_expiry_fails_with_the_recorded_reason(runtime, state):
+    stored_session(runtime, state, reason="max_duration of 3 s reached at 2024-05-01T10:00:03Z")
+
+    with pytest.raises(SessionError, match=r"was aborted: .*\(max_duration of 3 s reached"):
+        PgBackupSession(params(runtime), False, lambda w: None).stopped()
+
+
+def test_stopped_after_an_archive_timeout_fails_with_that_reason(runtime):
+    stored_session(runtime, "failed", reason="WAL segment 000000010000000000000002 (holding the stop LSN 0/2000100) was not archived")
+
+    with pytest.raises(SessionError, match="failed: WAL segment 000000010000000000000002"):
+        PgBackupSession(params(runtime), False, lambda w: None).stopped()
+
+
+def test_stopped_of_a_stopped_session_returns_the_stored_facts_and_writes_missing_labels(runtime, tmp_path):
+    stored_session(runtime, "stopped", result=stop_result())
+    engine = PgBackupSession(params(runtime, label_dest=str(tmp_path)), False, lambda w: None)
+
+    first = engine.stopped()
+    second = engine.stopped()
+
+    assert first["changed"] is True and second["changed"] is False
+    assert second["lsn"] == "0/2000100" and second["labelfile"] == LABEL
+    assert (tmp_path / "b1" / "backup_label").read_bytes() == LABEL.encode()
+    assert second["queries"] == []
+
+
+def test_started_with_the_id_of_a_completed_backup_is_refused(runtime):
+    stored_session(runtime, "stopped", result=stop_result())
+
+    with pytest.raises(SessionError, match="already completed.*choose a new backup_id"):
+        PgBackupSession(params(runtime), False, lambda w: None).started()
+
+
+def test_started_without_psycopg_reports_the_missing_library(runtime, monkeypatch):
+    monkeypatch.setattr(_pg_session, "HAS_PSYCOPG", False)
+
+    with pytest.raises(SessionError) as caught:
+        PgBackupSession(params(runtime), False, lambda w: None).started()
+
+    assert caught.value.facts == {"missing_psycopg": True}
+
+
+def test_aborted_without_a_session_is_ok_and_not_changed(runtime):
+    result = PgBackupSession(params(runtime), False, lambda w: None).aborted()
+
+    assert result["changed"] is False
+
+
+def test_status_of_a_session_whose_holder_vanished_is_not_running(runtime):
+    stored_session(runtime, "running")
+
+    result = PgBackupSession(params(runtime), False, lambda w: None).status()
+
+    assert result["running"] is False
+    assert "was aborted" in result["msg"]
+
+
+# -- label files ---------------------------------------------------------------------------------------------------
+
+def test_labels_go_into_the_set_root_and_next_to_the_copy_byte_exact(tmp_path):
+    set_path = tmp_path / "b1"
+    (set_path / "data" / "pgdata").mkdir(parents=True)
+    warnings = []
+
+    outputs = write_outputs(stop_result(), "b1", str(set_path), None, "pgdata", warnings.append)
+
+    assert (set_path / "backup_label").read_bytes() == LABEL.encode()
+    assert (set_path / "data" / "pgdata" / "backup_label").read_bytes() == LABEL.encode()
+    assert outputs["backup_manifest"] is None  # no manifest.json entries yet: nothing to describe
+    assert any("lists no files" in w for w in warnings)
+
+
+def test_a_tablespace_map_is_written_only_when_the_server_returned_one(tmp_path):
+    spcmap = "16390 /srv/pg/fast\n"
+
+    write_outputs(stop_result(), "b1", None, str(tmp_path / "empty"), "pgdata", lambda w: None)
+    write_outputs(stop_result(spcmapfile=spcmap), "b1", None, str(tmp_path / "with"), "pgdata", lambda w: None)
+
+    assert not (tmp_path / "empty" / "b1" / "tablespace_map").exists()
+    assert (tmp_path / "with" / "b1" / "tablespace_map").read_bytes() == spcmap.encode()
+
+
+def test_label_text_is_written_back_in_the_connection_encoding(tmp_path):
+    spcmap = "16390 /srv/pg/caf\u00e9\n"
+
+    write_outputs(stop_result(spcmapfile=spcmap, encoding="latin-1"), "b1", None, str(tmp_path), "pgdata", lambda w: None)
+
+    assert (tmp_path / "b1" / "tablespace_map").read_bytes() == b"16390 /srv/pg/caf\xe9\n"
+
+
+def test_the_label_store_gets_a_label_json_with_the_lsns(tmp_path):
+    write_outputs(stop_result(), "b1", None, str(tmp_path), "pgdata", lambda w: None)
+
+    info = json.loads((tmp_path / "b1" / "label.json").read_text())
+
+    assert info["start_lsn"] == "0/2000028" and info["stop_lsn"] == "0/2000100" and info["timeline"] == 1
+    assert info["system_identifier"] == 7310000000000000001
+
+
+def test_writing_the_same_labels_again_changes_nothing(tmp_path):
+    first = write_outputs(stop_result(), "b1", None, str(tmp_path), "pgdata", lambda w: None)
+    second = write_outputs(stop_result(), "b1", None, str(tmp_path), "pgdata", lambda w: None)
+
+    assert first["changed"] is True and second["changed"] is False
+    assert second["label_paths"] == first["label_paths"]
+
+
+def test_a_missing_set_path_fails_and_says_the_label_is_kept(tmp_path):
+    with pytest.raises(SessionError, match="does not exist.*kept in the session state"):
+        write_outputs(stop_result(), "b1", str(tmp_path / "nope"), None, "pgdata", lambda w: None)
+
+
+def test_the_backup_manifest_lists_the_copy_and_the_label(tmp_path):
+    set_path = tmp_path / "b1"
+    copy = set_path / "data" / "pgdata"
+    copy.mkdir(parents=True)
+    (copy / "PG_VERSION").write_bytes(b"18\n")
+    (set_path / "manifest.json").write_text(json.dumps({"files": [
+        {"path": "pgdata/PG_VERSION", "type": "file", "size": 3, "sha256": "ab" * 32, "mtime": 1714557600}]}))
+
+    outputs = write_outputs(stop_result(), "b1", str(set_path), None, "pgdata", lambda w: None)
+
+    manifest = json.loads((copy / "backup_manifest").read_text())
+    assert outputs["backup_manifest"] == str(copy / "backup_manifest")
+    assert [f["Path"] for f in manifest["Files"]] == ["PG_VERSION", "backup_label"]
+    assert manifest["System-Identifier"] == 7310000000000000001
+    assert manifest["WAL-Ranges"] == [{"Timeline": 1, "Start-LSN": "0/2000028", "End-LSN": "0/2000100"}]

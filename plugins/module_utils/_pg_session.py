@@ -941,9 +941,9 @@ def spawn_holder(spec: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
             state = store.read_state() or {}
         except SessionError:
             state = {}
+        reason = state.get("reason") or "no reason recorded"
         return {"ok": False, "state": state,
-                "error": "the holder process ended without reporting (%s; see %s)" % (state.get("reason") or "no reason recorded",
-                                                                                     store.state_path)}
+                "error": "the holder process ended without reporting (%s; see %s)" % (reason, store.state_path)}
     return json.loads(data.decode("utf-8").splitlines()[0])
 
 
@@ -1246,8 +1246,8 @@ class PgBackupSession:
         }
         report = spawn_holder(spec)
         if not report.get("ok"):
-            raise SessionError("PostgreSQL backup %s did not start on %s: %s" % (self.backup_id, describe_target(base_kwargs),
-                                                                                report.get("error")),
+            raise SessionError("PostgreSQL backup %s did not start on %s: %s"
+                               % (self.backup_id, describe_target(base_kwargs), report.get("error")),
                                preflight=preflight, queries=queries)
         state = report["state"]
         result = _start_facts(state)
@@ -1294,8 +1294,8 @@ class PgBackupSession:
                 raise SessionError(aborted_message(self.backup_id, state), state=state)
             except socket.timeout:
                 raise SessionError("the holder of PostgreSQL backup %s did not answer the stop within %d s; check %s and the "
-                                   "server, then run stopped again" % (self.backup_id, self.params["archive_timeout"] + 120,
-                                                                      store.state_path))
+                                   "server, then run stopped again"
+                                   % (self.backup_id, self.params["archive_timeout"] + 120, store.state_path))
             state = answer.get("state") or store.read_state() or {}
             if not answer.get("ok"):
                 raise SessionError(ended_message(self.backup_id, state, store), state=state)
@@ -1388,8 +1388,8 @@ class PgBackupSession:
                              "holder_pid": state.get("holder_pid"), "started_at": state.get("started_at")})
         running = [s["backup_id"] for s in sessions if s["running"]]
         return {"changed": False, "running": bool(running), "state": {}, "sessions": sessions,
-                "msg": "%d PostgreSQL backup session(s) in %s, running: %s" % (len(sessions), self.runtime_dir,
-                                                                              ", ".join(running) or "none")}
+                "msg": "%d PostgreSQL backup session(s) in %s, running: %s"
+                       % (len(sessions), self.runtime_dir, ", ".join(running) or "none")}
 
     def _no_session(self, what: str) -> t.Dict[str, t.Any]:
         result = {"changed": False, "queries": [],

@@ -139,14 +139,17 @@ options:
     type: path
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - V(started) connects and runs the read-only preflight, V(stopped) and V(aborted) read the session state; none of
         them starts a holder, stops or aborts a backup or writes a file. RV(queries) lists what would run.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: The module starts and stops a server-side backup; there is no file content to show a difference of.
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details:
       - V(started) with the O(backup_id) of a running session returns its facts unchanged; V(stopped) of a stopped

@@ -15,9 +15,12 @@ import re
 import signal
 import time
 
-import pytest
+import pg_fixtures
+from pg_fixtures import copy_data_directory, holder_alive, pg_verifybackup, run_module, wait_until
 
-from pg_fixtures import copy_data_directory, holder_alive, pg, pg_verifybackup, run_module, runtime_dir, wait_until  # noqa: F401
+# Fixtures: pg (a fresh cluster per version, 15 and 18, for this module) and runtime_dir (a private session directory).
+pg = pg_fixtures.pg
+runtime_dir = pg_fixtures.runtime_dir
 
 LSN_PATTERN = r"^[0-9A-F]{1,8}/[0-9A-F]{1,8}$"
 

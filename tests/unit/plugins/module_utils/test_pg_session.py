@@ -167,8 +167,9 @@ def test_wal_level_minimal_is_refused():
 
 
 def test_a_role_without_superuser_or_execute_on_the_functions_is_refused():
-    facts = healthy(superuser=False, privileges={"start": True, "stop": False, "start_signature": "pg_catalog.pg_backup_start(text, boolean)",
-                                                  "stop_signature": "pg_catalog.pg_backup_stop(boolean)"})
+    privileges = {"start": True, "stop": False, "start_signature": "pg_catalog.pg_backup_start(text, boolean)",
+                  "stop_signature": "pg_catalog.pg_backup_stop(boolean)"}
+    facts = healthy(superuser=False, privileges=privileges)
 
     errors, _warnings = evaluate_preflight(facts, True)
 

@@ -1,0 +1,415 @@
+#!/usr/bin/env python3
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Benchmark of the aligned_copy engine against dd, and against dd followed by sha256sum.
+
+Run from the checkout (after scripts/setup.sh):
+
+    .venv/bin/python bench/bench_copy.py                 # 1 GiB, 5 rounds, warm cache
+    .venv/bin/python bench/bench_copy.py --cold          # drop the page cache before every run (root)
+    .venv/bin/python bench/bench_copy.py --write-docs    # also regenerate docs/performance.md and the chart
+
+What is timed, per round (the order alternates between rounds so neither tool always goes first):
+
+* engine: ``run_copy`` of one 1 GiB file, SHA-256 computed in the same pass, fsync before rename,
+  manifest written; run in a child process (``python bench_copy.py --child``) that reports its own peak
+  RSS (VmHWM from /proc/self/status; ru_maxrss of a vfork'ed child would include the parent's peak). Timed as the child's wall time (interpreter start included);
+  the engine's own ``seconds`` is recorded too.
+* dd: ``dd if=SRC of=DST bs=READ_SIZE conv=fsync``.
+* dd + sha256sum: that dd, then ``sha256sum DST`` (the checksum of the written copy, which is what a
+  careful operator would verify; DST is still in the page cache).
+
+Between runs the destination is removed and ``sync`` is run; with ``--cold`` the page cache is also
+dropped (``echo 3 > /proc/sys/vm/drop_caches``) before every run, otherwise the source is read into
+the cache once before the first round and every run reads it warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import typing as t
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+COLLECTIONS = os.path.join(ROOT, ".build", "collections")
+RESULTS = os.path.join(HERE, "results")
+DOC = os.path.join(ROOT, "docs", "performance.md")
+CHART = os.path.join(ROOT, "docs", "performance-copy.png")
+MIB = 1024 * 1024
+
+TOOLS = ("engine", "dd", "dd+sha256sum")
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB}
+    text = text.strip().upper().replace("IB", "").replace("B", "")
+    unit = text[-1] if text and text[-1] in units else ""
+    return int(float(text[:len(text) - len(unit)]) * units[unit])
+
+
+# ---------------------------------------------------------------------------------------------
+# Child: one engine run
+# ---------------------------------------------------------------------------------------------
+
+
+def vm_hwm_kib() -> int:
+    """Peak resident set of this process (VmHWM), in KiB."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def child(args: argparse.Namespace) -> int:
+    sys.path.insert(0, COLLECTIONS)
+    from ansible_collections.consistent.backup.plugins.module_utils import _copy  # pylint: disable=import-outside-toplevel
+
+    if args.writeback_window is not None:
+        _copy.WRITEBACK_WINDOW = args.writeback_window
+    if args.buffers is not None:
+        _copy.RING_BUFFERS = args.buffers
+    sources = _copy.normalize_sources([{"path": args.src, "dest": os.path.basename(args.src)}])
+    plan = _copy.plan_copy(sources)
+    result = _copy.run_copy(plan, args.sets, args.backup_id, block_size=args.block_size, read_size=args.read_size,
+                            direct=args.direct, engine="files")
+    with open(os.path.join(result.set_path, "manifest.json")) as handle:
+        manifest = json.load(handle)
+    sha = [f["sha256"] for f in manifest["files"] if f["type"] == "file"][0]
+    print(json.dumps({"seconds": result.seconds, "sha256": sha, "bytes": result.bytes_copied, "direct": result.direct,
+                      "vm_hwm_kib": vm_hwm_kib()}))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent
+# ---------------------------------------------------------------------------------------------
+
+
+def sync_and_maybe_drop(cold: bool) -> None:
+    subprocess.run(["sync"], check=True)
+    if cold:
+        with open("/proc/sys/vm/drop_caches", "w") as handle:
+            handle.write("3\n")
+
+
+def make_source(path: str, size: int) -> str:
+    if os.path.exists(path) and os.path.getsize(path) == size:
+        return "reused"
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as handle:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 16 * MIB))
+            handle.write(chunk)
+            left -= len(chunk)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.rename(tmp, path)
+    return "created"
+
+
+def warm(path: str) -> None:
+    with open(path, "rb", buffering=0) as handle:
+        while handle.read(16 * MIB):
+            pass
+
+
+def run_engine(args: argparse.Namespace, src: str, sets: str, backup_id: str) -> t.Dict[str, t.Any]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--src", src, "--sets", sets, "--backup-id", backup_id,
+           "--read-size", str(args.read_size), "--block-size", str(args.block_size)]
+    if args.direct:
+        cmd.append("--direct")
+    if args.writeback_window is not None:
+        cmd += ["--writeback-window", str(args.writeback_window)]
+    if args.buffers is not None:
+        cmd += ["--buffers", str(args.buffers)]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+    _pid, status, _usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    proc.returncode = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status
+    if proc.returncode != 0:
+        raise SystemExit("engine run failed (exit %s): %s" % (proc.returncode, out))
+    data = json.loads(out.strip().splitlines()[-1])
+    data["wall"] = wall
+    # VmHWM read by the child itself: ru_maxrss of a child started with vfork also counts the parent's
+    # peak (Linux keeps the old mm's high-water mark across exec), so it would overstate the engine.
+    data["rss_mib"] = data["vm_hwm_kib"] / 1024.0
+    return data
+
+
+def run_dd(args: argparse.Namespace, src: str, dst: str, with_sha: bool) -> t.Dict[str, t.Any]:
+    started = time.monotonic()
+    subprocess.run(["dd", "if=%s" % src, "of=%s" % dst, "bs=%d" % args.read_size, "conv=fsync", "status=none"],
+                   check=True, env=dict(os.environ, LANG="C"))
+    dd_done = time.monotonic()
+    data = {"dd_seconds": dd_done - started}
+    if with_sha:
+        out = subprocess.run(["sha256sum", dst], check=True, stdout=subprocess.PIPE, env=dict(os.environ, LANG="C")).stdout
+        data["sha256"] = out.decode().split()[0]
+        data["sha_seconds"] = time.monotonic() - dd_done
+    data["wall"] = time.monotonic() - started
+    return data
+
+
+def machine_facts(directory: str) -> t.Dict[str, t.Any]:
+    facts = {"python": platform.python_version(), "kernel": platform.release(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpuinfo = handle.read()
+        for line in cpuinfo.splitlines():
+            if line.startswith("model name"):
+                facts["cpu"] = line.split(":", 1)[1].strip()
+                break
+        flags = [line for line in cpuinfo.splitlines() if line.startswith("flags")]
+        facts["sha_ni"] = bool(flags) and " sha_ni" in flags[0]
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as handle:
+            facts["mem_gib"] = round(int(handle.readline().split()[1]) / 1024.0 / 1024.0, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        out = subprocess.run(["df", "--output=source,fstype", directory], stdout=subprocess.PIPE, check=True,
+                             env=dict(os.environ, LANG="C")).stdout.decode().splitlines()[-1].split()
+        facts["device"], facts["fstype"] = out[0], out[1]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        pass
+    try:
+        import ssl  # pylint: disable=import-outside-toplevel
+        facts["openssl"] = ssl.OPENSSL_VERSION
+    except ImportError:
+        pass
+    for tool in ("dd", "sha256sum"):
+        try:
+            facts[tool] = subprocess.run([tool, "--version"], stdout=subprocess.PIPE, check=True).stdout.decode().splitlines()[0]
+        except (OSError, subprocess.CalledProcessError, IndexError):
+            pass
+    return facts
+
+
+def summarize(runs: t.Dict[str, t.List[t.Dict[str, t.Any]]]) -> t.Dict[str, t.Any]:
+    summary = {}
+    for tool, values in runs.items():
+        walls = [v["wall"] for v in values]
+        summary[tool] = {"median": statistics.median(walls), "min": min(walls), "max": max(walls), "runs": walls}
+    engine_copy = [v["seconds"] for v in runs["engine"]]
+    summary["engine"]["copy_median"] = statistics.median(engine_copy)
+    summary["engine"]["rss_mib_max"] = max(v["rss_mib"] for v in runs["engine"])
+    summary["dd+sha256sum"]["sha_median"] = statistics.median(v["sha_seconds"] for v in runs["dd+sha256sum"])
+    summary["ratio_engine_dd"] = summary["engine"]["median"] / summary["dd"]["median"]
+    summary["ratio_engine_dd_sha"] = summary["engine"]["median"] / summary["dd+sha256sum"]["median"]
+    summary["ratio_engine_copy_dd"] = summary["engine"]["copy_median"] / summary["dd"]["median"]
+    return summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", default="/var/tmp/consistent-bench", help="work directory (source and copies; same disk)")
+    parser.add_argument("--size", default="1G", help="source file size (default 1G)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--read-size", default="1M", help="read size for the engine and dd's bs (default 1M)")
+    parser.add_argument("--block-size", type=int, default=8192)
+    parser.add_argument("--direct", action="store_true", help="engine reads with O_DIRECT")
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before every run (needs root)")
+    parser.add_argument("--write-docs", action="store_true", help="regenerate docs/performance.md and docs/performance-copy.png")
+    parser.add_argument("--note", action="append", default=[], help="a note for the docs (repeatable)")
+    parser.add_argument("--writeback-window", type=int, default=None, help="tuning: engine WRITEBACK_WINDOW bytes")
+    parser.add_argument("--buffers", type=int, default=None, help="tuning: engine RING_BUFFERS")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--src", help=argparse.SUPPRESS)
+    parser.add_argument("--sets", help=argparse.SUPPRESS)
+    parser.add_argument("--backup-id", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.read_size = parse_size(str(args.read_size))
+    if args.child:
+        return child(args)
+
+    size = parse_size(args.size)
+    os.makedirs(args.dir, exist_ok=True)
+    src = os.path.join(args.dir, "source-%d.bin" % size)
+    sets = os.path.join(args.dir, "sets")
+    dst = os.path.join(args.dir, "dd-copy.bin")
+    print("source %s: %s (%d MiB)" % (src, make_source(src, size), size // MIB))
+    if not args.cold:
+        warm(src)
+    shutil.rmtree(sets, ignore_errors=True)
+    os.makedirs(sets)
+    facts = machine_facts(args.dir)
+    load_before = os.getloadavg()
+    runs = dict((tool, []) for tool in TOOLS)  # type: t.Dict[str, t.List[t.Dict[str, t.Any]]]
+    for round_no in range(args.rounds):
+        order = TOOLS if round_no % 2 == 0 else tuple(reversed(TOOLS))
+        for tool in order:
+            sync_and_maybe_drop(args.cold)
+            if tool == "engine":
+                data = run_engine(args, src, sets, "round-%d" % round_no)
+                shutil.rmtree(os.path.join(sets, "round-%d" % round_no))
+            else:
+                data = run_dd(args, src, dst, tool == "dd+sha256sum")
+                os.unlink(dst)
+            runs[tool].append(data)
+            print("round %d %-13s %.3f s%s" % (round_no + 1, tool, data["wall"],
+                                                 " (copy %.3f s, peak RSS %.1f MiB)" % (data["seconds"], data["rss_mib"]) if tool == "engine" else ""))
+    sync_and_maybe_drop(False)
+    load_after = os.getloadavg()
+    checksums = set(v["sha256"] for v in runs["engine"]) | set(v["sha256"] for v in runs["dd+sha256sum"])
+    summary = summarize(runs)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    report = {
+        "date": now.isoformat().replace("+00:00", "Z"), "size": size, "read_size": args.read_size, "block_size": args.block_size,
+        "rounds": args.rounds, "cache": "cold" if args.cold else "warm", "direct": args.direct,
+        "writeback_window": args.writeback_window, "buffers": args.buffers,
+        "machine": facts, "load_before": load_before, "load_after": load_after,
+        "checksums_agree": len(checksums) == 1, "runs": runs, "summary": summary, "notes": args.note,
+    }
+    print("median seconds: engine %.3f (copy alone %.3f), dd %.3f, dd+sha256sum %.3f" % (
+        summary["engine"]["median"], summary["engine"]["copy_median"], summary["dd"]["median"], summary["dd+sha256sum"]["median"]))
+    print("ratios: engine/dd %.3f, engine/(dd+sha256sum) %.3f; engine peak RSS %.1f MiB; checksums agree: %s; load %s -> %s" % (
+        summary["ratio_engine_dd"], summary["ratio_engine_dd_sha"], summary["engine"]["rss_mib_max"], report["checksums_agree"],
+        "/".join("%.2f" % x for x in load_before), "/".join("%.2f" % x for x in load_after)))
+    os.makedirs(RESULTS, exist_ok=True)
+    out = os.path.join(RESULTS, "copy-%s.json" % now.strftime("%Y%m%dT%H%M%SZ"))
+    with open(out, "w") as handle:
+        json.dump(report, handle, indent=2)
+    print("results: %s" % out)
+    if args.write_docs:
+        write_chart(report)
+        write_doc(report)
+        print("wrote %s and %s" % (DOC, CHART))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Docs
+# ---------------------------------------------------------------------------------------------
+
+
+def write_chart(report: t.Dict[str, t.Any]) -> None:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    summary = report["summary"]
+    labels = ["aligned_copy engine\n(SHA-256 + fsync)", "dd conv=fsync\n(no checksum)", "dd conv=fsync\n+ sha256sum"]
+    medians = [summary[tool]["median"] for tool in TOOLS]
+    lows = [summary[tool]["median"] - summary[tool]["min"] for tool in TOOLS]
+    highs = [summary[tool]["max"] - summary[tool]["median"] for tool in TOOLS]
+    fig, axis = plt.subplots(figsize=(7.5, 4.2), dpi=120)
+    bars = axis.bar(labels, medians, yerr=[lows, highs], capsize=8, color=["#2b7bb9", "#9e9e9e", "#616161"])
+    for bar, value in zip(bars, medians):
+        axis.annotate("%.2f s" % value, (bar.get_x() + bar.get_width() / 2, value), xytext=(18, 4),
+                      textcoords="offset points", ha="left", fontsize=9)
+    axis.set_ylabel("seconds (median, whiskers min..max)")
+    axis.set_title("Copy of a %d MiB file, read size %d KiB, %s cache, %d rounds" % (
+        report["size"] // MIB, report["read_size"] // 1024, report["cache"], report["rounds"]), fontsize=10)
+    axis.set_ylim(0, max(summary[tool]["max"] for tool in TOOLS) * 1.2)
+    axis.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(CHART)
+    plt.close(fig)
+
+
+def write_doc(report: t.Dict[str, t.Any]) -> None:
+    summary = report["summary"]
+    machine = report["machine"]
+    mib = report["size"] // MIB
+    rows = []
+    for tool, what in (("engine", "aligned_copy engine: aligned reads, SHA-256, fsync, atomic rename, manifest"),
+                       ("dd", "`dd bs=%d conv=fsync` (no checksum)" % report["read_size"]),
+                       ("dd+sha256sum", "same dd, then `sha256sum` of the copy")):
+        row = summary[tool]
+        rows.append("| %s | %.3f | %.3f | %.3f | %.0f |" % (what, row["median"], row["min"], row["max"], mib / row["median"]))
+    notes = "\n".join("- %s" % n for n in report["notes"])
+    text = """# Performance of the copy engine
+
+Generated by `bench/bench_copy.py --write-docs` on {date}. Raw results of every run are in
+`bench/results/` (not committed).
+
+![median seconds per tool](performance-copy.png)
+
+## Figures
+
+Copy of one {mib} MiB file of random bytes, read size {read_kib} KiB, block size {block}, {rounds} rounds,
+{cache} page cache for the source (see Method), O_DIRECT {direct}.
+
+| run | median s | min s | max s | MiB/s (median) |
+|---|---|---|---|---|
+{rows}
+
+- engine / dd: **{r_dd:.2f}x** (target: at most 1.10x)
+- engine / (dd + sha256sum): **{r_sha:.2f}x** (target: below 1.00x)
+- engine peak RSS: **{rss:.1f} MiB** (target: below 100 MiB), whatever the file size: a ring of
+  {buffers} buffers of the read size.
+- the engine's own copy time (without interpreter start-up): median {copy:.3f} s, {r_copy:.2f}x dd.
+- sha256sum alone took {sha:.3f} s (median) on the copy.
+- checksums of the engine's manifest and of sha256sum agree: {agree}.
+
+## Machine
+
+{cpu}, {cpus} CPUs (SHA-NI: {sha_ni}), {mem} GiB RAM, Linux {kernel}, {fstype} on {device},
+Python {python} with {openssl}; {dd_version}; {sha_version}.
+Load average before/after the benchmark: {load_before} / {load_after} (other work may have shared the machine).
+
+## Method
+
+- Each round times three runs; the order alternates between rounds (engine first in even rounds, last in
+  odd ones). Before every run the destination of the previous one is removed and `sync` is run.
+- Warm cache (the default): the source is read once before the first round, so every run reads it from
+  the page cache; the times are dominated by hashing, copying into the page cache and the final writeback.
+  `--cold` drops the page cache before every run instead.
+- engine: `run_copy` on one source file into a new backup set, in a child process whose wall time is
+  reported (Python start-up included) and whose peak RSS is its own VmHWM from /proc/self/status.
+- dd: `dd if=SRC of=DST bs={read_size} conv=fsync`; dd + sha256sum: that dd followed by `sha256sum DST` (the
+  checksum of the copy, read from the page cache).
+
+## How the engine gets there
+
+- Reads are `preadv` of exactly the read size (a multiple of the page size) into a ring of page-aligned
+  `mmap` buffers allocated once: no allocation per read, memory independent of file size.
+- The reading thread hands each filled buffer to a hashing thread and a writing thread at the same time;
+  hashlib and `os.write` release the GIL, so SHA-256 runs beside the copy instead of after it (sha256sum after
+  dd pays for a second pass).
+- `posix_fadvise(SEQUENTIAL)` on the source; the writer calls `posix_fadvise(DONTNEED)` on the copy every
+  {window} written, which starts writeback early (the closing fsync only waits for the tail) and
+  keeps backup data from evicting the database's own cache.
+- One fsync per file, after mode, owner and mtime are set; one fsync per directory before the manifest.
+
+## Notes
+
+- Timings on a shared 2-core virtual machine are noisy; medians of alternating rounds are the figures to read,
+  min/max show the spread.
+{notes}
+""".format(
+        date=report["date"], mib=mib, read_kib=report["read_size"] // 1024, block=report["block_size"], rounds=report["rounds"],
+        cache=report["cache"], direct="on" if report["direct"] else "off", rows="\n".join(rows),
+        r_dd=summary["ratio_engine_dd"], r_sha=summary["ratio_engine_dd_sha"], rss=summary["engine"]["rss_mib_max"],
+        buffers=report.get("buffers") or 4, copy=summary["engine"]["copy_median"], r_copy=summary["ratio_engine_copy_dd"],
+        sha=summary["dd+sha256sum"]["sha_median"], agree="yes" if report["checksums_agree"] else "NO",
+        cpu=machine.get("cpu", "unknown CPU"), cpus=machine.get("cpus"), sha_ni="yes" if machine.get("sha_ni") else "no",
+        mem=machine.get("mem_gib"), kernel=machine.get("kernel"), fstype=machine.get("fstype"), device=machine.get("device"),
+        python=machine.get("python"), openssl=machine.get("openssl"), dd_version=machine.get("dd", "dd"),
+        sha_version=machine.get("sha256sum", "sha256sum"),
+        load_before="/".join("%.2f" % x for x in report["load_before"]), load_after="/".join("%.2f" % x for x in report["load_after"]),
+        read_size=report["read_size"], window="%d MiB" % ((report.get("writeback_window") or 8 * MIB) // MIB),
+    )
+    with open(DOC, "w") as handle:
+        handle.write(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: aligned_copy
+short_description: Copy database files with page-aligned reads, SHA-256 checksums and a manifest
+version_added: 0.1.0
+description:
+  - Copies files and directory trees into a backup set C(<dest>/<backup_id>/data/) and records every file,
+    directory and symlink with its size, SHA-256, mtime and mode in C(<dest>/<backup_id>/manifest.json).
+  - Every read request is a whole multiple of O(block_size), the database page size, from a page-aligned offset,
+    so no read splits a page that the database writes at the same time.
+  - Sources are copied in phases, phase 0 first, each phase's sources in list order and each tree in sorted
+    order. That is how a caller copies Berkeley DB data files before their logs, or PostgreSQL's
+    C(global/pg_control) strictly last (exclude it from the data directory source and add it as its own source
+    with O(sources[].phase=1)).
+  - Each regular file is written atomically (temporary file in the target directory, fsync, mode, owner and mtime
+    set, rename) and its SHA-256 is computed in the same pass as the copy. A failed write removes the temporary
+    file, so no partial file is ever left under its final name.
+  - Symlinks inside a tree are recreated as symlinks, never followed. Directories keep the source mode, empty
+    ones included.
+  - Several calls can add to one set; the manifest is merged by path.
+  - Memory use is bounded whatever the file size (a ring of four buffers of O(read_size)).
+options:
+  dest:
+    description:
+      - Absolute path of the backup destination root (the job variable C(backup_dest)). It must exist (mount and
+        check the medium first, for example with M(consistent.backup.mount_check)) and must not be inside a source.
+      - The set is C(<dest>/<backup_id>/), files go to C(<dest>/<backup_id>/data/<source dest>/...).
+    type: path
+    required: true
+  backup_id:
+    description:
+      - Name of the backup set directory under O(dest) (one path component).
+      - The module refuses a set that already holds a C(COMPLETE) file.
+    type: str
+    required: true
+  sources:
+    description:
+      - What to copy, as files or directory trees.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      path:
+        description:
+          - Absolute path of a file or a directory. A symlink given here is followed; symlinks inside a tree are not.
+        type: path
+        required: true
+      dest:
+        description:
+          - Path relative to the set's C(data/) directory where this source goes.
+          - Defaults to O(sources[].path) without its leading C(/).
+        type: str
+      exclude:
+        description:
+          - fnmatch patterns matched against the path relative to this source's root (C(*) also matches C(/)),
+            for example C(pg_wal/*), C(postmaster.pid), C(*/pgsql_tmp*).
+          - A pattern without C(/) is also matched against the basename, so it excludes that name at any depth.
+            A leading C(/) anchors a pattern at the source root.
+          - An excluded directory is neither descended nor created.
+        type: list
+        elements: str
+        default: []
+      phase:
+        description:
+          - Copy phase. All sources of phase 0 are copied before any of phase 1, and so on.
+        type: int
+        default: 0
+      allow_vanished:
+        description:
+          - When V(true), files that disappear between listing and copy are recorded in RV(vanished) and are not
+            fatal (PostgreSQL drops relations during a hot backup). A missing source root is then not an error either.
+          - When V(false), a vanished file or a missing source fails the task.
+        type: bool
+        default: false
+  create_dirs:
+    description:
+      - Empty directories to create, relative to the set's C(data/) directory (mode 0700), for example
+        C(pgdata/pg_wal/archive_status) for a PostgreSQL data directory whose C(pg_wal/*) was excluded.
+    type: list
+    elements: str
+    default: []
+  block_size:
+    description:
+      - The database page size in bytes (PostgreSQL 8192, Berkeley DB the database's page size).
+    type: int
+    default: 8192
+  read_size:
+    description:
+      - Bytes per read request, as a byte count or a size string such as V(1M) or V(4MiB) (powers of 1024).
+      - Must be a positive multiple of O(block_size).
+    type: raw
+    default: 1MiB
+  direct:
+    description:
+      - Open sources with C(O_DIRECT) (reads bypass the page cache into page-aligned buffers).
+      - When the filesystem refuses C(O_DIRECT) (for example tmpfs) the copy goes on through the page cache and
+        the module warns; RV(direct) then returns V(false).
+    type: bool
+    default: false
+  engine:
+    description:
+      - The database engine recorded in the manifest (V(postgresql), V(bdb), V(btrieve), V(files), ...).
+    type: str
+    default: files
+  facts:
+    description:
+      - Facts merged into the manifest's top-level C(facts) key (for example start LSN, timeline, versions).
+    type: dict
+    default: {}
+  preserve_owner:
+    description:
+      - When running as root, give copies the source's uid and gid.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    details: In check mode the module walks the sources, returns RV(plan) with the files, bytes and free space a copy needs, and writes nothing.
+  diff_mode:
+    support: none
+    details: The manifest and the per-phase counts describe the change; there is no diff of file contents.
+  idempotent:
+    support: full
+    details: A file already in the set's manifest with the source's size, mtime and mode, whose copy has that size and whose source still has the recorded SHA-256, is not copied again.
+notes:
+  - Reads use C(preadv) of exactly O(read_size) bytes; only the last read of a file returns short.
+  - Check mode does not re-read sources to compare checksums (an audit should not read a whole database); it counts a
+    file as identical from the manifest's size, mtime and mode and the copy's size.
+  - Directories get their source mode after their contents are copied, so a read-only source directory can be copied.
+  - Special files (sockets, FIFOs, devices) are skipped with a warning.
+seealso:
+  - module: consistent.backup.mount_check
+  - module: consistent.backup.pg_backup_session
+author: consistent.backup developers (@consistent-backup)
+'''
+
+EXAMPLES = r'''
+- name: Copy a PostgreSQL data directory, pg_control last
+  consistent.backup.aligned_copy:
+    dest: "{{ backup_dest }}"
+    backup_id: "{{ backup_id }}"
+    engine: postgresql
+    block_size: 8192
+    sources:
+      - path: /var/lib/postgresql/15/main
+        dest: pgdata
+        allow_vanished: true
+        exclude:
+          - pg_wal/*
+          - postmaster.pid
+          - postmaster.opts
+          - pgsql_tmp*
+          - pg_internal.init*
+          - /global/pg_control
+      - path: /var/lib/postgresql/15/main/global/pg_control
+        dest: pgdata/global/pg_control
+        phase: 1
+    create_dirs:
+      - pgdata/pg_wal/archive_status
+    facts:
+      start_lsn: "{{ pg_session.start_lsn }}"
+  register: copy
+
+- name: Copy a Berkeley DB environment, data files before logs
+  consistent.backup.aligned_copy:
+    dest: /backup
+    backup_id: "{{ backup_id }}"
+    engine: bdb
+    block_size: 4096
+    read_size: 4M
+    sources:
+      - path: /srv/bdb/data
+        dest: env/data
+      - path: /srv/bdb/logs
+        dest: env/logs
+        phase: 1
+
+- name: How much space would the copy need? (writes nothing)
+  consistent.backup.aligned_copy:
+    dest: /backup
+    backup_id: "{{ backup_id }}"
+    sources:
+      - path: /srv/app/files
+  check_mode: true
+  register: copy_plan
+'''
+
+RETURN = r'''
+set_path:
+  description: The backup set directory C(<dest>/<backup_id>).
+  returned: always
+  type: str
+  sample: /backup/20240101T020000
+manifest_path:
+  description: Path of the set's manifest.json.
+  returned: always
+  type: str
+  sample: /backup/20240101T020000/manifest.json
+files:
+  description: Regular files recorded by this call (copied plus found identical; vanished files not included).
+  returned: always
+  type: int
+  sample: 1532
+copied:
+  description: Regular files written by this call.
+  returned: always
+  type: int
+  sample: 1530
+skipped_identical:
+  description: Regular files already in the set, unchanged and with the same SHA-256, not copied again.
+  returned: always
+  type: int
+  sample: 2
+bytes_copied:
+  description: Bytes written by this call.
+  returned: always
+  type: int
+  sample: 73400320
+bytes_total:
+  description: Bytes of all regular files recorded by this call (copied and identical).
+  returned: always
+  type: int
+  sample: 73408512
+dirs_created:
+  description: Directories created by this call, including the set directory, C(data/) and missing parents.
+  returned: always
+  type: int
+  sample: 24
+symlinks:
+  description: Symlinks recorded by this call (recreated or already in place).
+  returned: always
+  type: int
+  sample: 0
+vanished:
+  description: Paths (relative to C(data/)) that disappeared before they could be copied (only with allow_vanished).
+  returned: always
+  type: list
+  elements: str
+  sample: [pgdata/base/16384/16440]
+seconds:
+  description: Wall time of the copy itself in seconds (not the listing, not the manifest write); 0 in check mode.
+  returned: always
+  type: float
+  sample: 1.42
+read_size:
+  description: Bytes per read request used.
+  returned: always
+  type: int
+  sample: 1048576
+block_size:
+  description: The page size the reads were aligned to.
+  returned: always
+  type: int
+  sample: 8192
+direct:
+  description: Whether sources were read with O_DIRECT in the end (false after a fallback).
+  returned: always
+  type: bool
+  sample: false
+phases:
+  description: Per-phase counts of this call, in phase order.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    phase:
+      description: The phase number.
+      type: int
+    files:
+      description: Regular files recorded in this phase.
+      type: int
+    bytes:
+      description: Their bytes.
+      type: int
+    copied:
+      description: Files written in this phase.
+      type: int
+    skipped_identical:
+      description: Files found identical in this phase.
+      type: int
+    bytes_copied:
+      description: Bytes written in this phase.
+      type: int
+  sample: [{phase: 0, files: 1531, bytes: 73400320, copied: 1531, skipped_identical: 0, bytes_copied: 73400320}]
+plan:
+  description:
+    - What the copy needs, from the listing of the sources (also returned outside check mode, computed before copying).
+  returned: always
+  type: dict
+  contains:
+    files:
+      description: Regular files listed.
+      type: int
+    bytes:
+      description: Their bytes.
+      type: int
+    dirs:
+      description: Directories listed (including O(create_dirs)).
+      type: int
+    symlinks:
+      description: Symlinks listed.
+      type: int
+    to_copy:
+      description: Files that would be written (not identical to the set's copy).
+      type: int
+    identical_files:
+      description: Files the manifest and the copy already match (size, mtime, mode).
+      type: int
+    dirs_to_create:
+      description: Directories that do not exist yet in the set.
+      type: int
+    symlinks_to_create:
+      description: Symlinks missing or pointing elsewhere in the set.
+      type: int
+    free_needed:
+      description: Bytes still to write (listed bytes minus identical files).
+      type: int
+    vanished:
+      description: Paths already gone while listing (only with allow_vanished).
+      type: list
+      elements: str
+    phases:
+      description: Per phase, C(phase), C(files), C(bytes), C(dirs), C(symlinks), C(to_copy), C(bytes_to_copy).
+      type: list
+      elements: dict
+  sample: {files: 3, bytes: 24576, dirs: 2, symlinks: 0, to_copy: 3, identical_files: 0, dirs_to_create: 2,
+           symlinks_to_create: 0, free_needed: 24576, vanished: [], phases: [{phase: 0, files: 3, bytes: 24576, dirs: 2,
+           symlinks: 0, to_copy: 3, bytes_to_copy: 24576}]}
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.consistent.backup.plugins.module_utils._copy import (
+    CopyError,
+    DEFAULT_BLOCK_SIZE,
+    normalize_sources,
+    plan_copy,
+    run_copy,
+    set_path_for,
+    summarize_plan,
+    validate_block_sizes,
+    validate_request,
+)
+from ansible_collections.consistent.backup.plugins.module_utils._fsutil import parse_size
+from ansible_collections.consistent.backup.plugins.module_utils._manifest import manifest_path
+
+
+def argument_spec() -> dict:
+    return dict(
+        dest=dict(type="path", required=True),
+        backup_id=dict(type="str", required=True),
+        sources=dict(
+            type="list", elements="dict", required=True,
+            options=dict(
+                path=dict(type="path", required=True),
+                dest=dict(type="str"),
+                exclude=dict(type="list", elements="str", default=[]),
+                phase=dict(type="int", default=0),
+                allow_vanished=dict(type="bool", default=False),
+            ),
+        ),
+        create_dirs=dict(type="list", elements="str", default=[]),
+        block_size=dict(type="int", default=DEFAULT_BLOCK_SIZE),
+        read_size=dict(type="raw", default="1MiB"),
+        direct=dict(type="bool", default=False),
+        engine=dict(type="str", default="files"),
+        facts=dict(type="dict", default={}),
+        preserve_owner=dict(type="bool", default=True),
+    )
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    params = module.params
+    dest = params["dest"]
+    backup_id = params["backup_id"]
+    try:
+        read_size = parse_size(params["read_size"], "read_size")
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
+    try:
+        validate_block_sizes(params["block_size"], read_size)
+        sources = normalize_sources(params["sources"])
+        set_path = validate_request(dest, backup_id, sources, params["create_dirs"])
+        plan = plan_copy(sources, params["create_dirs"])
+        summary = summarize_plan(plan, set_path)
+    except CopyError as exc:
+        module.fail_json(msg=str(exc), set_path=set_path_for(dest or "", backup_id or ""))
+    for warning in plan.warnings:
+        module.warn(warning)
+    changed_if_run = summary.pop("changed")
+    if module.check_mode:
+        module.exit_json(
+            changed=changed_if_run, plan=summary, set_path=set_path, manifest_path=manifest_path(set_path),
+            files=0, copied=0, skipped_identical=0, bytes_copied=0, bytes_total=0, dirs_created=0, symlinks=0,
+            vanished=list(plan.vanished), seconds=0.0, read_size=read_size, block_size=params["block_size"],
+            direct=params["direct"], phases=[],
+        )
+    try:
+        result = run_copy(
+            plan, dest, backup_id, block_size=params["block_size"], read_size=read_size, direct=params["direct"],
+            engine=params["engine"], facts=params["facts"], preserve_owner=params["preserve_owner"],
+        )
+    except CopyError as exc:
+        module.fail_json(msg=str(exc), set_path=set_path, manifest_path=manifest_path(set_path), plan=summary)
+    for warning in result.warnings:
+        if warning not in plan.warnings:
+            module.warn(warning)
+    module.exit_json(changed=result.changed, plan=summary, **result.as_dict())
+
+
+if __name__ == "__main__":
+    main()

@@ -123,7 +123,9 @@ def _make_root() -> None:
 def free_port(start: int = 25432, end: int = 26432) -> int:
     """First TCP port in [start, end) that nobody listens on (we try to bind it) and no socket file uses."""
     for port in range(start, end):
-        if glob.glob("/tmp/.s.PGSQL.%d" % port) or glob.glob("/var/run/postgresql/.s.PGSQL.%d" % port):
+        # Our clusters listen on Unix sockets only, so a bind test alone would not see them: look for their traces.
+        if (glob.glob("/tmp/.s.PGSQL.%d" % port) or glob.glob("/var/run/postgresql/.s.PGSQL.%d" % port)
+                or glob.glob(os.path.join(BASE_ROOT, "*-%d" % port)) or glob.glob(os.path.join(BASE_ROOT, "*", "run", ".s.PGSQL.%d" % port))):
             continue
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:

@@ -221,7 +221,15 @@ def iso(moment: t.Optional[datetime.datetime]) -> t.Optional[str]:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(datetime.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: t.Optional[str]) -> t.Optional[datetime.datetime]:
+    """The inverse of iso() (also accepts other ISO 8601 forms with an offset or Z)."""
+    if not text:
+        return None
+    moment = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
 
 
 def setting_bytes(setting: t.Optional[str], unit: t.Optional[str]) -> t.Optional[int]:
@@ -314,11 +322,11 @@ SQL_LAST_ARCHIVED = "SELECT last_archived_wal, last_failed_wal, last_failed_time
 
 def archiver_failing(archiver: t.Dict[str, t.Any]) -> bool:
     """pg_stat_archiver says archiving is failing: its last failure is newer than its last success."""
-    failed = archiver.get("last_failed_time")
-    if not failed:
+    failed = parse_iso(archiver.get("last_failed_time"))
+    if failed is None:
         return False
-    archived = archiver.get("last_archived_time")
-    return not archived or str(failed) > str(archived)
+    archived = parse_iso(archiver.get("last_archived_time"))
+    return archived is None or failed > archived
 
 
 def evaluate_preflight(facts: t.Dict[str, t.Any], require_archiving: bool) -> t.Tuple[t.List[str], t.List[str]]:
@@ -648,7 +656,7 @@ class Holder:
 
     def fail_start(self, error: str) -> None:
         self.close_connection()
-        self.set_state(FAILED, reason="the start failed: %s" % error)
+        self.set_state(FAILED, reason="the start failed: %s" % error, start_failed=True)
         self.report({"ok": False, "error": error, "state": self.state})
 
     def listen(self) -> None:
@@ -1181,6 +1189,8 @@ class PgBackupSession:
     # -- started --------------------------------------------------------------------------------------
     def started(self) -> t.Dict[str, t.Any]:
         store = self.require_id()
+        if not HAS_PSYCOPG:
+            raise SessionError("psycopg missing", missing_psycopg=True)
         if not self.check_mode:
             store.create()
         with self._locked():
@@ -1206,8 +1216,6 @@ class PgBackupSession:
             return self._start(previous)
 
     def _start(self, previous: t.Optional[t.Dict[str, t.Any]]) -> t.Dict[str, t.Any]:
-        if not HAS_PSYCOPG:
-            raise SessionError("psycopg missing", missing_psycopg=True)
         params = self.params
         base_kwargs = connection_kwargs(params)
         queries = []  # type: t.List[str]
@@ -1267,6 +1275,12 @@ class PgBackupSession:
             name = state.get("state")
             if name == STOPPED:
                 return self._finish_stop(state, changed=False)
+            if name == FAILED and state.get("start_failed"):
+                # The server never entered backup mode for this id: like no session, post has nothing to undo.
+                result = self._no_session("stopped")
+                result["msg"] = ("PostgreSQL backup %s never started (%s); the server was never in backup mode for it, "
+                                 "nothing to stop" % (self.backup_id, state.get("reason")))
+                return result
             if name in ENDED_UNUSABLE:
                 raise SessionError(ended_message(self.backup_id, state, store), state=state)
             liveness, _live = session_liveness(store, state)
@@ -1394,7 +1408,7 @@ class PgBackupSession:
     def _no_session(self, what: str) -> t.Dict[str, t.Any]:
         result = {"changed": False, "queries": [],
                   "msg": "no PostgreSQL backup session %s was running (no %s); nothing to do for state=%s"
-                  % (self.backup_id, self.store.path, what)}
+                  % (self.backup_id, self.store.state_path, what)}
         if what == "stopped":
             result.update(label_paths=[], backup_manifest=None)
         return result

@@ -110,6 +110,17 @@ def test_two_backups_with_different_ids_run_at_the_same_time(pg, runtime_dir):
     assert holder_backends(pg) == "2"
 
 
+def test_started_against_no_server_fails_naming_the_target_and_stopped_then_has_nothing_to_do(pg, runtime_dir):
+    env = dict(pg.env(), PGPORT=str(pg.port + 1))
+
+    refused = run_module({"state": "started", "backup_id": "b1", "runtime_dir": runtime_dir}, env)
+    post = run_module({"state": "stopped", "backup_id": "b1", "runtime_dir": runtime_dir}, env)
+
+    assert refused.failed, refused
+    assert "could not connect to PostgreSQL" in refused["msg"] and "PGPORT=%d" % (pg.port + 1) in refused["msg"], refused
+    assert not post.failed and not post.changed, post
+
+
 def test_started_refuses_while_pg_stat_archiver_reports_failures(pg, runtime_dir):
     pg.psql("ALTER SYSTEM SET archive_command = '/bin/false'")
     pg.reload()

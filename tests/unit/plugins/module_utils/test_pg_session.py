@@ -228,6 +228,12 @@ def test_an_archiver_that_succeeded_after_its_last_failure_is_healthy():
     assert not archiver_failing(archiver)
 
 
+def test_archiver_times_compare_as_times_not_as_text():
+    archiver = {"last_archived_time": "2024-05-01T10:00:00.500000Z", "last_failed_time": "2024-05-01T10:00:00Z"}
+
+    assert not archiver_failing(archiver)
+
+
 def test_an_archiver_that_only_ever_failed_is_failing():
     assert archiver_failing({"last_archived_time": None, "last_failed_time": "2024-05-01T10:05:00Z"})
 
@@ -441,6 +447,16 @@ def test_stopped_of_a_stopped_session_returns_the_stored_facts_and_writes_missin
     assert second["queries"] == []
 
 
+def test_stopped_after_a_start_that_failed_is_ok_because_backup_mode_never_began(runtime):
+    stored_session(runtime, "failed", reason="the start failed: permission denied for function pg_backup_start",
+                   start_failed=True)
+
+    result = PgBackupSession(params(runtime), False, lambda w: None).stopped()
+
+    assert result["changed"] is False
+    assert "never started (the start failed: permission denied" in result["msg"]
+
+
 def test_started_with_the_id_of_a_completed_backup_is_refused(runtime):
     stored_session(runtime, "stopped", result=stop_result())
 
@@ -542,3 +558,146 @@ def test_the_backup_manifest_lists_the_copy_and_the_label(tmp_path):
     assert [f["Path"] for f in manifest["Files"]] == ["PG_VERSION", "backup_label"]
     assert manifest["System-Identifier"] == 7310000000000000001
     assert manifest["WAL-Ranges"] == [{"Timeline": 1, "Start-LSN": "0/2000028", "End-LSN": "0/2000100"}]
+
+
+# -- the holder's decisions (a fake connection stands in for the server) -------------------------------------------
+
+class FakeCursor:
+    def __init__(self, row):
+        self.row = row
+
+    def fetchone(self):
+        return self.row
+
+
+class FakeConnection:
+    """Answers statements by their first words; an answer that is an exception is raised."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.closed = False
+        self.executed = []
+        self.info = type("Info", (), {"encoding": "utf-8"})()
+
+    def execute(self, sql, params=None):
+        self.executed.append(sql)
+        for prefix, answer in self.answers:
+            if sql.startswith(prefix):
+                answer = answer() if callable(answer) else answer
+                if isinstance(answer, Exception):
+                    raise answer
+                return FakeCursor(answer)
+        raise AssertionError("unexpected statement %s" % sql)
+
+    def close(self):
+        self.closed = True
+
+
+POSTMASTER_START = _pg_session.parse_iso("2024-05-01T09:00:00Z")
+
+
+def running_holder(runtime, answers):
+    SessionStore(runtime, "b1").create()
+    spec = {"backup_id": "b1", "runtime_dir": runtime, "server_version_num": 180000, "max_duration": 60, "keepalive_interval": 10}
+    holder = _pg_session.Holder(spec, None)
+    holder.conn = FakeConnection(answers)
+    holder.state.update(state="running", backend_pid=4242, facts={
+        "start_lsn": "0/2000028", "timeline": 1, "server_version_num": 180000, "system_identifier": 1,
+        "postmaster_start_time": _pg_session.iso(POSTMASTER_START)})
+    return holder
+
+
+STOP_ANSWERS = [
+    ("SELECT pg_catalog.pg_backend_pid(), pg_catalog.pg_postmaster_start_time()", (4242, POSTMASTER_START)),
+    ("SELECT lsn::text, labelfile, spcmapfile FROM pg_catalog.pg_backup_stop(false)", ("0/2000100", LABEL, "")),
+    ("SELECT pg_catalog.pg_walfile_name", ("000000010000000000000002",)),
+    ("SELECT setting FROM pg_catalog.pg_settings WHERE name = 'archive_mode'", ("on",)),
+]
+
+
+def test_keepalive_aborts_when_a_pooler_moved_the_session_to_another_backend(runtime):
+    holder = running_holder(runtime, [("SELECT pg_catalog.pg_backend_pid()", (5000,))])
+
+    holder.keepalive()
+
+    assert holder.finished and holder.conn is None
+    state = SessionStore(runtime, "b1").read_state()
+    assert state["state"] == "aborted" and "4242 to 5000" in state["reason"] and "pooler" in state["reason"]
+
+
+def test_keepalive_aborts_when_the_connection_is_lost(runtime):
+    holder = running_holder(runtime, [("SELECT pg_catalog.pg_backend_pid()", OSError("server closed the connection unexpectedly"))])
+
+    holder.keepalive()
+
+    state = SessionStore(runtime, "b1").read_state()
+    assert state["state"] == "aborted" and "connection to PostgreSQL was lost" in state["reason"]
+
+
+def test_keepalive_keeps_a_healthy_session(runtime):
+    holder = running_holder(runtime, [("SELECT pg_catalog.pg_backend_pid()", (4242,))])
+
+    holder.keepalive()
+
+    assert not holder.finished and holder.state["state"] == "running"
+
+
+def test_stop_waits_for_the_stop_segment_and_records_the_result(runtime):
+    archived = iter([("000000010000000000000001", None, None), ("000000010000000000000002", None, None)])
+    holder = running_holder(runtime, STOP_ANSWERS + [("SELECT last_archived_wal", lambda: next(archived))])
+
+    answer = holder.stop(wait_for_archive=True, archive_timeout=10)
+
+    assert answer["ok"] is True
+    stored = SessionStore(runtime, "b1").read_state()
+    assert stored["state"] == "stopped"
+    assert stored["result"]["lsn"] == "0/2000100" and stored["result"]["labelfile"] == LABEL
+    assert stored["result"]["archived"] is True and stored["result"]["stop_walfile"] == "000000010000000000000002"
+    assert holder.finished and holder.conn is None
+
+
+def test_stop_fails_naming_the_segment_when_it_is_not_archived_within_archive_timeout(runtime):
+    holder = running_holder(runtime, STOP_ANSWERS + [("SELECT last_archived_wal", ("000000010000000000000001", "000000010000000000000002", None))])
+
+    answer = holder.stop(wait_for_archive=True, archive_timeout=0)
+
+    assert answer["ok"] is False
+    stored = SessionStore(runtime, "b1").read_state()
+    assert stored["state"] == "failed"
+    assert "WAL segment 000000010000000000000002" in stored["reason"] and "archive_command" in stored["reason"]
+
+
+def test_stop_does_not_wait_when_the_server_does_not_archive(runtime):
+    answers = STOP_ANSWERS[:3] + [("SELECT setting FROM pg_catalog.pg_settings WHERE name = 'archive_mode'", ("off",))]
+    holder = running_holder(runtime, answers)
+
+    answer = holder.stop(wait_for_archive=True, archive_timeout=10)
+
+    assert answer["ok"] is True
+    result = SessionStore(runtime, "b1").read_state()["result"]
+    assert result["archived"] is False and result["archive_mode"] == "off"
+
+
+def test_stop_aborts_when_the_server_restarted_under_the_holder(runtime):
+    answers = [("SELECT pg_catalog.pg_backend_pid(), pg_catalog.pg_postmaster_start_time()",
+                (4242, _pg_session.parse_iso("2024-05-01T11:00:00Z")))] + STOP_ANSWERS[1:]
+    holder = running_holder(runtime, answers)
+    connection = holder.conn
+
+    answer = holder.stop(wait_for_archive=True, archive_timeout=10)
+
+    assert answer["ok"] is False
+    stored = SessionStore(runtime, "b1").read_state()
+    assert stored["state"] == "aborted" and "postmaster start" in stored["reason"]
+    assert not any("pg_backup_stop" in sql for sql in connection.executed)
+    assert connection.closed
+
+
+def test_stop_explains_a_session_without_backup_as_an_abort(runtime):
+    answers = [STOP_ANSWERS[0], ("SELECT lsn::text", RuntimeError("backup is not in progress"))]
+    holder = running_holder(runtime, answers)
+
+    holder.stop(wait_for_archive=True, archive_timeout=10)
+
+    stored = SessionStore(runtime, "b1").read_state()
+    assert stored["state"] == "aborted" and "no backup is in progress in the holder's session" in stored["reason"]

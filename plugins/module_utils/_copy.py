@@ -523,7 +523,7 @@ class _Ring:
         self.writer = writer
         count = max(2, min(RING_BUFFERS, RING_MEMORY_LIMIT // read_size))
         # mmap gives page-aligned memory, which O_DIRECT needs; it is allocated once per run.
-        self.buffers = [mmap.mmap(-1, read_size) for _ in range(count)]
+        self.buffers = [mmap.mmap(-1, read_size) for _slot in range(count)]
         self.views = [memoryview(b) for b in self.buffers]
         self.free = queue.Queue()  # type: queue.Queue
         for slot in range(count):

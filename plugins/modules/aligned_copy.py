@@ -25,7 +25,7 @@ description:
   - Symlinks inside a tree are recreated as symlinks, never followed. Directories keep the source mode, empty
     ones included.
   - Several calls can add to one set; the manifest is merged by path.
-  - Memory use is bounded whatever the file size (a ring of four buffers of O(read_size)).
+  - Memory use is bounded whatever the file size (a ring of at most four buffers of O(read_size)).
 options:
   dest:
     description:
@@ -121,14 +121,19 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    details: In check mode the module walks the sources, returns RV(plan) with the files, bytes and free space a copy needs, and writes nothing.
+    details: Walks the sources and returns RV(plan) (files, bytes, free space needed) without writing anything.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: The manifest and the per-phase counts describe the change; there is no diff of file contents.
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
-    details: A file already in the set's manifest with the source's size, mtime and mode, whose copy has that size and whose source still has the recorded SHA-256, is not copied again.
+    details: >-
+      A file already in the set's manifest with the source's size, mtime and mode, whose copy has that size and
+      whose source still has the recorded SHA-256, is not copied again.
 notes:
   - Reads use C(preadv) of exactly O(read_size) bytes; only the last read of a file returns short.
   - Check mode does not re-read sources to compare checksums (an audit should not read a whole database); it counts a

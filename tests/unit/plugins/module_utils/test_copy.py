@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 
 import pytest
 
@@ -659,3 +660,30 @@ def test_a_read_error_names_the_source_file(src, dest):
     with pytest.raises(CopyError, match="reading source file %s failed" % (src / "f")):
         copy([{"path": str(src / "f"), "dest": "f"}], dest, reader=eio_reader)
     assert os.listdir(str(dest / SET / "data")) == []
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A real 256 KiB tmpfs as the destination (needs root and mount(8))."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, env=dict(os.environ, LANG="C"))
+    if proc.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: %s" % proc.stdout.decode().strip())
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False)
+
+
+def test_a_full_medium_fails_with_enospc_and_leaves_no_partial_file(src, tiny_tmpfs):
+    write(src / "a-small", pattern(1000))
+    write(src / "b-big", pattern(40 * READ))  # 1.25 MiB into 256 KiB
+    with pytest.raises(CopyError) as caught:
+        copy([{"path": str(src), "dest": "s"}], tiny_tmpfs)
+    message = str(caught.value)
+    assert message.startswith("no space left on %s: copying %s to %s failed: [Errno 28]" % (tiny_tmpfs, src / "b-big", data(tiny_tmpfs, "s/b-big")))
+    assert sorted(os.listdir(str(data(tiny_tmpfs, "s")))) == ["a-small"]

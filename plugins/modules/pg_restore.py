@@ -10,7 +10,7 @@ module: pg_restore
 short_description: Prepare a PostgreSQL data directory from a backup set for archive recovery
 version_added: 0.1.0
 description:
-  - The file work of a PostgreSQL restore, in two steps like a split backup: first the label (from the label store
+  - The file work of a PostgreSQL restore, in two steps like a split backup. First the label (from the label store
     O(label_dest) when given, else from the set), then the data set it names.
   - Refuses a set that is not C(COMPLETE), a set without C(backup_label) (PostgreSQL would otherwise run crash
     recovery from the copied C(pg_control) and could come up silently corrupt), and a non-empty O(target).

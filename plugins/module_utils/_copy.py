@@ -496,6 +496,7 @@ class _Job:
         self.out_fd = out_fd
         self.hasher = hashlib.sha256()
         self.error = None  # type: t.Optional[OSError]
+        self.failure = None  # type: t.Optional[Exception]
         self.written = 0
         self.kicked = 0
         self.dropped = 0
@@ -568,7 +569,11 @@ class _Ring:
             if slot is None:
                 job.finish_side()
                 continue
-            job.hasher.update(self.views[slot][:length])
+            try:
+                job.hasher.update(self.views[slot][:length])
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                # Never let the worker die: the reader would wait for a free buffer forever.
+                job.failure = exc.with_traceback(None)
             self._release(slot)
 
     def _write_loop(self) -> None:
@@ -586,6 +591,8 @@ class _Ring:
                 except OSError as exc:
                     # Without its traceback: the frames would keep a slice of the buffer alive.
                     job.error = exc.with_traceback(None)
+                except Exception as exc:  # pylint: disable=broad-exception-caught
+                    job.failure = exc.with_traceback(None)
             self._release(slot)
 
     def _write_all(self, job: _Job, view: memoryview) -> None:
@@ -629,7 +636,7 @@ class _Ring:
         offset = 0
         queued = False
         try:
-            while job.error is None:
+            while job.error is None and job.failure is None:
                 slot = self.free.get()
                 try:
                     length = self._read(src_fd, slot, offset, direct)
@@ -661,6 +668,8 @@ class _Ring:
                 job.done.wait()
         if job.error is not None:
             raise _WriteFailed(job.error)
+        if job.failure is not None:
+            raise CopyError("the copy worker failed: %r; the partial copy was removed; run again" % job.failure)
         return job.hasher.hexdigest(), offset
 
     def _inline(self, job: _Job, slot: int, length: int) -> None:
@@ -672,6 +681,8 @@ class _Ring:
                     self._write_all(job, view)
                 except OSError as exc:
                     job.error = exc.with_traceback(None)
+                except Exception as exc:  # pylint: disable=broad-exception-caught
+                    job.failure = exc.with_traceback(None)
         finally:
             view.release()
             self.free.put(slot)

@@ -687,3 +687,15 @@ def test_a_full_medium_fails_with_enospc_and_leaves_no_partial_file(src, tiny_tm
     message = str(caught.value)
     assert message.startswith("no space left on %s: copying %s to %s failed: [Errno 28]" % (tiny_tmpfs, src / "b-big", data(tiny_tmpfs, "s/b-big")))
     assert sorted(os.listdir(str(data(tiny_tmpfs, "s")))) == ["a-small"]
+
+
+@pytest.mark.parametrize("size", [100, 10 * READ])
+def test_an_unexpected_error_in_the_writer_fails_the_copy_instead_of_hanging_it(src, dest, size):
+    write(src / "f", pattern(size))
+
+    def broken_writer(fd, buffer):
+        raise ValueError("not an OSError")
+
+    with pytest.raises(CopyError, match="the copy worker failed"):
+        copy([{"path": str(src / "f"), "dest": "f"}], dest, writer=broken_writer)
+    assert os.listdir(str(dest / SET / "data")) == []

@@ -36,8 +36,6 @@ import json
 import os
 import typing as t
 
-from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write
-
 MANIFEST_NAME = "backup_manifest"
 # Files the server itself adds to a backup: the label and map written by the stop, and the manifest itself.
 SERVER_WRITTEN = ("backup_label", "tablespace_map", MANIFEST_NAME)
@@ -182,16 +180,3 @@ def file_entry(directory: str, name: str) -> ManifestFile:
     with open(path, "rb") as handle:
         data = handle.read()
     return ManifestFile(name, len(data), os.stat(path).st_mtime, hashlib.sha256(data).hexdigest())
-
-
-def write_manifest(directory: str, manifest: bytes, mode: int = 0o640) -> bool:
-    """Write ``<directory>/backup_manifest`` atomically unless it already holds these bytes; True when written."""
-    path = os.path.join(directory, MANIFEST_NAME)
-    try:
-        with open(path, "rb") as handle:
-            if handle.read() == manifest:
-                return False
-    except FileNotFoundError:
-        pass
-    atomic_write(path, manifest, mode=mode)
-    return True

@@ -1035,15 +1035,28 @@ def mark_gone(store: SessionStore, state: t.Dict[str, t.Any]) -> t.Dict[str, t.A
 # Label files
 # ---------------------------------------------------------------------------------------------------------
 
-def _write_if_different(path: str, data: bytes, mode: int = 0o640) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            if handle.read() == data:
-                return False
-    except FileNotFoundError:
-        pass
-    atomic_write(path, data, mode=mode)
-    return True
+class _OutputWriter:
+    """Writes files atomically unless they already hold the bytes; in check mode only tells what would change."""
+
+    def __init__(self, check_mode: bool) -> None:
+        self.check_mode = check_mode
+        self.changed = False
+        self.paths = []  # type: t.List[str]
+
+    def put(self, path: str, data: bytes, mode: int = 0o640, listed: bool = True) -> bool:
+        """Write ``data`` to ``path`` unless it is there already; True when it was (or would be) written."""
+        if listed:
+            self.paths.append(path)
+        try:
+            with open(path, "rb") as handle:
+                if handle.read() == data:
+                    return False
+        except FileNotFoundError:
+            pass
+        self.changed = True
+        if not self.check_mode:
+            atomic_write(path, data, mode=mode)
+        return True
 
 
 def load_set_manifest(set_path: str) -> t.Dict[str, t.Any]:
@@ -1059,46 +1072,48 @@ def load_set_manifest(set_path: str) -> t.Dict[str, t.Any]:
 
 
 def write_outputs(result: t.Dict[str, t.Any], backup_id: str, set_path: t.Optional[str], label_dest: t.Optional[str],
-                  data_prefix: str, warn: t.Callable[[str], None]) -> t.Dict[str, t.Any]:
+                  data_prefix: str, warn: t.Callable[[str], None], check_mode: bool = False) -> t.Dict[str, t.Any]:
     """Write backup_label/tablespace_map (+ label.json, + backup_manifest) where asked; idempotent.
 
     backup_label and tablespace_map are written byte-exact as the server returned them (the text re-encoded in
     the connection's encoding). tablespace_map only when the server returned one with content, like
-    pg_basebackup. Returns {label_paths, backup_manifest, changed}.
+    pg_basebackup. In check mode nothing is written. Returns {label_paths, backup_manifest, changed}.
     """
     encoding = result.get("encoding") or "utf-8"
     label = result["labelfile"].encode(encoding)
     spcmap = result["spcmapfile"].encode(encoding) if result.get("spcmapfile") else None
-    written = []  # type: t.List[str]
-    changed = False
+    writer = _OutputWriter(check_mode)
     manifest_path = None
 
-    def put(directory: str) -> None:
-        nonlocal changed
-        changed = _write_if_different(os.path.join(directory, "backup_label"), label) or changed
-        written.append(os.path.join(directory, "backup_label"))
+    def put_labels(directory: str) -> bool:
+        changed = writer.put(os.path.join(directory, "backup_label"), label)
         if spcmap is not None:
-            changed = _write_if_different(os.path.join(directory, "tablespace_map"), spcmap) or changed
-            written.append(os.path.join(directory, "tablespace_map"))
+            changed = writer.put(os.path.join(directory, "tablespace_map"), spcmap) or changed
+        return changed
 
     if set_path:
         if not os.path.isdir(set_path):
             raise SessionError("set_path %s does not exist: expected the backup set directory <backup_dest>/%s made by the "
                                "copy; the label is kept in the session state, run stopped again once the set exists"
                                % (set_path, backup_id))
-        put(set_path)
+        put_labels(set_path)
         copy_dir = os.path.join(set_path, "data", data_prefix)
         if os.path.isdir(copy_dir):
-            put(copy_dir)
-            manifest_path, manifest_changed = _write_backup_manifest(result, set_path, data_prefix, copy_dir, spcmap is not None, warn)
-            changed = changed or manifest_changed
+            labels_changed = put_labels(copy_dir)
+            if check_mode and labels_changed:
+                # The manifest lists the labels: new labels mean a new manifest.
+                writer.changed = True
+                manifest_path = os.path.join(copy_dir, _pg_manifest.MANIFEST_NAME)
+            else:
+                manifest_path = _write_backup_manifest(result, set_path, data_prefix, copy_dir, spcmap is not None, warn, writer)
         else:
             warn("no copy of the data directory at %s: backup_label was written to %s only and no backup_manifest was made"
                  % (copy_dir, set_path))
     if label_dest:
         directory = os.path.join(label_dest, backup_id)
-        os.makedirs(directory, mode=0o750, exist_ok=True)
-        put(directory)
+        if not check_mode:
+            os.makedirs(directory, mode=0o750, exist_ok=True)
+        put_labels(directory)
         info = {
             "backup_id": backup_id,
             "lsn": result["lsn"],
@@ -1112,18 +1127,17 @@ def write_outputs(result: t.Dict[str, t.Any], backup_id: str, set_path: t.Option
             "stopped_at": result.get("stopped_at"),
             "backup_label_sha256": hashlib.sha256(label).hexdigest(),
         }
-        info_path = os.path.join(directory, "label.json")
-        changed = _write_if_different(info_path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode("utf-8")) or changed
-        written.append(info_path)
-    return {"label_paths": written, "backup_manifest": manifest_path, "changed": changed}
+        writer.put(os.path.join(directory, "label.json"), (json.dumps(info, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return {"label_paths": writer.paths, "backup_manifest": manifest_path, "changed": writer.changed}
 
 
 def _write_backup_manifest(result: t.Dict[str, t.Any], set_path: str, data_prefix: str, copy_dir: str, has_spcmap: bool,
-                           warn: t.Callable[[str], None]) -> t.Tuple[t.Optional[str], bool]:
+                           warn: t.Callable[[str], None], writer: _OutputWriter) -> t.Optional[str]:
+    """PostgreSQL's backup_manifest for the copy in ``copy_dir`` (whose labels are already written); its path or None."""
     version_num = int(result.get("server_version_num") or 0)
     if version_num < 130000:
         warn("PostgreSQL %d has no backup_manifest format; none was written" % version_num)
-        return None, False
+        return None
     try:
         entries = _pg_manifest.copy_entries(load_set_manifest(set_path), set_path, data_prefix)
     except ValueError as exc:
@@ -1131,7 +1145,7 @@ def _write_backup_manifest(result: t.Dict[str, t.Any], set_path: str, data_prefi
     if not entries:
         warn("manifest.json of %s lists no files under %s/: no backup_manifest was written (copy the data directory first)"
              % (set_path, data_prefix))
-        return None, False
+        return None
     entries.append(_pg_manifest.file_entry(copy_dir, "backup_label"))
     if has_spcmap:
         entries.append(_pg_manifest.file_entry(copy_dir, "tablespace_map"))
@@ -1140,8 +1154,9 @@ def _write_backup_manifest(result: t.Dict[str, t.Any], set_path: str, data_prefi
                            "backup_manifest can be written for it: run the backup again" % (result["timeline"], result["stop_timeline"]))
     manifest = _pg_manifest.build_manifest(entries, version_num, result.get("system_identifier"), int(result["timeline"]),
                                            parse_lsn(result["start_lsn"]), parse_lsn(result["lsn"]))
-    changed = _pg_manifest.write_manifest(copy_dir, manifest)
-    return os.path.join(copy_dir, _pg_manifest.MANIFEST_NAME), changed
+    path = os.path.join(copy_dir, _pg_manifest.MANIFEST_NAME)
+    writer.put(path, manifest, listed=False)  # reported as backup_manifest, not among the label files
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1319,8 +1334,8 @@ class PgBackupSession:
         """Write the label files (again, if a previous write failed) and return the stop facts."""
         result = state["result"]
         outputs = write_outputs(result, self.backup_id, self.params.get("set_path"), self.params.get("label_dest"),
-                                self.params["data_prefix"], self.warn)
-        if outputs["changed"] or result.get("label_paths") != outputs["label_paths"]:
+                                self.params["data_prefix"], self.warn, self.check_mode)
+        if not self.check_mode and (outputs["changed"] or result.get("label_paths") != outputs["label_paths"]):
             stored = dict(state)
             stored["result"] = dict(result, label_paths=outputs["label_paths"], backup_manifest=outputs["backup_manifest"])
             self.store.write_state(stored)

@@ -13,7 +13,6 @@ import os
 
 import pytest
 
-from ansible_collections.consistent.backup.plugins.module_utils import _pg_manifest
 from ansible_collections.consistent.backup.plugins.module_utils._pg_manifest import (
     ManifestFile,
     build_manifest,
@@ -23,7 +22,6 @@ from ansible_collections.consistent.backup.plugins.module_utils._pg_manifest imp
     manifest_version,
     path_field,
     verify_checksum,
-    write_manifest,
 )
 
 SHA_A = hashlib.sha256(b"a").hexdigest()
@@ -154,11 +152,3 @@ def test_file_entry_measures_a_written_label(tmp_path):
 
     assert entry.path == "backup_label" and entry.size == 30
     assert entry.sha256 == hashlib.sha256(b"START WAL LOCATION: 0/2000028\n").hexdigest()
-
-
-def test_write_manifest_writes_once_and_then_reports_unchanged(tmp_path):
-    manifest = build_manifest([], 150000, None, 1, 0, 1)
-
-    assert write_manifest(str(tmp_path), manifest) is True
-    assert write_manifest(str(tmp_path), manifest) is False
-    assert (tmp_path / _pg_manifest.MANIFEST_NAME).read_bytes() == manifest

@@ -538,6 +538,16 @@ def test_writing_the_same_labels_again_changes_nothing(tmp_path):
     assert second["label_paths"] == first["label_paths"]
 
 
+def test_check_mode_reports_missing_labels_as_a_change_and_writes_nothing(tmp_path):
+    set_path = tmp_path / "b1"
+    (set_path / "data" / "pgdata").mkdir(parents=True)
+
+    outputs = write_outputs(stop_result(), "b1", str(set_path), str(tmp_path / "labels"), "pgdata", lambda w: None, check_mode=True)
+
+    assert outputs["changed"] is True
+    assert not (set_path / "backup_label").exists() and not (tmp_path / "labels").exists()
+
+
 def test_a_missing_set_path_fails_and_says_the_label_is_kept(tmp_path):
     with pytest.raises(SessionError, match="does not exist.*kept in the session state"):
         write_outputs(stop_result(), "b1", str(tmp_path / "nope"), None, "pgdata", lambda w: None)
@@ -555,6 +565,8 @@ def test_the_backup_manifest_lists_the_copy_and_the_label(tmp_path):
 
     manifest = json.loads((copy / "backup_manifest").read_text())
     assert outputs["backup_manifest"] == str(copy / "backup_manifest")
+    assert str(copy / "backup_manifest") not in outputs["label_paths"]
+    assert write_outputs(stop_result(), "b1", str(set_path), None, "pgdata", lambda w: None)["changed"] is False
     assert [f["Path"] for f in manifest["Files"]] == ["PG_VERSION", "backup_label"]
     assert manifest["System-Identifier"] == 7310000000000000001
     assert manifest["WAL-Ranges"] == [{"Timeline": 1, "Start-LSN": "0/2000028", "End-LSN": "0/2000100"}]

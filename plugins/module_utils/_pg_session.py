@@ -35,6 +35,7 @@ import re
 import select
 import signal
 import socket
+import stat
 import struct
 import time
 import traceback
@@ -476,19 +477,24 @@ def default_runtime_dir() -> str:
 
 
 def _ensure_private_dir(path: str) -> None:
-    """Create ``path`` (mode 0700) or check an existing one is a real directory of ours that nobody else can write."""
+    """Create ``path`` (mode 0700) or check an existing one is a real directory of ours that nobody else can write.
+
+    An existing directory is never chmod'ed (runtime_dir=/tmp must not turn /tmp private): it is refused instead.
+    """
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
     info = os.lstat(path)
-    if not os.path.isdir(path) or os.path.islink(path):
+    if not stat.S_ISDIR(info.st_mode):
         raise SessionError("runtime directory %s is not a directory (or is a symlink); remove it or set runtime_dir" % path)
     if info.st_uid != os.geteuid():
         raise SessionError("runtime directory %s belongs to uid %d, not to us (uid %d); set runtime_dir to a directory of "
                            "our own or remove it" % (path, info.st_uid, os.geteuid()))
     if info.st_mode & 0o022:
-        os.chmod(path, 0o700)
+        raise SessionError("runtime directory %s is writable by group or others (mode %04o): another user could replace the "
+                           "holder's socket; use a private directory (chmod 0700) or a new runtime_dir"
+                           % (path, stat.S_IMODE(info.st_mode)))
 
 
 class SessionStore:

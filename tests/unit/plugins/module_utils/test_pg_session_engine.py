@@ -344,6 +344,24 @@ def stop_result(**changes):
     return result
 
 
+def test_a_runtime_dir_others_can_write_is_refused_and_left_alone(runtime):
+    shared = os.path.join(runtime, "shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o1777)
+
+    with pytest.raises(SessionError, match="writable by group or others"):
+        SessionStore(shared, "b1").create()
+    assert os.stat(shared).st_mode & 0o7777 == 0o1777
+
+
+def test_a_runtime_dir_that_is_a_symlink_is_refused(runtime):
+    os.mkdir(os.path.join(runtime, "real"), 0o700)
+    os.symlink(os.path.join(runtime, "real"), os.path.join(runtime, "link"))
+
+    with pytest.raises(SessionError, match="symlink"):
+        SessionStore(os.path.join(runtime, "link"), "b1").create()
+
+
 def test_the_state_file_round_trips_and_records_when_it_was_written(runtime):
     store = stored_session(runtime, "running")
 

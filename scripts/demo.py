@@ -112,7 +112,7 @@ def main() -> int:
             report["phases"]["copy"]["seconds"]))
 
         say("4. restore with playbooks/restore.yml into a new directory and start it on another port")
-        restored = Cluster(args.version, os.path.join(demo, "restored"), free_port())
+        restored = Cluster(args.version, os.path.join(demo, "restored"), free_port(source.port + 1))
         ansible_playbook("restore.yml", {
             "demo_dir": demo, "backup_dest": backup, "backup_id": "demo",
             "restore_target": restored.data_dir, "restore_port": restored.port, "restore_socket_dir": source.run_dir,

@@ -37,7 +37,8 @@ class PlaybookRun:
         self.out = proc.stdout + proc.stderr
 
     def __repr__(self) -> str:
-        return "PlaybookRun(rc=%d)\n%s" % (self.rc, self.out[-6000:])
+        failures = [line for line in self.out.splitlines() if "fatal:" in line or "FAILED!" in line or "ERROR" in line]
+        return "PlaybookRun(rc=%d)\n%s\n--- tail ---\n%s" % (self.rc, "\n".join(failures)[-4000:], self.out[-3000:])
 
 
 def write_inventory(path: str, hosts: t.Dict[str, t.Dict[str, t.Any]]) -> str:

@@ -93,7 +93,7 @@ class Background:
 
 
 def restore(tmp_path, cluster, media_path, backup_id, name="restored", **more):
-    port = free_port()
+    port = free_port(cluster.port + 1)  # the clusters listen on Unix sockets only: skip the source's port
     target = os.path.join(cluster.base_dir, name)
     values = {
         "backup_dest": media_path, "backup_id": backup_id, "restore_target": target, "restore_port": port,

@@ -275,6 +275,74 @@ def write_settings(target: str, settings: t.Dict[str, t.Any], uid: int, gid: int
     atomic_write(auto, ("\n".join(lines) + "\n").encode("utf-8"), 0o600, (uid, gid))
 
 
+def resolve_label_only(backup_id: str, label_dest: t.Optional[str], target: str) -> t.Dict[str, t.Any]:
+    """Split backup: third-party software has already restored the files into target; the label store has the label."""
+    if not label_dest or backup_id == "latest":
+        raise RestoreError("a restore of data already in place (data_present) needs label_dest and the backup_id whose label "
+                           "to use; found label_dest=%r, backup_id=%r" % (label_dest, backup_id))
+    place = os.path.join(label_dest, backup_id)
+    label = _read(os.path.join(place, "backup_label"))
+    if label is None:
+        raise RestoreError(
+            "label store %s has no backup_label for %s; refusing: without backup_label PostgreSQL would run crash recovery "
+            "from the restored pg_control and could come up silently corrupt. Restore the label store first" % (place, backup_id))
+    if not os.path.isfile(os.path.join(target, "global", "pg_control")):
+        raise RestoreError("%s has no global/pg_control: restore the data directory with the backup software first, "
+                           "then run this restore with data_present" % target)
+    return {"backup_id": backup_id, "set_path": None, "label_source": place, "label": label,
+            "spcmap": _read(os.path.join(place, "tablespace_map"))}
+
+
+def clean_third_party_copy(target: str) -> t.List[str]:
+    """What a file-level copy of a running cluster carries but recovery must not see (PostgreSQL's own list)."""
+    removed = []
+    for name in ("postmaster.pid", "postmaster.opts", "backup_label.old", "recovery.signal", "standby.signal"):
+        path = os.path.join(target, name)
+        if os.path.lexists(path):
+            os.unlink(path)
+            removed.append(name)
+    wal = os.path.join(target, "pg_wal")
+    for directory in (wal, os.path.join(wal, "archive_status")):
+        if os.path.isdir(directory):
+            for name in os.listdir(directory):
+                path = os.path.join(directory, name)
+                if os.path.isfile(path) or os.path.islink(path):
+                    os.unlink(path)
+                    removed.append(os.path.relpath(path, target))
+    return removed
+
+
+def chown_tree(path: str, uid: int, gid: int) -> None:
+    os.chown(path, uid, gid)
+    for directory, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(directory, name), uid, gid)
+
+
+def prepare_in_place(backup_id: str, label_dest: t.Optional[str], target: str, owner: str, settings: t.Dict[str, t.Any],
+                     check_mode: bool) -> t.Dict[str, t.Any]:
+    found = resolve_label_only(backup_id, label_dest, target)
+    uid, gid = _owner_ids(owner)
+    result = {"backup_id": backup_id, "set_path": None, "label_source": found["label_source"],
+              "label": parse_label(found["label"].decode("utf-8", "replace")), "target": target, "settings": settings,
+              "server_version_num": None, "system_identifier": None, "changed": not check_mode}
+    if check_mode:
+        return result
+    result["removed"] = clean_third_party_copy(target)
+    os.makedirs(os.path.join(target, "pg_wal", "archive_status"), mode=0o700, exist_ok=True)
+    chown_tree(target, uid, gid)
+    os.chmod(target, 0o700)
+    atomic_write(os.path.join(target, "backup_label"), found["label"], 0o600, (uid, gid))
+    if found["spcmap"]:
+        atomic_write(os.path.join(target, "tablespace_map"), found["spcmap"], 0o600, (uid, gid))
+    write_settings(target, settings, uid, gid)
+    atomic_write(os.path.join(target, "recovery.signal"), b"", 0o600, (uid, gid))
+    fsync_dir(target)
+    with open(os.path.join(target, "PG_VERSION"), encoding="utf-8") as handle:
+        result["server_version_num"] = int(handle.read().strip()) * 10000
+    return result
+
+
 def prepare(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Optional[str], target: str, tablespace_dir: str,
             owner: str, settings: t.Dict[str, t.Any], verify: bool, check_mode: bool) -> t.Dict[str, t.Any]:
     found = resolve_set(backup_dest, backup_id, label_dest)

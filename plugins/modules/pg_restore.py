@@ -77,6 +77,15 @@ options:
     description: Check each restored file's SHA-256 against the set's C(manifest.json) while copying.
     type: bool
     default: true
+  data_present:
+    description:
+      - The second step of a split backup's restore. Third-party backup software has already restored the data directory
+        into O(target); only the label comes from the label store O(label_dest) (required, with O(backup_id)).
+      - C(postmaster.pid), C(postmaster.opts) and the WAL files in C(pg_wal) of that copy are removed (recovery reads WAL
+        from the archive), everything is chowned to O(owner), and the label, map, settings and C(recovery.signal) are
+        put in place. Tablespaces stay where the backup software restored them (the paths in C(tablespace_map)).
+    type: bool
+    default: false
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -156,6 +165,11 @@ verified:
   description: Whether every file was checked against the manifest.
   returned: success, not in check mode
   type: bool
+removed:
+  description: With O(data_present), the files of the third party's copy removed before recovery (C(postmaster.pid), WAL files).
+  returned: when data_present, not in check mode
+  type: list
+  elements: str
 tablespaces:
   description: Tablespaces moved to their restore locations (oid, original, location).
   returned: success, not in check mode
@@ -169,7 +183,7 @@ settings:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.consistent.backup.plugins.module_utils._pg_restore import RestoreError, prepare, recovery_settings
+from ansible_collections.consistent.backup.plugins.module_utils._pg_restore import RestoreError, prepare, prepare_in_place, recovery_settings
 
 
 def main() -> None:
@@ -189,17 +203,23 @@ def main() -> None:
             recovery_target_action=dict(type='str', default='promote', choices=['promote', 'pause', 'shutdown']),
             settings=dict(type='dict', default={}),
             verify=dict(type='bool', default=True),
+            data_present=dict(type='bool', default=False),
         ),
         required_one_of=[('backup_dest', 'label_dest')],
+        required_if=[('data_present', True, ('label_dest',))],
         supports_check_mode=True,
     )
     params = module.params
     try:
         settings = recovery_settings(params['port'], params['wal_archive'], params['socket_dir'], params['recovery_target'],
                                      params['recovery_target_value'], params['recovery_target_action'], params['settings'])
-        result = prepare(params['backup_dest'], params['backup_id'], params['label_dest'], params['target'],
-                         params['tablespace_dir'] or params['target'].rstrip('/') + '_tablespaces', params['owner'],
-                         settings, params['verify'], module.check_mode)
+        if params['data_present']:
+            result = prepare_in_place(params['backup_id'], params['label_dest'], params['target'], params['owner'], settings,
+                                      module.check_mode)
+        else:
+            result = prepare(params['backup_dest'], params['backup_id'], params['label_dest'], params['target'],
+                             params['tablespace_dir'] or params['target'].rstrip('/') + '_tablespaces', params['owner'],
+                             settings, params['verify'], module.check_mode)
     except RestoreError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

@@ -231,12 +231,13 @@ def test_broken_archiving_makes_pre_refuse_naming_pg_stat_archiver(tmp_path, clu
 def test_split_backup_survives_idle_session_timeout_and_restores_from_the_label_store(tmp_path, cluster, media):
     cluster.psql("ALTER SYSTEM SET idle_session_timeout = '10s'")
     cluster.reload()
+    cluster.psql("CREATE TABLE committed_before AS SELECT g AS id FROM generate_series(1, 1000) g")
     labels = os.path.join(cluster.base_dir, "labels")
     job = pg_job(cluster, media.path, "split1", backup_postgresql_label_dest=labels)
     run = run_playbook("pre.yml", inventory(tmp_path), job)
     assert run.rc == 0, run
     # the third-party software copies the files (here: cp -a), taking longer than idle_session_timeout
-    third_party = os.path.join(media.path, "split1", "data", "pgdata")
+    third_party = os.path.join(media.path, "bareos-volume", "pgdata")
     os.makedirs(os.path.dirname(third_party))
     subprocess.run(["cp", "-a", cluster.data_dir, third_party], check=True)
     time.sleep(12)
@@ -244,7 +245,19 @@ def test_split_backup_survives_idle_session_timeout_and_restores_from_the_label_
     assert run.rc == 0, run
     with open(os.path.join(labels, "split1", "backup_label"), encoding="utf-8") as handle:
         assert "LABEL: split1" in handle.read()
-    assert not os.path.exists(os.path.join(media.path, "split1", "backup_label")), "split backups only write the label store"
+    assert not os.path.exists(os.path.join(media.path, "split1")), "split backups only write the label store"
+
+    # restore: the backup software puts the files back, then the label store's entry goes on top
+    target = os.path.join(cluster.base_dir, "restored-split")
+    subprocess.run(["cp", "-a", third_party, target], check=True)
+    run, port, target = restore(tmp_path, cluster, media.path, "split1", name="restored-split", restore_data_present=True,
+                                backup_postgresql_label_dest=labels)
+    try:
+        assert run.rc == 0, run
+        assert restored_psql(cluster, port, "SELECT count(*) FROM committed_before") == "1000"
+        assert restored_psql(cluster, port, "SELECT pg_is_in_recovery()") == "f"
+    finally:
+        stop_restored(cluster, target)
 
 
 def test_restore_refuses_a_set_without_backup_label(tmp_path, cluster, media):

@@ -82,6 +82,7 @@ def main() -> int:
         stop_servers(demo)
         shutil.rmtree(demo)
     os.makedirs(backup)
+    backup_id = time.strftime("demo-%Y%m%dT%H%M%SZ", time.gmtime())
 
     say("1. start PostgreSQL %d with WAL archiving; mount a 2 GiB tmpfs as the backup disk" % args.version)
     source = Cluster(args.version, os.path.join(demo, "source"), free_port())
@@ -101,12 +102,14 @@ def main() -> int:
         load.start()
         time.sleep(2)
         ansible_playbook("backup.yml", {
-            "demo_dir": demo, "backup_engine": "postgresql", "backup_dest": backup, "backup_id": "demo",
+            "demo_dir": demo, "backup_engine": "postgresql", "backup_dest": backup, "backup_id": backup_id,
+            "backup_postgresql_runtime_dir": os.path.join(demo, "holders"),
             "backup_media_min_free": "500M", "backup_retry_delay": 1,
             "backup_postgresql_label_dest": os.path.join(demo, "labels"),
         }, source.env())
         load.join()
-        report = json.load(open(os.path.join(backup, "demo", "report.json"), encoding="utf-8"))
+        with open(os.path.join(backup, backup_id, "report.json"), encoding="utf-8") as handle:
+            report = json.load(handle)
         print("backup verdict %s, %d files, %.1f MB, quiesce_seconds %.2f (copy %.2f s)" % (
             report["verdict"], report["files"], report["bytes"] / 1e6, report["quiesce_seconds"],
             report["phases"]["copy"]["seconds"]))
@@ -114,7 +117,7 @@ def main() -> int:
         say("4. restore with playbooks/restore.yml into a new directory and start it on another port")
         restored = Cluster(args.version, os.path.join(demo, "restored"), free_port(source.port + 1))
         ansible_playbook("restore.yml", {
-            "demo_dir": demo, "backup_dest": backup, "backup_id": "demo",
+            "demo_dir": demo, "backup_dest": backup, "backup_id": backup_id,
             "restore_target": restored.data_dir, "restore_port": restored.port, "restore_socket_dir": source.run_dir,
             "restore_bindir": source.bindir, "backup_postgresql_wal_archive": source.archive_dir,
             "backup_postgresql_label_dest": os.path.join(demo, "labels"),

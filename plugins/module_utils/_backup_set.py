@@ -160,7 +160,16 @@ def build_report(backup_id: str, engine: str, phases: t.Dict[str, t.Dict[str, t.
             phase["seconds"] = round(end - start, 3)
     pre_start = _as_float(ordered.get("pre", {}).get("start"))
     post_end = _as_float(ordered.get("post", {}).get("end"))
-    quiesce = round(post_end - pre_start, 3) if pre_start is not None and post_end is not None else None
+    window = round(post_end - pre_start, 3) if pre_start is not None and post_end is not None else None
+    # An engine that knows when the database left and re-entered its normal state (PostgreSQL: the start call and
+    # the return of the stop call) reports it; that is the quiesce window. Otherwise the controller's pre-to-post
+    # window is the best measure we have.
+    engine_start = _as_float(ordered.get("pre", {}).get("quiesce_start"))
+    engine_end = _as_float(ordered.get("post", {}).get("quiesce_end"))
+    if engine_start is not None and engine_end is not None:
+        quiesce, quiesce_source = round(engine_end - engine_start, 3), "engine"
+    else:
+        quiesce, quiesce_source = window, "controller"
     failed = [name for name, phase in ordered.items() if phase.get("result") == "failed"]
     incomplete = [name for name in ("pre", "copy", "post") if ordered.get(name, {}).get("result") not in ("ok", "failed")]
     if check_mode:
@@ -180,6 +189,8 @@ def build_report(backup_id: str, engine: str, phases: t.Dict[str, t.Dict[str, t.
         "check_mode": check_mode,
         "phases": ordered,
         "quiesce_seconds": quiesce,
+        "quiesce_source": quiesce_source,
+        "window_seconds": window,
         "files": sum(1 for entry in files if entry.get("type", "file") == "file"),
         "bytes": sum(int(entry.get("size") or 0) for entry in files if entry.get("type", "file") == "file"),
         "failed_phases": failed,

@@ -686,6 +686,8 @@ class Holder:
         backend_pid = run(SQL_BACKEND_PID).fetchone()[0]
         for statement in session_settings(spec["server_version_num"]):
             run(statement)
+        # The database's quiesce window opens with this call and closes when the stop call returns.
+        backup_start_epoch = time.time()
         start_lsn = run(self.functions.start_sql, [spec["backup_id"], spec["fast"]]).fetchone()[0]
         after_pid = run(SQL_BACKEND_PID).fetchone()[0]
         if after_pid != backend_pid:
@@ -711,6 +713,7 @@ class Holder:
             "encoding": self.conn.info.encoding,
             "started_at": self.state["started_at"],
             "expires_at": self.state["expires_at"],
+            "backup_start_epoch": backup_start_epoch,
             "queries": queries,
         }
 
@@ -799,6 +802,7 @@ class Holder:
             self.end(ABORTED, "the stop failed: %s" % text)
             return {"ok": False, "error": "aborted", "state": self.state}
         left_backup_mode = time.monotonic()
+        backup_stop_epoch = time.time()
         result = {
             "lsn": lsn,
             "labelfile": labelfile,
@@ -812,6 +816,7 @@ class Holder:
             "system_identifier": facts.get("system_identifier"),
             "server_version_num": facts["server_version_num"],
             "stopped_at": iso(utc_now()),
+            "backup_stop_epoch": backup_stop_epoch,
             "backup_mode_seconds": None,
             "queries": queries,
         }
@@ -1170,9 +1175,10 @@ def _write_backup_manifest(result: t.Dict[str, t.Any], set_path: str, data_prefi
 # ---------------------------------------------------------------------------------------------------------
 
 START_FACT_KEYS = ("start_lsn", "timeline", "backend_pid", "holder_pid", "server_version_num", "postmaster_start_time",
-                   "system_identifier", "data_directory", "tablespaces", "page_size", "wal_segment_size", "started_at",
+                   "system_identifier", "data_directory", "tablespaces", "page_size", "wal_segment_size", "backup_start_epoch", "started_at",
                    "expires_at")
-STOP_FACT_KEYS = ("lsn", "labelfile", "spcmapfile", "start_lsn", "timeline", "stop_walfile", "archived", "stop_seconds")
+STOP_FACT_KEYS = ("lsn", "labelfile", "spcmapfile", "start_lsn", "timeline", "stop_walfile", "archived", "stop_seconds",
+                  "backup_stop_epoch", "backup_mode_seconds")
 
 
 def _start_facts(state: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:

@@ -300,6 +300,11 @@ started_at:
   returned: state is started
   type: str
   sample: "2024-05-01T02:00:00Z"
+backup_start_epoch:
+  description: Epoch seconds just before the start function was called; the database's quiesce window opens here.
+  returned: state is started
+  type: float
+  sample: 1795251581.123
 expires_at:
   description: When the holder gives up the backup (O(max_duration) after the start).
   returned: state is started
@@ -352,6 +357,16 @@ stop_seconds:
   returned: state is stopped
   type: float
   sample: 0.42
+backup_stop_epoch:
+  description: Epoch seconds when the stop function returned (the server left backup mode); the quiesce window closes here.
+  returned: state is stopped
+  type: float
+  sample: 1795251590.456
+backup_mode_seconds:
+  description: Seconds the stop function itself took (the server was in backup mode until it returned), archive wait excluded.
+  returned: state is stopped
+  type: float
+  sample: 0.05
 running:
   description: Whether the session (any session, without O(backup_id)) is running with a live holder.
   returned: state is status

@@ -124,3 +124,20 @@ def test_check_mode_report_says_ready_and_the_phase_times(tmp_path):
     assert report["verdict"] == "ready"
     assert report["phases"]["copy"]["seconds"] == 9.0
     assert list(report["phases"]) == ["pre", "copy", "post"]
+
+
+def test_quiesce_comes_from_the_engine_when_it_reports_its_window():
+    phases = {
+        "pre": dict(PHASES_OK["pre"], quiesce_start=100.6),
+        "copy": PHASES_OK["copy"],
+        "post": dict(PHASES_OK["post"], quiesce_end=110.1),
+    }
+    report = bs.build_report("b1", "postgresql", phases, None, None, check_mode=False)
+    assert report["quiesce_seconds"] == 9.5 and report["quiesce_source"] == "engine"
+    assert report["window_seconds"] == 10.5
+
+
+def test_quiesce_is_the_controller_window_without_engine_times():
+    report = bs.build_report("b1", "files", PHASES_OK, None, None, check_mode=False)
+    assert report["quiesce_seconds"] == report["window_seconds"] == 10.5
+    assert report["quiesce_source"] == "controller"

@@ -244,6 +244,8 @@ def main() -> int:
     parser.add_argument("--cold", action="store_true", help="drop the page cache before every run (needs root)")
     parser.add_argument("--write-docs", action="store_true", help="regenerate docs/performance.md and docs/performance-copy.png")
     parser.add_argument("--note", action="append", default=[], help="a note for the docs (repeatable)")
+    parser.add_argument("--also", action="append", default=[], metavar="RESULTS_JSON",
+                        help="with --write-docs: add the figures of an earlier run (e.g. a --cold one) as another table")
     parser.add_argument("--writeback-window", type=int, default=None, help="tuning: engine WRITEBACK_WINDOW bytes")
     parser.add_argument("--buffers", type=int, default=None, help="tuning: engine RING_BUFFERS")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -306,7 +308,11 @@ def main() -> int:
     print("results: %s" % out)
     if args.write_docs:
         write_chart(report)
-        write_doc(report)
+        extra = []
+        for path in args.also:
+            with open(path) as handle:
+                extra.append(json.load(handle))
+        write_doc(report, extra)
         print("wrote %s and %s" % (DOC, CHART))
     return 0
 
@@ -369,7 +375,7 @@ One {mib} MiB file of random bytes, read size {read_kib} KiB (dd `bs` the same),
 - `sha256sum` alone took {sha:.3f} s (median) on the copy; the engine hashes in the same pass as the copy.
 - The SHA-256 in the engine's manifest and the one printed by sha256sum agree on every run: {agree}.
 - Peak RSS does not grow with the file: the engine holds a ring of {buffers} buffers of the read size.
-
+{extra}
 ## Machine
 
 {cpu}, {cpus} vCPUs (SHA-NI: {sha_ni}), {mem} GiB RAM, Linux {kernel}, {fstype} on {device};
@@ -418,9 +424,9 @@ Load average before / after the benchmark: {load_before} / {load_after}.
 """
 
 
-def write_doc(report: t.Dict[str, t.Any]) -> None:
+def figure_rows(report: t.Dict[str, t.Any]) -> str:
+    """The figures table body of one run."""
     summary = report["summary"]
-    machine = report["machine"]
     mib = report["size"] // MIB
     rows = []
     for tool, what in (("engine", "aligned_copy engine (SHA-256 + fsync)"),
@@ -428,6 +434,41 @@ def write_doc(report: t.Dict[str, t.Any]) -> None:
                        ("dd+sha256sum", "`dd conv=fsync` then `sha256sum`")):
         row = summary[tool]
         rows.append("| %s | %.3f | %.3f | %.3f | %.0f |" % (what, row["median"], row["min"], row["max"], mib / row["median"]))
+    return "\n".join(rows)
+
+
+def extra_section(report: t.Dict[str, t.Any]) -> str:
+    """A shorter section for an earlier run given with --also (typically the --cold one)."""
+    summary = report["summary"]
+    return EXTRA_TEMPLATE.format(
+        cache=report["cache"], date=report["date"], mib=report["size"] // MIB, read_kib=report["read_size"] // 1024,
+        rounds=report["rounds"], rows=figure_rows(report), r_dd=summary["ratio_engine_dd"], r_best=summary["ratio_engine_dd_best"],
+        r_sha=summary["ratio_engine_dd_sha"], rss=summary["engine"]["rss_mib_max"],
+        load_before="/".join("%.2f" % x for x in report["load_before"]), load_after="/".join("%.2f" % x for x in report["load_after"]),
+        cache_method=("the page cache was dropped (`echo 3 > /proc/sys/vm/drop_caches`) before every run, so the source is "
+                      "read from the disk" if report["cache"] == "cold" else "the source was read from the page cache"),
+    )
+
+
+EXTRA_TEMPLATE = """
+### {cache} cache ({date})
+
+Same file size ({mib} MiB) and read size ({read_kib} KiB), {rounds} rounds; {cache_method}.
+Load average before / after: {load_before} / {load_after}.
+
+| run | median s | min s | max s | MiB/s at the median |
+|---|---|---|---|---|
+{rows}
+
+engine / dd: {r_dd:.2f}x (medians), {r_best:.2f}x (best against best); engine / (dd + sha256sum): {r_sha:.2f}x;
+engine peak RSS {rss:.1f} MiB.
+"""
+
+
+def write_doc(report: t.Dict[str, t.Any], extra: t.Sequence[t.Dict[str, t.Any]] = ()) -> None:
+    summary = report["summary"]
+    machine = report["machine"]
+    mib = report["size"] // MIB
 
     def verdict(value: float, limit: float) -> str:
         return "yes" if value < limit else "**no**"
@@ -440,7 +481,8 @@ def write_doc(report: t.Dict[str, t.Any]) -> None:
         cache_method = "Cold cache (`--cold`): `echo 3 > /proc/sys/vm/drop_caches` before every run."
     text = DOC_TEMPLATE.format(
         date=report["date"], mib=mib, read_kib=report["read_size"] // 1024, block=report["block_size"], rounds=report["rounds"],
-        cache=report["cache"], direct="on" if report["direct"] else "off", rows="\n".join(rows),
+        cache=report["cache"], direct="on" if report["direct"] else "off", rows=figure_rows(report),
+        extra="".join(extra_section(r) for r in extra),
         r_dd=summary["ratio_engine_dd"], ok_dd=verdict(summary["ratio_engine_dd"], 1.10),
         r_best=summary["ratio_engine_dd_best"], ok_best=verdict(summary["ratio_engine_dd_best"], 1.10),
         r_sha=summary["ratio_engine_dd_sha"], ok_sha=verdict(summary["ratio_engine_dd_sha"], 1.0),

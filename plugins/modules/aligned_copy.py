@@ -249,6 +249,11 @@ vanished:
   type: list
   elements: str
   sample: [pgdata/base/16384/16440]
+engine_seconds:
+  description: Wall time of the module's whole work (checks, listing, copy, manifest write) in seconds.
+  returned: success, not in check mode
+  type: float
+  sample: 1.92
 seconds:
   description: Wall time of the copy itself in seconds (not the listing, not the manifest write); 0 in check mode.
   returned: always
@@ -340,6 +345,8 @@ plan:
            symlinks: 0, to_copy: 3, bytes_to_copy: 24576}]}
 '''
 
+import time
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._copy import (
@@ -382,6 +389,7 @@ def argument_spec() -> dict:
 
 
 def main() -> None:
+    began = time.monotonic()
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     params = module.params
     dest = params["dest"]
@@ -418,7 +426,7 @@ def main() -> None:
     for warning in result.warnings:
         if warning not in plan.warnings:
             module.warn(warning)
-    module.exit_json(changed=result.changed, plan=summary, **result.as_dict())
+    module.exit_json(changed=result.changed, plan=summary, engine_seconds=round(time.monotonic() - began, 6), **result.as_dict())
 
 
 if __name__ == "__main__":

@@ -256,6 +256,15 @@ def validate_request(dest: str, backup_id: str, sources: t.Sequence[Source], cre
                 "backup destination %s (real path %s) is inside source %s: the copy would copy itself; "
                 "choose a destination outside every source" % (dest, real_dest, source.path)
             )
+    return check_destination(dest, backup_id)
+
+
+def check_destination(dest: str, backup_id: str) -> str:
+    """The destination root exists and the set is not COMPLETE yet; return the set path.
+
+    A missing root is refused rather than created: an unmounted medium would otherwise be
+    filled on the root filesystem under its mount point.
+    """
     if not os.path.isdir(dest):
         raise CopyError(
             "backup destination %s does not exist or is not a directory; mount the medium (consistent.backup.mount_check) "
@@ -1009,15 +1018,16 @@ def run_copy(
 ) -> CopyResult:
     """Copy ``plan`` into ``<dest>/<backup_id>/data/`` and merge it into the set's manifest.
 
+    Call ``validate_request`` before planning (it also refuses a destination inside a source);
+    ``run_copy`` itself re-checks the block sizes, the destination root and the COMPLETE marker.
+
     ``reader(fd, buffer, offset)``, ``writer(fd, buffer)`` and ``opener(path, flags)`` replace the
     os primitives (tests use them to check alignment, order and write failures). Raises CopyError.
     Files copied before a failure are still recorded in the manifest (best effort), so a retry
     skips them when they are unchanged.
     """
     validate_block_sizes(block_size, read_size)
-    set_path = set_path_for(dest, backup_id)
-    if os.path.exists(os.path.join(set_path, COMPLETE_MARKER)):
-        raise CopyError("backup set %s is already marked COMPLETE by an earlier run; choose a new backup_id or remove the set" % set_path)
+    set_path = check_destination(dest, backup_id)
     result = CopyResult(set_path=set_path, manifest_path=_manifest.manifest_path(set_path), read_size=read_size,
                         block_size=block_size, direct=bool(direct))
     copier = _Copier(plan, dest, set_path, block_size, read_size, bool(direct), preserve_owner,

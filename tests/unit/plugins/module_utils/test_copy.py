@@ -699,3 +699,10 @@ def test_an_unexpected_error_in_the_writer_fails_the_copy_instead_of_hanging_it(
     with pytest.raises(CopyError, match="the copy worker failed"):
         copy([{"path": str(src / "f"), "dest": "f"}], dest, writer=broken_writer)
     assert os.listdir(str(dest / SET / "data")) == []
+
+
+def test_run_copy_refuses_a_missing_destination_root_instead_of_creating_it(src, tmp_path):
+    write(src / "f", b"x")
+    with pytest.raises(CopyError, match="does not exist.*mount the medium"):
+        copy([{"path": str(src / "f"), "dest": "f"}], tmp_path / "not-mounted")
+    assert not (tmp_path / "not-mounted").exists()

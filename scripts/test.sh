@@ -9,7 +9,7 @@
 # Run a subset with: scripts/test.sh unit integration
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-cd "$here"
+cd "$here" || exit 1
 scripts/setup.sh || exit 1
 export PATH="$here/.venv/bin:$PATH"
 export ANSIBLE_COLLECTIONS_PATH="$here/.build/collections"
@@ -38,12 +38,23 @@ step_unit() { pytest -q -p no:cacheprovider tests/unit; }
 step_integration() { pytest -q -p no:cacheprovider -x --durations=15 tests/integration; }
 step_lint() { ansible-lint --nocolor; }
 
+run_step() {
+  case "$1" in
+    build) step_build ;;
+    sanity) step_sanity ;;
+    unit) step_unit ;;
+    integration) step_integration ;;
+    lint) step_lint ;;
+    *) echo "unknown step $1 (steps: build sanity unit integration lint)"; return 2 ;;
+  esac
+}
+
 declare -A result seconds
 failed=0
 for step in "${steps[@]}"; do
   echo "=== $step"
   start=$(date +%s)
-  if "step_$step"; then result[$step]=passed; else result[$step]=FAILED; failed=1; fi
+  if run_step "$step"; then result[$step]=passed; else result[$step]=FAILED; failed=1; fi
   seconds[$step]=$(( $(date +%s) - start ))
 done
 echo "=== summary"

@@ -35,7 +35,7 @@ step_sanity() {
   scripts/sanity.sh
 }
 step_unit() { pytest -q -p no:cacheprovider tests/unit; }
-step_integration() { pytest -q -p no:cacheprovider -x --durations=15 tests/integration; }
+step_integration() { pytest -q -p no:cacheprovider --durations=15 tests/integration; }
 step_lint() { ansible-lint --nocolor; }
 
 run_step() {

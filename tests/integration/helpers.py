@@ -25,6 +25,8 @@ def ansible_env(extra: t.Optional[t.Dict[str, str]] = None) -> t.Dict[str, str]:
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_SHOW_CUSTOM_STATS": "1",
+        "ANSIBLE_LOCALHOST_WARNING": "0",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
         "PATH": VENV_BIN + os.pathsep + env.get("PATH", ""),
     })
     env.update(extra or {})

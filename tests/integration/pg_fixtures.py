@@ -25,9 +25,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from pgcluster import Cluster  # noqa: E402  pylint: disable=wrong-import-position
 
-VENV_BIN = os.path.join(ROOT, ".venv", "bin")
-PYTHON = os.path.join(VENV_BIN, "python")
-COLLECTIONS = os.path.join(ROOT, ".build", "collections")
+from helpers import PYTHON, VENV_BIN, ansible_env  # noqa: E402  pylint: disable=wrong-import-position
 VERSIONS = (15, 18)
 
 
@@ -129,17 +127,9 @@ def run_module(args: t.Dict[str, t.Any], env: t.Optional[t.Dict[str, str]] = Non
     play_path = os.path.join(workdir, "play.yml")
     with open(play_path, "w", encoding="utf-8") as handle:
         json.dump(playbook, handle)
-    full_env = dict(os.environ)
-    for key in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE", "PGPASSWORD"):
-        full_env.pop(key, None)
-    full_env.update({
-        "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
-        "ANSIBLE_CONFIG": os.path.join(ROOT, "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_LOCALHOST_WARNING": "0",
-        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
-        "PATH": VENV_BIN + os.pathsep + full_env.get("PATH", ""),
-    })
+    # only the libpq environment the test gives reaches the module
+    full_env = {key: value for key, value in ansible_env().items()
+                if key not in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE", "PGPASSWORD")}
     full_env.update(env or {})
     cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
            "-e", "ansible_python_interpreter=%s" % PYTHON, play_path]

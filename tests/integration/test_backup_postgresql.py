@@ -290,3 +290,20 @@ def test_restore_json_is_reported(tmp_path, cluster, media):
         assert restored_psql(cluster, port, "SELECT count(*) > 0 FROM pgbench_accounts") == "t"
     finally:
         stop_restored(cluster, target)
+
+
+def test_restore_to_a_named_restore_point_stops_there(tmp_path, cluster, media):
+    assert run_playbook("backup.yml", inventory(tmp_path), pg_job(cluster, media.path, "named1")).rc == 0
+    cluster.psql("CREATE TABLE after_backup AS SELECT g AS id FROM generate_series(1, 1000) g")
+    cluster.psql("SELECT pg_create_restore_point('before-mistake')")
+    cluster.psql("INSERT INTO after_backup SELECT g FROM generate_series(1001, 1500) g")
+    segment = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())")
+    cluster.wait_for("SELECT last_archived_wal >= '%s' FROM pg_stat_archiver" % segment, "t", 60)
+    run, port, target = restore(tmp_path, cluster, media.path, "named1", restore_recovery_target="name",
+                                restore_recovery_target_value="before-mistake")
+    try:
+        assert run.rc == 0, run
+        assert restored_psql(cluster, port, "SELECT count(*) FROM after_backup") == "1000"
+        assert restored_psql(cluster, port, "SELECT pg_is_in_recovery()") == "f"
+    finally:
+        stop_restored(cluster, target)

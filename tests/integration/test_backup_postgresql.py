@@ -37,6 +37,8 @@ def cluster(request):
     """A fresh cluster of the requested version with WAL archiving, pgbench data, stopped and removed at the end."""
     version = request.param if hasattr(request, "param") else 18
     port = free_port()
+    while os.path.exists(os.path.join(BASE, "pg%d-%d" % (version, port))):  # another run's cluster
+        port = free_port(port + 1)
     made = Cluster(version, os.path.join(BASE, "pg%d-%d" % (version, port)), port)
     made.init(archive=True)
     made.start()

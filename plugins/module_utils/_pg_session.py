@@ -60,6 +60,7 @@ def _psycopg() -> t.Any:
     """The psycopg package, imported once when a connection is first needed."""
     return importlib.import_module("psycopg")
 
+
 MIN_SERVER_VERSION_NUM = 120000
 DEFAULT_RUNTIME_DIR = "/run/consistent-backup"
 STATE_NAME = "state.json"

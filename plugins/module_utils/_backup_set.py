@@ -23,11 +23,11 @@ import socket
 import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
+from ansible_collections.consistent.backup.plugins.module_utils._manifest import MANIFEST_NAME, load_manifest, manifest_path
 
 LOCK_NAME = "LOCK"
 COMPLETE_NAME = "COMPLETE"
 REPORT_NAME = "report.json"
-MANIFEST_NAME = "manifest.json"
 PHASE_ORDER = ("media", "pre", "copy", "post")
 
 
@@ -200,20 +200,19 @@ def build_report(backup_id: str, engine: str, phases: t.Dict[str, t.Dict[str, t.
     }
 
 
-def load_json(path: str) -> t.Optional[t.Dict[str, t.Any]]:
+def read_manifest(path: str) -> t.Tuple[t.Optional[t.Dict[str, t.Any]], t.Optional[str]]:
+    """The set's manifest.json (through the one manifest reader), or None and why it cannot vouch for the set."""
+    if not os.path.isfile(manifest_path(path)):
+        return None, "%s is missing" % MANIFEST_NAME
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        return None
+        return load_manifest(path), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
-def missing_for_complete(path: str, require: t.List[str]) -> t.List[str]:
+def missing_for_complete(path: str, require: t.List[str], manifest_problem: t.Optional[str]) -> t.List[str]:
     """What a COMPLETE marker would vouch for but is not on the medium: the manifest and required metadata."""
-    missing = []
-    manifest = load_json(os.path.join(path, MANIFEST_NAME))
-    if manifest is None:
-        missing.append(MANIFEST_NAME)
+    missing = [manifest_problem] if manifest_problem else []
     for name in require:
         if not os.path.isfile(os.path.join(path, name)):
             missing.append(name)
@@ -231,10 +230,10 @@ def close_set(path: str, backup_id: str, run_id: str, engine: str, phases: t.Dic
             "backup set %s is locked by run %s (host %s), not by this run %s; this run must not write its report there"
             % (path, lock.get("run_id"), lock.get("host"), run_id)
         )
-    manifest = load_json(os.path.join(path, MANIFEST_NAME))
+    manifest, manifest_problem = read_manifest(path)
     report = build_report(backup_id, engine, phases, manifest, failure, check_mode=False)
     if report["verdict"] == "success":
-        missing = missing_for_complete(path, require)
+        missing = missing_for_complete(path, require, manifest_problem)
         if missing:
             report["verdict"] = "failed"
             report["failure"] = "the set lacks %s, so it is not marked COMPLETE" % ", ".join(missing)

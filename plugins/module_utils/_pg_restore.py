@@ -24,6 +24,7 @@ import stat
 import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
+from ansible_collections.consistent.backup.plugins.module_utils._manifest import load_manifest
 
 DATA_PREFIX = "pgdata"
 # Written by the restore itself (byte-exact from the label store) or meaningless in a restored cluster.
@@ -161,14 +162,13 @@ def _copy_file(source: str, target: str, expected: t.Optional[str], uid: int, gi
     return size, checksum
 
 
-def copy_tree(set_path: str, target: str, uid: int, gid: int, verify: bool) -> t.Dict[str, t.Any]:
-    """Copy <set>/data/pgdata into target, checking each file against manifest.json when verify is true."""
+def copy_tree(set_path: str, manifest: t.Dict[str, t.Any], target: str, uid: int, gid: int, verify: bool) -> t.Dict[str, t.Any]:
+    """Copy <set>/data/pgdata into target, checking each file against the set's manifest when verify is true."""
     source_root = os.path.join(set_path, "data", DATA_PREFIX)
     if not os.path.isdir(source_root):
         raise RestoreError("backup set %s has no data/%s directory; it is not a PostgreSQL set" % (set_path, DATA_PREFIX))
     expected: t.Dict[str, str] = {}
     if verify:
-        manifest = json.loads(_read(os.path.join(set_path, "manifest.json")) or b"{}")
         expected = {entry["path"]: entry["sha256"] for entry in manifest.get("files", []) if entry.get("sha256")}
     files = bytes_total = 0
     for directory, dirnames, filenames in os.walk(source_root):
@@ -349,7 +349,11 @@ def prepare(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Optional
     check_target(target)
     uid, gid = _owner_ids(owner)
     label_text = found["label"].decode("utf-8", "replace")
-    facts = json.loads(_read(os.path.join(found["set_path"], "manifest.json")) or b"{}").get("facts", {})
+    try:
+        manifest = load_manifest(found["set_path"])
+    except ValueError as exc:
+        raise RestoreError(str(exc)) from None
+    facts = manifest.get("facts", {})
     result = {
         "server_version_num": facts.get("server_version_num"),
         "system_identifier": facts.get("system_identifier"),
@@ -365,7 +369,7 @@ def prepare(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Optional
         return result
     os.makedirs(target, mode=0o700, exist_ok=True)
     os.chmod(target, 0o700)
-    result.update(copy_tree(found["set_path"], target, uid, gid, verify))
+    result.update(copy_tree(found["set_path"], manifest, target, uid, gid, verify))
     result["tablespaces"] = place_tablespaces(target, found["spcmap"], tablespace_dir, uid, gid)
     # byte-exact, as the stop call returned it
     atomic_write(os.path.join(target, "backup_label"), found["label"], 0o600, (uid, gid))

@@ -150,7 +150,6 @@ released:
   type: bool
 '''
 
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -158,10 +157,10 @@ from ansible_collections.consistent.backup.plugins.module_utils._backup_set impo
     BackupSetError,
     build_report,
     close_set,
-    load_json,
     open_set,
     plan_open,
     read_lock,
+    read_manifest,
     release_lock,
     set_path,
 )
@@ -202,7 +201,7 @@ def main() -> None:
             released = False if module.check_mode else release_lock(path, params['run_id'])
             module.exit_json(changed=released, set_path=path, released=released)
         if module.check_mode:
-            manifest = load_json(os.path.join(path, 'manifest.json'))
+            manifest, _problem = read_manifest(path)
             report = build_report(params['backup_id'], params['engine'], params['phases'], manifest,
                                   params['failure'], check_mode=True)
             module.exit_json(changed=False, set_path=path, report=report, verdict=report['verdict'], complete=False,

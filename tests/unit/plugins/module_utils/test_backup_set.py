@@ -141,3 +141,11 @@ def test_quiesce_is_the_controller_window_without_engine_times():
     report = bs.build_report("b1", "files", PHASES_OK, None, None, check_mode=False)
     assert report["quiesce_seconds"] == report["window_seconds"] == 10.5
     assert report["quiesce_source"] == "controller"
+
+
+def test_close_with_an_unreadable_manifest_is_not_complete(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    (tmp_path / "b1" / "manifest.json").write_text("{not json")
+    report = bs.close_set(path, "b1", "run-1", "files", PHASES_OK, None, [], {})
+    assert report["verdict"] == "failed" and "not valid JSON" in report["failure"]
+    assert not (tmp_path / "b1" / "COMPLETE").exists()

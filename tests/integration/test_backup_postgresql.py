@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,10 +26,8 @@ import pytest
 from helpers import ROOT, load_json, run_playbook, write_inventory
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from pgcluster import Cluster, free_port  # noqa: E402  pylint: disable=wrong-import-position
+from pgcluster import PGBENCH_INVARIANT_SQL as INVARIANT, Cluster, free_port  # noqa: E402  pylint: disable=wrong-import-position
 
-INVARIANT = ("SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers), "
-             "(SELECT sum(bbalance) FROM pgbench_branches), (SELECT coalesce(sum(delta), 0) FROM pgbench_history)")
 BASE = "/var/tmp/consistent-backup/tests"
 
 
@@ -289,6 +288,7 @@ def test_restore_json_is_reported(tmp_path, cluster, media):
         start = json.dumps(load_json(os.path.join(media.path, "rep1", "report.json"))["start_lsn"])
         assert "first_lsn_replayed" in run.out and "timeline" in run.out
         assert start.strip('"') in run.out
+        assert re.search(r"consistent_at: [0-9A-F]+/[0-9A-F]+", run.out), run
         assert restored_psql(cluster, port, "SELECT count(*) > 0 FROM pgbench_accounts") == "t"
     finally:
         stop_restored(cluster, target)

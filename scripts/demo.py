@@ -28,11 +28,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from pgcluster import Cluster, free_port  # noqa: E402  pylint: disable=wrong-import-position
+from pgcluster import PGBENCH_INVARIANT_SQL as INVARIANT, Cluster, free_port  # noqa: E402  pylint: disable=wrong-import-position
 
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
-INVARIANT = ("SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers), "
-             "(SELECT sum(bbalance) FROM pgbench_branches), (SELECT coalesce(sum(delta), 0) FROM pgbench_history)")
 
 
 def say(text: str) -> None:

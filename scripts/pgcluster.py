@@ -37,6 +37,10 @@ import typing as t
 BASE_ROOT = "/var/tmp/consistent-backup"
 SERVER_USER = "postgres"
 DEBIAN_BINDIR = "/usr/lib/postgresql/%d/bin"
+# pgbench's invariant: every transaction adds the same delta to one account, teller, branch and history row,
+# so in any consistent copy the four sums are equal.
+PGBENCH_INVARIANT_SQL = ("SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers), "
+                         "(SELECT sum(bbalance) FROM pgbench_branches), (SELECT coalesce(sum(delta), 0) FROM pgbench_history)")
 
 
 class ClusterError(RuntimeError):

@@ -1,0 +1,509 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The on-host guard: the database host's own promise that post runs, and the one-backup-per-database lock.
+
+This is a private module_utils file of consistent.backup: it is not part of the collection's
+public API and may change without notice.
+
+The playbook's ``always:`` is the controller's promise; it is void when the controller is killed (an AWX cancel
+sends SIGTERM), the host becomes unreachable or the controller machine dies. So, just before pre, a detached
+guard process is armed on the database host with the engine's post and two bounds:
+
+* a lease: the copy renews it (the mtime of ``lease``) while it makes progress; when nobody renewed it for
+  ``lease_seconds``, the controller is taken as gone. The operator does not have to guess how long a copy takes.
+* ``max_quiesce``: the hard maximum the database may stay out of its normal state, whatever the lease says.
+
+The controller's post disarms the guard (file ``disarm``). Otherwise the guard writes ``fired`` (so a copy still
+running stops at once: its data would not be consistent), runs post itself with the same retries, and records
+what it did in ``state.json``, where the next run and a check-mode audit report it.
+
+The guard directory ``<runtime_dir>/guards/<key>/`` (0700, files 0600) is also the database lock: while a guard
+of another run is alive there, a second backup of the same database is refused before pre (its post would
+release the database under the first run's copy). A guard whose process is provably gone (same host, process
+gone) is taken over: its post is run first, and the takeover is reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shlex
+import signal
+import stat
+import subprocess
+import time
+import typing as t
+
+from ansible_collections.consistent.backup.plugins.module_utils import _detach
+from ansible_collections.consistent.backup.plugins.module_utils import _pg_session
+from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write
+from ansible_collections.consistent.backup.plugins.module_utils._layout import default_runtime_dir
+
+GUARDS_DIR = "guards"
+STATE_NAME = "state.json"
+# The copy renews this file's mtime while it makes progress (aligned_copy's lease_file option).
+LEASE_NAME = "lease"
+# Written by the controller's post: the guard exits without running post.
+DISARM_NAME = "disarm"
+# Written by the guard before it runs post: a copy that still runs must stop, its data is not consistent.
+FIRED_NAME = "fired"
+HISTORY_DIR = "history"
+
+ARMED = "armed"
+FIRING = "firing"
+FIRED = "fired"            # the guard ran post and post succeeded
+POST_FAILED = "post_failed"  # the guard ran post and every attempt failed
+DISARMED = "disarmed"
+LIVE_STATES = (ARMED, FIRING)
+UNREPORTED_STATES = (FIRING, FIRED, POST_FAILED)
+
+POLL_SECONDS = 0.25
+TAIL_CHARS = 2000
+PG_HOLDER_EXIT_WAIT = 15.0
+
+
+class GuardError(Exception):
+    """The guard cannot be armed or disarmed; the message says why and what to do."""
+
+    def __init__(self, msg: str, retryable: bool = False, **facts: t.Any) -> None:
+        super(GuardError, self).__init__(msg)
+        self.retryable = retryable
+        self.facts = facts
+
+
+def now() -> float:
+    return time.time()
+
+
+def iso(epoch: t.Optional[float]) -> t.Optional[str]:
+    if epoch is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + ".%06dZ" % int((epoch % 1) * 1e6)
+
+
+def tail(text: t.Union[str, bytes, None], limit: int = TAIL_CHARS) -> str:
+    """The end of a command's output: where its reason usually is."""
+    if text is None:
+        return ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = text.rstrip()
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def database_key(engine: str, database: str) -> str:
+    """The guard directory's name: engine plus a digest of what identifies the database on this host."""
+    digest = hashlib.sha256(("%s\0%s" % (engine, database)).encode("utf-8")).hexdigest()[:20]
+    return "%s-%s" % (engine, digest)
+
+
+def _ensure_private_dir(path: str) -> None:
+    """Create ``path`` 0700 or accept an existing real directory of ours that nobody else can write."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise GuardError("guard directory %s must be a directory of uid %d that only it can write (found mode %04o, uid %d, "
+                         "%s); remove it or set backup_runtime_dir to a private directory"
+                         % (path, os.geteuid(), stat.S_IMODE(info.st_mode), info.st_uid,
+                            "a directory" if stat.S_ISDIR(info.st_mode) else "not a directory"))
+
+
+def _read_json(path: str) -> t.Optional[t.Dict[str, t.Any]]:
+    try:
+        with open(path, "rb") as handle:
+            return json.loads(handle.read().decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {"state": "unreadable", "path": path}
+
+
+class GuardDir:
+    """The files of one database's guard."""
+
+    def __init__(self, runtime_dir: t.Optional[str], engine: str, database: str) -> None:
+        self.runtime_dir = runtime_dir or default_runtime_dir()
+        self.engine = engine
+        self.database = database
+        self.key = database_key(engine, database)
+        self.guards = os.path.join(self.runtime_dir, GUARDS_DIR)
+        self.path = os.path.join(self.guards, self.key)
+        self.state_path = os.path.join(self.path, STATE_NAME)
+        self.lease_path = os.path.join(self.path, LEASE_NAME)
+        self.disarm_path = os.path.join(self.path, DISARM_NAME)
+        self.fired_path = os.path.join(self.path, FIRED_NAME)
+        self.lock_path = self.path + ".lock"
+
+    def create(self) -> None:
+        os.makedirs(os.path.dirname(self.runtime_dir.rstrip("/")) or "/", exist_ok=True)
+        for path in (self.runtime_dir, self.guards, self.path):
+            _ensure_private_dir(path)
+
+    def read_state(self) -> t.Optional[t.Dict[str, t.Any]]:
+        return _read_json(self.state_path)
+
+    def write_state(self, state: t.Dict[str, t.Any]) -> None:
+        state = dict(state)
+        state["updated_at"] = iso(now())
+        atomic_write(self.state_path, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode("utf-8"), mode=0o600)
+
+    @contextlib.contextmanager
+    def locked(self) -> t.Iterator[None]:
+        """Serialise module runs on one database (two runs arming at the same moment)."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def archive(self, state: t.Dict[str, t.Any]) -> str:
+        """Move a finished guard's record to history/ (it has been reported) and clear the working files."""
+        history = os.path.join(self.path, HISTORY_DIR)
+        _ensure_private_dir(history)
+        name = "%s-%s.json" % (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), state.get("run_id") or "unknown")
+        target = os.path.join(history, name.replace("/", "_"))
+        if os.path.exists(self.state_path):
+            os.rename(self.state_path, target)
+        for path in (self.lease_path, self.disarm_path, self.fired_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Post, as the guard runs it
+# ---------------------------------------------------------------------------------------------------------
+
+def normalize_post(post: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+    """Check the engine's post description: ``{command: argv|string}`` or ``{pg_session: {backup_id, runtime_dir}}``."""
+    if not isinstance(post, dict) or len([k for k in ("command", "pg_session", "none") if k in post]) != 1:
+        raise GuardError("post must name exactly one of command (the operator's post command), pg_session (end the "
+                         "PostgreSQL holder's session) or none (nothing to undo); found %r" % (post,))
+    if "command" in post:
+        command = post["command"]
+        argv = shlex.split(command) if isinstance(command, str) else [str(part) for part in (command or [])]
+        if not argv:
+            raise GuardError("post.command is empty; give the operator's post command (argv list or a string split "
+                             "without a shell), or post: {none: true} when there is nothing to undo")
+        return {"command": argv}
+    if "pg_session" in post:
+        session = dict(post["pg_session"] or {})
+        if not session.get("backup_id"):
+            raise GuardError("post.pg_session needs backup_id: the holder's session to end")
+        session.setdefault("runtime_dir", None)
+        return {"pg_session": session}
+    return {"none": True}
+
+
+def describe_post(post: t.Dict[str, t.Any]) -> str:
+    if "command" in post:
+        return "run %s" % " ".join(shlex.quote(part) for part in post["command"])
+    if "pg_session" in post:
+        return "end the PostgreSQL backup session %s (its holder closes the connection; the server leaves backup mode)" % (
+            post["pg_session"]["backup_id"])
+    return "nothing (the engine has nothing to undo)"
+
+
+def _run_command(argv: t.List[str], timeout: float) -> t.Dict[str, t.Any]:
+    env = dict(os.environ, LANG="C", LC_ALL="C")
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=timeout, check=False, env=env)
+    except FileNotFoundError as exc:
+        return {"rc": 127, "stdout": "", "stderr": str(exc), "ok": False}
+    except subprocess.TimeoutExpired as exc:
+        return {"rc": None, "stdout": tail(exc.stdout), "stderr": tail(exc.stderr) + "\n(killed after %d s)" % timeout,
+                "ok": False}
+    return {"rc": proc.returncode, "stdout": tail(proc.stdout), "stderr": tail(proc.stderr), "ok": proc.returncode == 0}
+
+
+def _end_pg_session(session: t.Dict[str, t.Any], reason: str) -> t.Dict[str, t.Any]:
+    """Ask the holder to abort (it closes its connection, so the server leaves backup mode); SIGTERM if it does not answer.
+
+    Succeeds when no holder of that backup is alive afterwards (also when there was none: post is idempotent).
+    """
+    store = _pg_session.SessionStore(session.get("runtime_dir") or default_runtime_dir(), session["backup_id"])
+    state = store.read_state()
+    if not state or state.get("state") not in (_pg_session.STARTING, _pg_session.RUNNING, _pg_session.STOPPING):
+        return {"ok": True, "rc": 0, "stdout": "no running session for %s (state %s)" % (
+            session["backup_id"], (state or {}).get("state")), "stderr": ""}
+    pid = state.get("holder_pid")
+    said = ""
+    try:
+        answer = _pg_session.holder_request(store.socket_path, {"cmd": "abort", "reason": reason}, 10.0)
+        said = "holder answered: %s" % (answer.get("state") or {}).get("state")
+    except (OSError, ValueError, _pg_session.HolderUnreachable) as exc:
+        said = "holder did not answer (%s); sent SIGTERM to pid %s" % (exc, pid)
+        if _detach.pid_alive(pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + PG_HOLDER_EXIT_WAIT
+    while _detach.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _detach.pid_alive(pid):
+        return {"ok": False, "rc": None, "stdout": said, "stderr": "holder pid %s is still alive %d s after the abort" % (
+            pid, PG_HOLDER_EXIT_WAIT)}
+    return {"ok": True, "rc": 0, "stdout": said + "; holder pid %s is gone" % pid, "stderr": ""}
+
+
+def run_post(post: t.Dict[str, t.Any], retries: int, retry_delay: float, timeout: float, reason: str) -> t.Dict[str, t.Any]:
+    """Post with the job's retry policy: up to ``retries`` attempts, ``retry_delay`` seconds apart."""
+    attempts = []  # type: t.List[t.Dict[str, t.Any]]
+    for number in range(1, max(1, retries) + 1):
+        began = now()
+        if "command" in post:
+            outcome = _run_command(post["command"], timeout)
+        elif "pg_session" in post:
+            outcome = _end_pg_session(post["pg_session"], reason)
+        else:
+            outcome = {"ok": True, "rc": 0, "stdout": "nothing to undo", "stderr": ""}
+        outcome.update({"attempt": number, "start": iso(began), "seconds": round(now() - began, 3)})
+        attempts.append(outcome)
+        if outcome["ok"]:
+            break
+        if number < retries:
+            time.sleep(retry_delay)
+    return {"ok": attempts[-1]["ok"], "attempts": attempts, "what": describe_post(post)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The guard process
+# ---------------------------------------------------------------------------------------------------------
+
+class _Terminate(Exception):
+    pass
+
+
+def _raise_terminate(signum: int, frame: t.Any) -> None:
+    raise _Terminate(signal.Signals(signum).name)
+
+
+class Guard:
+    """Runs in the detached process: waits for the disarm, the end of the lease or max_quiesce."""
+
+    def __init__(self, gdir: GuardDir, spec: t.Dict[str, t.Any]) -> None:
+        self.gdir = gdir
+        self.spec = spec
+        self.state = dict(spec)
+        self.state.update({"state": ARMED, "owner": _detach.owner(), "pid": os.getpid()})
+
+    def run(self, report_fd: int) -> None:
+        signal.signal(signal.SIGTERM, _raise_terminate)
+        signal.signal(signal.SIGINT, _raise_terminate)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            self.gdir.write_state(self.state)
+        except OSError as exc:
+            _detach.report(report_fd, {"ok": False, "error": "could not write %s: %s" % (self.gdir.state_path, exc)})
+            return
+        _detach.report(report_fd, {"ok": True, "state": self.state})
+        try:
+            reason = self.wait()
+        except _Terminate as exc:
+            reason = "the guard received %s (the host is shutting down or someone stopped it)" % exc
+        if reason is None:
+            self.state.update({"state": DISARMED, "disarmed_at": iso(now())})
+            self.gdir.write_state(self.state)
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # post must not be cut short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.fire(reason)
+
+    def wait(self) -> t.Optional[str]:
+        """None when disarmed; otherwise why the guard must run post."""
+        lease = self.spec["lease_seconds"]
+        hard_end = self.spec["armed_epoch"] + self.spec["max_quiesce"]
+        while True:
+            if os.path.exists(self.gdir.disarm_path):
+                return None
+            moment = now()
+            if moment >= hard_end:
+                return "backup_max_quiesce (%d s) reached: the database was out of its normal state since %s" % (
+                    self.spec["max_quiesce"], self.spec["armed_at"])
+            if lease > 0:
+                try:
+                    renewed = os.stat(self.gdir.lease_path).st_mtime
+                except FileNotFoundError:
+                    renewed = self.spec["armed_epoch"]
+                if moment - renewed > lease:
+                    return ("no progress for %.0f s (lease %d s, last renewed %s): the controller's run is taken as gone"
+                            % (moment - renewed, lease, iso(renewed)))
+            time.sleep(POLL_SECONDS)
+
+    def fire(self, reason: str) -> None:
+        with contextlib.suppress(OSError):
+            atomic_write(self.gdir.fired_path, (json.dumps({"reason": reason, "at": iso(now())}) + "\n").encode("utf-8"), 0o600)
+        self.state.update({"state": FIRING, "fired_at": iso(now()), "reason": reason})
+        self.gdir.write_state(self.state)
+        outcome = run_post(self.spec["post"], self.spec["retries"], self.spec["retry_delay"], self.spec["post_timeout"],
+                           "released by the guard: %s" % reason)
+        self.state.update({"state": FIRED if outcome["ok"] else POST_FAILED, "post_result": outcome,
+                           "post_ended_at": iso(now())})
+        self.gdir.write_state(self.state)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What the module does
+# ---------------------------------------------------------------------------------------------------------
+
+def summary(state: t.Optional[t.Dict[str, t.Any]]) -> t.Optional[t.Dict[str, t.Any]]:
+    """What a report says about a guard record: who, when, why, what post did."""
+    if not state:
+        return None
+    keys = ("state", "run_id", "backup_id", "engine", "database", "armed_at", "fired_at", "reason", "post_ended_at",
+            "disarmed_at", "pid", "post_what")
+    result = {key: state.get(key) for key in keys if state.get(key) is not None}
+    post = state.get("post_result")
+    if post:
+        result["post_ok"] = post.get("ok")
+        result["post_attempts"] = post.get("attempts")
+    return result
+
+
+def describe_record(record: t.Dict[str, t.Any]) -> str:
+    """One sentence on what an earlier guard did, for the next run's output."""
+    if record.get("state") in (FIRED, POST_FAILED, FIRING):
+        attempts = record.get("post_attempts") or []
+        last = attempts[-1] if attempts else {}
+        outcome = ("post succeeded" if record.get("post_ok") else
+                   "post FAILED after %d attempts (rc %s: %s); check the database, it may still be quiesced"
+                   % (len(attempts), last.get("rc"), last.get("stderr") or last.get("stdout") or "no output"))
+        return ("the guard of run %s (backup %s) ran post itself at %s because %s; %s"
+                % (record.get("run_id"), record.get("backup_id"), record.get("fired_at"), record.get("reason"), outcome))
+    return "run %s (backup %s) is %s" % (record.get("run_id"), record.get("backup_id"), record.get("state"))
+
+
+def _live_guard_message(gdir: GuardDir, state: t.Dict[str, t.Any], why: str) -> str:
+    return ("database %s (%s) is being backed up by run %s (backup_id %s, guard pid %s on %s since %s; %s); expected no "
+            "other backup of it: a second one would release the database under the first one's copy. Wait for that run "
+            "to finish; if its controller died, its guard runs post at most %s s after the copy's last progress "
+            "(state in %s)" % (gdir.database, gdir.engine, state.get("run_id"), state.get("backup_id"), state.get("pid"),
+                               (state.get("owner") or {}).get("host"), state.get("armed_at"), why,
+                               state.get("lease_seconds"), gdir.state_path))
+
+
+def inspect(gdir: GuardDir, run_id: str) -> t.Dict[str, t.Any]:
+    """Read-only: what is there for this database (check mode and the first half of arm)."""
+    state = gdir.read_state()
+    result = {"state": state, "live": False, "own": False, "stale": None, "previous": None}  # type: t.Dict[str, t.Any]
+    if not state:
+        return result
+    result["own"] = state.get("run_id") == run_id
+    if state.get("state") in LIVE_STATES:
+        gone, why = _detach.owner_gone(state.get("owner"))
+        if gone:
+            result["stale"] = why
+        else:
+            result["live"] = True
+            result["why"] = why
+    elif state.get("state") in UNREPORTED_STATES or state.get("state") == "unreadable":
+        result["previous"] = summary(state)
+    return result
+
+
+def arm(gdir: GuardDir, spec: t.Dict[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
+    """Take the database lock and start the guard. Idempotent for the same run_id while its guard lives."""
+    post = normalize_post(spec["post"])
+    result = {"changed": False, "guard_dir": gdir.path, "lease_file": gdir.lease_path, "key": gdir.key,
+              "post_what": describe_post(post), "previous": None, "took_over": None}  # type: t.Dict[str, t.Any]
+    if check_mode:
+        if os.path.isdir(gdir.path):
+            found = inspect(gdir, spec["run_id"])
+            if found["live"] and not found["own"]:
+                raise GuardError(_live_guard_message(gdir, found["state"], found["why"]), holder=summary(found["state"]))
+            result["previous"] = found["previous"] or (summary(found["state"]) if found["stale"] else None)
+            if found["stale"]:
+                result["took_over"] = {"would": True, "why": found["stale"], "record": summary(found["state"])}
+        result["changed"] = True
+        return result
+    gdir.create()
+    with gdir.locked():
+        found = inspect(gdir, spec["run_id"])
+        if found["live"]:
+            if found["own"]:
+                result.update({"pid": found["state"].get("pid"), "armed_at": found["state"].get("armed_at")})
+                return result
+            raise GuardError(_live_guard_message(gdir, found["state"], found["why"]), holder=summary(found["state"]))
+        if found["stale"]:
+            # The guard died without running post (SIGKILL, OOM, reboot): the database may still be quiesced, so its
+            # post runs now, before anything else touches the database.
+            stale = found["state"]
+            outcome = run_post(normalize_post(stale.get("post") or {"none": True}), stale.get("retries", 3),
+                               stale.get("retry_delay", 5), stale.get("post_timeout", 600),
+                               "taken over by run %s: the earlier guard is gone (%s)" % (spec["run_id"], found["stale"]))
+            stale = dict(stale, state=FIRED if outcome["ok"] else POST_FAILED, post_result=outcome, fired_at=iso(now()),
+                         reason="its guard is gone (%s); run %s took over and ran post" % (found["stale"], spec["run_id"]))
+            gdir.write_state(stale)
+            result["took_over"] = summary(stale)
+            result["took_over"]["why"] = found["stale"]
+            gdir.archive(stale)
+            if not outcome["ok"]:
+                raise GuardError("database %s: the earlier run %s left its guard dead and its post failed now too (%s); "
+                                 "bring the database back by hand, then run the backup again"
+                                 % (gdir.database, stale.get("run_id"), outcome["attempts"][-1]), took_over=result["took_over"])
+        elif found["state"]:
+            result["previous"] = found["previous"]
+            gdir.archive(found["state"])
+        armed_epoch = now()
+        full = dict(spec, post=post, post_what=describe_post(post), engine=gdir.engine, database=gdir.database,
+                    key=gdir.key, armed_epoch=armed_epoch, armed_at=iso(armed_epoch))
+        with open(gdir.lease_path, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+        report = _detach.spawn(lambda fd: Guard(gdir, full).run(fd))
+        if not report or not report.get("ok"):
+            raise GuardError("the guard process for database %s did not start (%s); check that %s is writable"
+                             % (gdir.database, (report or {}).get("error", "no report"), gdir.path), retryable=True)
+        result.update({"changed": True, "pid": report["state"]["pid"], "armed_at": full["armed_at"]})
+        return result
+
+
+def disarm(gdir: GuardDir, run_id: str, check_mode: bool, wait: float = 10.0) -> t.Dict[str, t.Any]:
+    """The controller's post is done: the guard exits without running post. Reports a guard that already fired."""
+    result = {"changed": False, "guard_dir": gdir.path, "fired": None, "disarmed": False}  # type: t.Dict[str, t.Any]
+    state = gdir.read_state() if os.path.isdir(gdir.path) else None
+    if not state or state.get("run_id") != run_id:
+        result["msg"] = "no guard of run %s is armed for database %s" % (run_id, gdir.database)
+        return result
+    if state.get("state") in UNREPORTED_STATES:
+        # The guard ran post before the controller's post came (the lease ran out): say so, and keep nothing armed.
+        result["fired"] = summary(state)
+        if not check_mode and state.get("state") != FIRING:
+            with gdir.locked():
+                gdir.archive(state)
+        return result
+    if state.get("state") != ARMED:
+        if state.get("state") == DISARMED and not check_mode:
+            with gdir.locked():
+                gdir.archive(state)
+        return result
+    result["changed"] = True
+    if check_mode:
+        return result
+    atomic_write(gdir.disarm_path, (json.dumps({"run_id": run_id, "at": iso(now())}) + "\n").encode("utf-8"), 0o600)
+    deadline = time.monotonic() + wait
+    pid = state.get("pid")
+    while _detach.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    final = gdir.read_state() or {}
+    if final.get("state") in UNREPORTED_STATES:
+        result["fired"] = summary(final)
+    if final.get("state") in (DISARMED, FIRED, POST_FAILED) or not _detach.pid_alive(pid):
+        with gdir.locked():
+            gdir.archive(final or state)
+        result["disarmed"] = final.get("state") == DISARMED
+    return result
+
+
+def status(gdir: GuardDir) -> t.Dict[str, t.Any]:
+    found = inspect(gdir, "") if os.path.isdir(gdir.path) else {"state": None, "live": False, "stale": None, "previous": None}
+    return {"changed": False, "guard_dir": gdir.path, "current": summary(found["state"]), "live": found["live"],
+            "stale": found["stale"], "previous": found["previous"]}

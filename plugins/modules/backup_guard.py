@@ -1,0 +1,247 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: backup_guard
+short_description: Arm an on-host guard that runs post when the controller's post does not come; one backup per database
+version_added: 0.2.0
+description:
+  - The playbook's C(always) section is the controller's promise that post runs; it is void when C(ansible-playbook)
+    is killed (an AWX cancel sends SIGTERM), the host becomes unreachable or the controller machine dies. This
+    module makes the database host keep the same promise.
+  - O(state=armed), run just before pre, takes the database lock and starts a detached guard process on the host
+    holding the engine's post (O(post)) and two bounds. The copy renews a lease (the file RV(lease_file), through
+    M(consistent.backup.aligned_copy)'s O(consistent.backup.aligned_copy#module:lease_file)) while it makes progress;
+    when nobody renewed it for O(lease_seconds), or when O(max_quiesce) seconds have passed since arming, the guard
+    runs post itself with the job's retries and records what it did. The operator does not have to guess how long
+    the copy takes; O(max_quiesce) is the hard maximum.
+  - O(state=disarmed), run after the controller's post, stops the guard without running post.
+  - The guard's record is kept in C(<runtime_dir>/guards/<key>/state.json) (directory 0700, files 0600). The next
+    O(state=armed) for the same database reports it in RV(previous) and moves it to C(history/); a check-mode run
+    reports it without moving it. O(state=status) only reads.
+  - One backup per database at a time on a host. A second run while another run's guard is alive fails at once,
+    naming that run, and does not disturb it. A guard whose process is provably gone (this host, and the process
+    does not exist or the host rebooted) is taken over - its post is run first, then this run's guard is armed -
+    and the takeover is reported in RV(took_over).
+options:
+  state:
+    description: C(armed) before pre, C(disarmed) after the controller's post, C(status) to read what is recorded.
+    type: str
+    choices: [armed, disarmed, status]
+    default: armed
+  engine:
+    description: The database engine (C(files), C(postgresql), ...); part of the lock's key.
+    type: str
+    required: true
+  database:
+    description:
+      - What identifies the database on this host, for the lock (for example the sorted data paths for the files
+        engine, C(host:port) for PostgreSQL). Two runs with the same O(engine) and O(database) exclude each other.
+    type: str
+    required: true
+  backup_id:
+    description: The backup this guard protects (C(backup_id)); recorded and reported.
+    type: str
+  run_id:
+    description: Identity of the run; arming again with the same run while its guard lives is not a change.
+    type: str
+    required: true
+  post:
+    description:
+      - What the guard does when it has to run post. Exactly one key.
+      - C(command) - the operator's post command (argv list, or a string split without a shell); it must succeed
+        when the database is already open.
+      - C(pg_session) - C({backup_id, runtime_dir}), end the PostgreSQL holder's session (the holder closes its
+        connection, so the server leaves backup mode).
+      - C(none) - nothing to undo.
+      - Required with O(state=armed).
+    type: dict
+  lease_seconds:
+    description:
+      - The guard runs post when the lease was not renewed for this many seconds. The copy renews it at least once
+        a second while it makes progress; between tasks nothing renews it, so it must be longer than pre takes plus
+        the retry delay plus a task's start-up. C(0) turns the lease off (only O(max_quiesce) bounds the run).
+    type: int
+    default: 120
+  max_quiesce:
+    description: The hard maximum, in seconds, that the database may stay out of its normal state (C(backup_max_quiesce)).
+    type: int
+    default: 21600
+  retries:
+    description: Attempts of post when the guard runs it (the job's C(backup_retries)).
+    type: int
+    default: 3
+  retry_delay:
+    description: Seconds between those attempts.
+    type: int
+    default: 5
+  post_timeout:
+    description: Seconds one attempt of a post command may take before it is killed.
+    type: int
+    default: 600
+  runtime_dir:
+    description:
+      - Directory for the guards; defaults to C(/run/consistent-backup) as root, else C(/tmp/consistent-backup-<uid>).
+    type: path
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: In check mode nothing is started or written; O(state=armed) reports what an earlier guard did, whether
+      another run holds the database (a failure, as it would be for real) and what post the guard would hold.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
+    support: full
+    details: Arming again with the same O(run_id) while its guard lives, or disarming a guard that is gone, is not a change.
+notes:
+  - The guard is a process on the database host, so it also fires when the controller cannot reach the host any more.
+  - When the guard has fired, a copy still running fails at once (its data is not consistent), and the controller's
+    post still runs (post is idempotent).
+seealso:
+  - module: consistent.backup.aligned_copy
+  - module: consistent.backup.pg_backup_session
+author: consistent.backup developers (@consistent-backup)
+'''
+
+EXAMPLES = r'''
+- name: Arm the guard just before pre (files engine)
+  consistent.backup.backup_guard:
+    state: armed
+    engine: files
+    database: /srv/appdb/data
+    backup_id: db1-20261122T0200Z
+    run_id: "{{ backup_run_id }}"
+    post:
+      command: [/usr/local/sbin/appdb, resume-writes]
+    lease_seconds: 120
+    max_quiesce: 3600
+  register: backup_guard
+
+- name: Disarm it after the controller's post
+  consistent.backup.backup_guard:
+    state: disarmed
+    engine: files
+    database: /srv/appdb/data
+    run_id: "{{ backup_run_id }}"
+'''
+
+RETURN = r'''
+guard_dir:
+  description: The guard's directory on the host.
+  returned: always
+  type: str
+  sample: /run/consistent-backup/guards/files-3f1c0a9e2b7d4c5a6e8f
+lease_file:
+  description: The file the copy renews (pass it to aligned_copy's O(consistent.backup.aligned_copy#module:lease_file)).
+  returned: when state is armed
+  type: str
+pid:
+  description: The guard process.
+  returned: when state is armed and not in check mode
+  type: int
+post_what:
+  description: What the guard will do if it has to run post.
+  returned: when state is armed
+  type: str
+  sample: run /usr/local/sbin/appdb resume-writes
+previous:
+  description:
+    - What the guard of an earlier run did that nobody has reported yet (it ran post because the controller's post
+      did not come): run, backup, when, why, and each post attempt with its return code and output tails.
+  returned: when state is armed or status
+  type: dict
+took_over:
+  description: An earlier run's guard that was dead; its post was run before this run's guard was armed.
+  returned: when state is armed
+  type: dict
+fired:
+  description: When disarming, the record of this run's guard if it had already run post (the lease ran out).
+  returned: when state is disarmed
+  type: dict
+disarmed:
+  description: Whether the guard exited on the disarm request.
+  returned: when state is disarmed
+  type: bool
+current:
+  description: The recorded guard (state, run, times).
+  returned: when state is status
+  type: dict
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.consistent.backup.plugins.module_utils._guard import (
+    GuardDir,
+    GuardError,
+    arm,
+    describe_record,
+    disarm,
+    status,
+)
+from ansible_collections.consistent.backup.plugins.module_utils._layout import backup_id_problem
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type='str', default='armed', choices=['armed', 'disarmed', 'status']),
+            engine=dict(type='str', required=True),
+            database=dict(type='str', required=True),
+            backup_id=dict(type='str'),
+            run_id=dict(type='str', required=True),
+            post=dict(type='dict'),
+            lease_seconds=dict(type='int', default=120),
+            max_quiesce=dict(type='int', default=21600),
+            retries=dict(type='int', default=3),
+            retry_delay=dict(type='int', default=5),
+            post_timeout=dict(type='int', default=600),
+            runtime_dir=dict(type='path'),
+        ),
+        required_if=[('state', 'armed', ('post', 'backup_id'))],
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params['state'] == 'armed':
+        problem = backup_id_problem(params['backup_id'])
+        if problem:
+            module.fail_json(msg=problem, retryable=False)
+        for name, low in (('lease_seconds', 0), ('max_quiesce', 1), ('retries', 1), ('retry_delay', 0), ('post_timeout', 1)):
+            if params[name] < low:
+                module.fail_json(msg='%s must be at least %d; found %d' % (name, low, params[name]), retryable=False)
+        if params['lease_seconds'] and params['lease_seconds'] <= params['retry_delay']:
+            module.fail_json(msg='lease_seconds (%d) must be longer than retry_delay (%d): between two attempts nothing renews '
+                             'the lease, so the guard would run post while the run waits; raise backup_guard_lease'
+                             % (params['lease_seconds'], params['retry_delay']), retryable=False)
+    gdir = GuardDir(params['runtime_dir'], params['engine'], params['database'])
+    try:
+        if params['state'] == 'armed':
+            spec = {key: params[key] for key in ('backup_id', 'run_id', 'post', 'lease_seconds', 'max_quiesce', 'retries',
+                                                 'retry_delay', 'post_timeout')}
+            result = arm(gdir, spec, module.check_mode)
+            for record in (result.get('took_over'), result.get('previous')):
+                if record and record.get('state'):
+                    module.warn(describe_record(record))
+            module.exit_json(**result)
+        if params['state'] == 'disarmed':
+            result = disarm(gdir, params['run_id'], module.check_mode)
+            if result.get('fired'):
+                module.warn(describe_record(result['fired']))
+            module.exit_json(**result)
+        module.exit_json(**status(gdir))
+    except GuardError as exc:
+        module.fail_json(msg=str(exc), retryable=exc.retryable, **exc.facts)
+    except OSError as exc:
+        module.fail_json(msg='guard for database %s in %s: %s (%s); check that the runtime directory is a local, writable '
+                         'directory of this user' % (params['database'], gdir.path, exc.strerror or exc,
+                                                     getattr(exc, 'filename', None) or gdir.path), retryable=False)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,211 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The on-host guard: real detached processes, real post commands, on a private runtime directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import sys
+import time
+
+import pytest
+
+from ansible_collections.consistent.backup.plugins.module_utils import _detach
+from ansible_collections.consistent.backup.plugins.module_utils import _guard as g
+
+
+def post_writes(marker):
+    """A post command that appends one line to ``marker`` each time it runs."""
+    return {"command": [sys.executable, "-c", "open(%r, 'a').write('post\\n')" % str(marker)]}
+
+
+def spec(run_id, post, lease=60, max_quiesce=3600, retries=3, retry_delay=0):
+    return {"backup_id": "b-" + run_id, "run_id": run_id, "post": post, "lease_seconds": lease, "max_quiesce": max_quiesce,
+            "retries": retries, "retry_delay": retry_delay, "post_timeout": 30}
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
+
+
+@pytest.fixture
+def gdir(tmp_path):
+    runtime = tmp_path / "run"
+    made = []
+
+    def make(database="/srv/db", engine="files"):
+        guard_dir = g.GuardDir(str(runtime), engine, database)
+        made.append(guard_dir)
+        return guard_dir
+
+    yield make
+    for guard_dir in made:  # never leave a guard process behind
+        state = guard_dir.read_state() if os.path.isdir(guard_dir.path) else None
+        if state and _detach.pid_alive(state.get("pid")):
+            os.kill(state["pid"], signal.SIGKILL)
+
+
+def test_disarmed_guard_exits_without_running_post(gdir, tmp_path):
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    armed = g.arm(guard, spec("r1", post_writes(marker)), check_mode=False)
+    assert armed["changed"] is True and _detach.pid_alive(armed["pid"])
+    result = g.disarm(guard, "r1", check_mode=False)
+    assert result["disarmed"] is True and result["fired"] is None
+    assert not _detach.pid_alive(armed["pid"])
+    assert not marker.exists()
+    assert guard.read_state() is None  # the record went to history/
+    history = os.path.join(guard.path, "history")
+    [record] = os.listdir(history)
+    with open(os.path.join(history, record), encoding="utf-8") as handle:
+        assert json.load(handle)["state"] == "disarmed"
+
+
+def test_guard_runs_post_when_the_lease_is_not_renewed(gdir, tmp_path):
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    armed = g.arm(guard, spec("r1", post_writes(marker), lease=1), check_mode=False)
+    wait_for(lambda: (guard.read_state() or {}).get("state") == g.FIRED, 6, "the guard to run post")
+    assert marker.read_text() == "post\n"
+    state = guard.read_state()
+    assert "no progress for" in state["reason"]
+    assert state["post_result"]["ok"] is True and state["post_result"]["attempts"][0]["rc"] == 0
+    assert os.path.exists(guard.fired_path)
+    wait_for(lambda: not _detach.pid_alive(armed["pid"]), 5, "the guard to exit")
+
+
+def test_renewing_the_lease_keeps_the_guard_waiting(gdir, tmp_path):
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    g.arm(guard, spec("r1", post_writes(marker), lease=1), check_mode=False)
+    for _tick in range(8):  # 2 s, twice the lease
+        os.utime(guard.lease_path)
+        time.sleep(0.25)
+    assert guard.read_state()["state"] == g.ARMED
+    assert not marker.exists()
+    g.disarm(guard, "r1", check_mode=False)
+
+
+def test_max_quiesce_fires_even_while_the_lease_is_renewed(gdir, tmp_path):
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    g.arm(guard, spec("r1", post_writes(marker), lease=60, max_quiesce=1), check_mode=False)
+    deadline = time.monotonic() + 5
+    while (guard.read_state() or {}).get("state") != g.FIRED and time.monotonic() < deadline:
+        os.utime(guard.lease_path)
+        time.sleep(0.1)
+    assert "backup_max_quiesce (1 s) reached" in guard.read_state()["reason"]
+    assert marker.read_text() == "post\n"
+
+
+def test_a_failing_post_is_retried_and_its_stderr_recorded(gdir, tmp_path):
+    guard = gdir()
+    post = {"command": [sys.executable, "-c", "import sys; sys.stderr.write('appdb: cannot resume: disk full\\n'); sys.exit(4)"]}
+    g.arm(guard, spec("r1", post, lease=1, retries=2), check_mode=False)
+    wait_for(lambda: (guard.read_state() or {}).get("state") == g.POST_FAILED, 8, "post to fail twice")
+    attempts = guard.read_state()["post_result"]["attempts"]
+    assert [attempt["rc"] for attempt in attempts] == [4, 4]
+    assert attempts[-1]["stderr"] == "appdb: cannot resume: disk full"
+
+
+def test_second_run_on_the_same_database_is_refused_naming_the_first(gdir, tmp_path):
+    guard = gdir()
+    g.arm(guard, spec("r1", post_writes(tmp_path / "p")), check_mode=False)
+    with pytest.raises(g.GuardError, match="being backed up by run r1 .backup_id b-r1"):
+        g.arm(gdir(), spec("r2", post_writes(tmp_path / "p")), check_mode=False)
+    with pytest.raises(g.GuardError, match="being backed up by run r1"):
+        g.arm(gdir(), spec("r2", post_writes(tmp_path / "p")), check_mode=True)
+    assert guard.read_state()["state"] == g.ARMED and guard.read_state()["run_id"] == "r1"
+    g.disarm(guard, "r1", check_mode=False)
+
+
+def test_another_database_is_not_locked(gdir, tmp_path):
+    g.arm(gdir("/srv/db1"), spec("r1", post_writes(tmp_path / "p")), check_mode=False)
+    other = g.arm(gdir("/srv/db2"), spec("r2", post_writes(tmp_path / "p")), check_mode=False)
+    assert other["changed"] is True
+
+
+def test_arming_again_by_the_same_run_is_not_a_change(gdir, tmp_path):
+    guard = gdir()
+    first = g.arm(guard, spec("r1", post_writes(tmp_path / "p")), check_mode=False)
+    again = g.arm(guard, spec("r1", post_writes(tmp_path / "p")), check_mode=False)
+    assert again["changed"] is False and again["pid"] == first["pid"]
+
+
+def test_dead_guard_is_taken_over_and_its_post_run_first(gdir, tmp_path):
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    armed = g.arm(guard, spec("r1", post_writes(marker)), check_mode=False)
+    os.kill(armed["pid"], signal.SIGKILL)
+    wait_for(lambda: not _detach.pid_alive(armed["pid"]), 5, "the guard to die")
+    audit = g.arm(gdir(), spec("r2", post_writes(marker)), check_mode=True)
+    assert audit["took_over"]["would"] is True and not marker.exists()
+    result = g.arm(gdir(), spec("r2", post_writes(marker)), check_mode=False)
+    assert marker.read_text() == "post\n"
+    assert result["took_over"]["run_id"] == "r1"
+    assert "no longer exists" in result["took_over"]["why"]
+    assert result["took_over"]["post_ok"] is True
+    assert guard.read_state()["run_id"] == "r2"
+
+
+def test_next_run_reports_what_the_guard_did_once(gdir, tmp_path):
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    g.arm(guard, spec("r1", post_writes(marker), lease=1), check_mode=False)
+    wait_for(lambda: (guard.read_state() or {}).get("state") == g.FIRED, 6, "the guard to run post")
+    audit = g.arm(gdir(), spec("r2", post_writes(marker)), check_mode=True)
+    assert audit["previous"]["run_id"] == "r1" and audit["previous"]["post_ok"] is True
+    assert g.status(gdir())["previous"]["run_id"] == "r1"
+    second = g.arm(gdir(), spec("r2", post_writes(marker)), check_mode=False)
+    assert second["previous"]["run_id"] == "r1"
+    assert "ran post itself" in g.describe_record(second["previous"])
+    g.disarm(gdir(), "r2", check_mode=False)
+    third = g.arm(gdir(), spec("r3", post_writes(marker)), check_mode=False)
+    assert third["previous"] is None
+
+
+def test_disarm_after_the_guard_fired_reports_it(gdir, tmp_path):
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    g.arm(guard, spec("r1", post_writes(marker), lease=1), check_mode=False)
+    wait_for(lambda: (guard.read_state() or {}).get("state") == g.FIRED, 6, "the guard to run post")
+    result = g.disarm(guard, "r1", check_mode=False)
+    assert result["fired"]["state"] == g.FIRED and result["disarmed"] is False
+
+
+def test_disarm_of_another_run_changes_nothing(gdir, tmp_path):
+    guard = gdir()
+    g.arm(guard, spec("r1", post_writes(tmp_path / "p")), check_mode=False)
+    result = g.disarm(guard, "r9", check_mode=False)
+    assert result["changed"] is False
+    assert guard.read_state()["state"] == g.ARMED
+
+
+def test_guard_files_are_private(gdir, tmp_path):
+    guard = gdir()
+    g.arm(guard, spec("r1", post_writes(tmp_path / "p")), check_mode=False)
+    assert stat.S_IMODE(os.stat(guard.path).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(guard.state_path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(guard.lease_path).st_mode) == 0o600
+
+
+def test_check_mode_arms_nothing(gdir, tmp_path):
+    guard = gdir()
+    result = g.arm(guard, spec("r1", post_writes(tmp_path / "p")), check_mode=True)
+    assert result["changed"] is True and "pid" not in result
+    assert not os.path.exists(guard.path)
+
+
+def test_post_must_name_one_action():
+    with pytest.raises(g.GuardError, match="exactly one of command"):
+        g.normalize_post({"command": ["x"], "none": True})
+    assert g.normalize_post({"command": "appdb resume 'a b'"}) == {"command": ["appdb", "resume", "a b"]}

@@ -24,6 +24,7 @@ import stat
 import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
+from ansible_collections.consistent.backup.plugins.module_utils._layout import backup_id_problem
 from ansible_collections.consistent.backup.plugins.module_utils._manifest import load_manifest
 
 DATA_PREFIX = "pgdata"
@@ -69,11 +70,28 @@ def format_tablespace_map(pairs: t.List[t.Tuple[str, str]]) -> str:
 
 
 def _read(path: str) -> t.Optional[bytes]:
+    """A label or map file's bytes (None when absent); never read through a symlink."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if os.path.islink(path):
+            raise RestoreError("%s is a symlink (to %s), expected a regular file: a restore never follows a link in a "
+                               "backup set or label store; restore another set" % (path, os.readlink(path))) from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise RestoreError("%s is not a regular file; expected the label file written by the backup: restore another set" % path)
+        return handle.read()
+
+
+def check_restore_id(backup_id: t.Any) -> None:
+    """The one backup id rule (_layout), or the literal 'latest'; checked before any path is built from it."""
+    if backup_id != "latest":
+        problem = backup_id_problem(backup_id)
+        if problem:
+            raise RestoreError(problem + ", or latest for the newest COMPLETE set")
 
 
 def resolve_set(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Optional[str]) -> t.Dict[str, t.Any]:
@@ -137,10 +155,266 @@ def _owner_ids(owner: str) -> t.Tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def _copy_file(source: str, target: str, expected: t.Optional[str], uid: int, gid: int) -> t.Tuple[int, str]:
+# --------------------------------------------------------------------------------------------------------------
+# The set is checked whole before anything is written to the target: the manifest's paths, the set's data tree
+# against the manifest (nothing missing, nothing extra, no link), every listed file read and its SHA-256 compared,
+# and tablespace_map. Only then is the target written; a failure while writing removes what was written.
+# --------------------------------------------------------------------------------------------------------------
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
+# A tablespace is named by its OID in pg_tblspc/ and in tablespace_map: digits only, so it never leaves a directory.
+TABLESPACE_OID = re.compile(r"^[1-9][0-9]{0,9}\Z")
+ENTRY_TYPES = ("file", "dir", "symlink")
+# PostgreSQL lets pg_wal be a link (initdb --waldir). Its contents are never in a set (recovery reads the WAL
+# archive), so a pg_wal link in a set is neither followed nor recreated: the target gets an empty pg_wal directory.
+WAL_DIR = DATA_PREFIX + "/pg_wal"
+TABLESPACE_LINKS = DATA_PREFIX + "/pg_tblspc/"
+
+
+def manifest_path_problem(path: t.Any) -> str:
+    """'' when ``path`` is a relative, normalised path under pgdata/, else what is wrong with it."""
+    if not isinstance(path, str) or not path:
+        return "it is not a non-empty string"
+    if "\0" in path:
+        return "it holds a NUL byte"
+    if path.startswith("/"):
+        return "it is absolute"
+    parts = path.split("/")
+    if "" in parts:
+        return "it has an empty component (a doubled or trailing '/')"
+    if "." in parts or ".." in parts:
+        return "it has a '.' or '..' component"
+    if parts[0] != DATA_PREFIX:
+        return "it is not under %s/ (a PostgreSQL set holds only the data directory there)" % DATA_PREFIX
+    return ""
+
+
+def _set_problem(set_path: str, what: str) -> RestoreError:
+    return RestoreError(
+        "backup set %s: %s. The set was changed after the backup or the medium is damaged: do not use it; "
+        "restore another set" % (set_path, what))
+
+
+def _check_entries(set_path: str, manifest: t.Dict[str, t.Any]) -> t.Dict[str, t.Dict[str, t.Any]]:
+    """The manifest's entries by path, each checked: a safe path, a known type, a size and a SHA-256 for a file."""
+    entries: t.Dict[str, t.Dict[str, t.Any]] = {}
+    for entry in manifest.get("files", []):
+        path = entry.get("path") if isinstance(entry, dict) else None
+        problem = manifest_path_problem(path)
+        if problem:
+            raise _set_problem(set_path, "manifest.json lists the path %r, expected a relative, normalised path under %s/ "
+                                         "that stays inside the target, but %s" % (path, DATA_PREFIX, problem))
+        kind = entry.get("type")
+        if kind not in ENTRY_TYPES:
+            raise _set_problem(set_path, "manifest.json lists %s with type %r, expected one of %s"
+                               % (path, kind, ", ".join(ENTRY_TYPES)))
+        if kind == "file":
+            size, checksum = entry.get("size"), entry.get("sha256")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(checksum, str) \
+                    or not SHA256_HEX.match(checksum):
+                raise _set_problem(set_path, "manifest.json lists the file %s without a byte size and a SHA-256 (found "
+                                             "size %r, sha256 %r)" % (path, size, checksum))
+        if path in entries:
+            raise _set_problem(set_path, "manifest.json lists %s twice" % path)
+        entries[path] = entry
+    return entries
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "special file (%s)" % stat.filemode(mode)[0]
+
+
+def _walk_set(data_root: str) -> t.Iterator[t.Tuple[str, os.stat_result]]:
+    """Every entry below ``data_root`` as (path relative to it with '/', lstat), parents first; links not followed."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(os.path.join(data_root, rel_dir) if rel_dir else data_root) as iterator:
+            names = sorted(entry.name for entry in iterator)
+        for name in reversed(names):
+            rel = rel_dir + "/" + name if rel_dir else name
+            info = os.lstat(os.path.join(data_root, rel))
+            yield rel, info
+            if stat.S_ISDIR(info.st_mode):
+                stack.append(rel)
+
+
+def _open_regular(path: str) -> int:
+    """Open a file of the set for reading, never through a link; a descriptor of a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RestoreError("%s is no longer a regular file; the set changed during the restore: restore another set" % path)
+    return fd
+
+
+def _checksum(path: str) -> t.Tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
-    with open(source, "rb") as src, open(target, "wb") as dst:
+    fd = _open_regular(path)
+    with os.fdopen(fd, "rb") as handle:
+        while True:
+            chunk = handle.read(COPY_CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def plan_restore(set_path: str, manifest: t.Dict[str, t.Any], spcmap: t.Optional[bytes], target: str, tablespace_dir: str,
+                 verify: bool) -> t.Dict[str, t.Any]:
+    """Check the whole set before the target is touched; return what to write.
+
+    Refuses (RestoreError naming the set and the file) a manifest path that is absolute, not normalised or not
+    under pgdata/; a listed file missing from the set, of another type or size, or (verify) another SHA-256; an
+    entry of the set's data tree that the manifest does not list; any symlink in the set's data tree (a link
+    would let the restored server write outside its target), except pg_wal, which is replaced by an empty
+    directory; a tablespace_map line whose OID is not a number or whose copy is not a real directory in the set.
+    """
+    data_root = os.path.join(set_path, "data")
+    source_root = os.path.join(data_root, DATA_PREFIX)
+    for directory in (data_root, source_root):
+        try:
+            info = os.lstat(directory)
+        except FileNotFoundError:
+            raise RestoreError("backup set %s has no %s directory; it is not a PostgreSQL set: restore another set"
+                               % (set_path, os.path.relpath(directory, set_path))) from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise _set_problem(set_path, "%s is a %s, expected a directory" % (directory, _kind(info.st_mode)))
+    entries = _check_entries(set_path, manifest)
+    if not entries:
+        raise _set_problem(set_path, "manifest.json lists no files, expected the copy of the data directory")
+    implied_dirs = set()
+    for path in entries:
+        parts = path.split("/")
+        implied_dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    dirs: t.List[t.Tuple[str, int]] = []
+    files: t.List[t.Tuple[str, int]] = []
+    found = set()
+    wal_link = False
+    for rel, info in _walk_set(data_root):
+        kind = _kind(info.st_mode)
+        source = os.path.join(data_root, rel)
+        entry = entries.get(rel)
+        if kind == "symlink":
+            link = os.readlink(source)
+            if rel == WAL_DIR and (entry is None or entry["type"] in ("symlink", "dir")):
+                wal_link = True
+                found.add(rel)
+                continue
+            if rel.startswith(TABLESPACE_LINKS) and "/" not in rel[len(TABLESPACE_LINKS):]:
+                raise _set_problem(set_path, "%s is a symlink to %s, expected the tablespace's copy as a real directory: "
+                                             "a set holds its tablespaces' files, and a restore never follows a link"
+                                   % (source, link))
+            raise _set_problem(set_path, "%s is a symlink to %s; expected no symlink in the set's data tree except "
+                                         "pg_tblspc/<oid> tablespaces (restored to restore_tablespace_dir): a link in a "
+                                         "restored data directory would make the server read and write outside %s"
+                               % (source, link, target))
+        if entry is None:
+            server_written = rel.startswith(DATA_PREFIX + "/") and rel[len(DATA_PREFIX) + 1:] in NOT_COPIED
+            if (kind == "dir" and rel in implied_dirs) or (kind == "file" and server_written):
+                if kind == "dir":
+                    dirs.append((rel, stat.S_IMODE(info.st_mode)))
+                continue
+            raise _set_problem(set_path, "%s (a %s) is in the set's data tree but not in its manifest.json; expected only "
+                                         "what the backup copied" % (source, kind))
+        found.add(rel)
+        if entry["type"] != kind:
+            raise _set_problem(set_path, "%s is a %s in the set, expected a %s (manifest.json)" % (source, kind, entry["type"]))
+        if kind == "dir":
+            dirs.append((rel, stat.S_IMODE(info.st_mode)))
+        elif kind == "file":
+            if info.st_size != entry["size"]:
+                raise _set_problem(set_path, "%s is %d bytes, expected %d bytes (manifest.json)"
+                                   % (source, info.st_size, entry["size"]))
+            files.append((rel, info.st_size))
+        else:
+            raise _set_problem(set_path, "%s is a %s, expected only files and directories" % (source, kind))
+    missing = sorted(path for path in entries if path not in found)
+    if missing:
+        listed = entries[missing[0]]
+        raise _set_problem(set_path, "%s is listed in manifest.json (a %s%s) but missing from the set%s"
+                           % (os.path.join(data_root, missing[0]), listed["type"],
+                              ", %d bytes" % listed["size"] if listed["type"] == "file" else "",
+                              " (and %d more)" % (len(missing) - 1) if len(missing) > 1 else ""))
+    tablespaces = _plan_tablespaces(set_path, spcmap, set(rel for rel, _mode in dirs), target, tablespace_dir)
+    if verify:
+        for rel, _size in files:
+            source = os.path.join(data_root, rel)
+            size, checksum = _checksum(source)
+            expected = entries[rel]
+            if size != expected["size"] or checksum != expected["sha256"]:
+                raise _set_problem(set_path, "%s does not match manifest.json: expected %d bytes with sha256 %s, found %d "
+                                             "bytes with sha256 %s" % (source, expected["size"], expected["sha256"], size, checksum))
+    return {"data_root": data_root, "entries": entries, "dirs": dirs, "files": files, "wal_link": wal_link,
+            "tablespaces": tablespaces, "verified": verify}
+
+
+def _plan_tablespaces(set_path: str, spcmap: t.Optional[bytes], set_dirs: t.Set[str], target: str,
+                      tablespace_dir: str) -> t.List[t.Dict[str, str]]:
+    """tablespace_map's (oid, original, location): each copy must be a real directory pgdata/pg_tblspc/<oid> of the set.
+
+    The original paths are only reported: a drill must never write into them (the production server still uses
+    them), so every tablespace goes to tablespace_dir/<oid> and nowhere else.
+    """
+    if not spcmap:
+        return []
+    try:
+        pairs = parse_tablespace_map(spcmap.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _set_problem(set_path, "tablespace_map is not UTF-8 text (%s)" % exc) from None
+    if not os.path.isabs(tablespace_dir):
+        raise RestoreError("restore_tablespace_dir must be an absolute path; found %r" % tablespace_dir)
+    inside = os.path.normpath(tablespace_dir) + "/"
+    if inside.startswith(os.path.normpath(target) + "/") or os.path.normpath(tablespace_dir) == os.path.normpath(target):
+        raise RestoreError("restore_tablespace_dir %s is inside restore_target %s; expected a directory outside the data "
+                           "directory (the default is <restore_target>_tablespaces)" % (tablespace_dir, target))
+    planned = []
+    for oid, original in pairs:
+        if not TABLESPACE_OID.match(oid):
+            raise _set_problem(set_path, "tablespace_map has the line %r, expected '<oid> <path>' with a numeric OID"
+                               % ("%s %s" % (oid, original)))
+        if any(item["oid"] == oid for item in planned):
+            raise _set_problem(set_path, "tablespace_map lists the tablespace %s twice" % oid)
+        rel = TABLESPACE_LINKS + oid
+        if rel not in set_dirs:
+            raise _set_problem(set_path, "tablespace %s (%s) is in tablespace_map, expected its copy as the directory "
+                                         "data/%s in the set, found none" % (oid, original, rel))
+        location = os.path.join(tablespace_dir, oid)
+        if os.path.lexists(location):
+            raise RestoreError("tablespace location %s already exists; give an empty restore_tablespace_dir (or remove %s)"
+                               % (location, location))
+        planned.append({"oid": oid, "original": original, "location": location})
+    return planned
+
+
+def _destination(rel: str, target: str, tablespaces: t.List[t.Dict[str, str]]) -> str:
+    """Where the set's data/<rel> goes: tablespaces to their location, everything else into the target."""
+    for tablespace in tablespaces:
+        prefix = TABLESPACE_LINKS + tablespace["oid"]
+        if rel == prefix or rel.startswith(prefix + "/"):
+            return os.path.join(tablespace["location"], rel[len(prefix) + 1:]) if rel != prefix else tablespace["location"]
+    return os.path.join(target, rel[len(DATA_PREFIX) + 1:])
+
+
+def _copy_file(source: str, destination: str, expected: t.Dict[str, t.Any], verify: bool, uid: int, gid: int) -> int:
+    """Copy one file of the set (never through a link, never onto an existing name), checking it again while copying."""
+    digest = hashlib.sha256()
+    size = 0
+    src_fd = _open_regular(source)
+    try:
+        dst_fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError:
+        os.close(src_fd)
+        raise
+    with os.fdopen(src_fd, "rb") as src, os.fdopen(dst_fd, "wb") as dst:
         while True:
             chunk = src.read(COPY_CHUNK)
             if not chunk:
@@ -149,81 +423,90 @@ def _copy_file(source: str, target: str, expected: t.Optional[str], uid: int, gi
             dst.write(chunk)
             size += len(chunk)
         dst.flush()
+        info = os.fstat(src.fileno())
+        os.fchmod(dst.fileno(), stat.S_IMODE(info.st_mode))
+        os.fchown(dst.fileno(), uid, gid)
+        os.utime(dst.fileno(), ns=(info.st_atime_ns, info.st_mtime_ns))
         os.fsync(dst.fileno())
-    info = os.stat(source)
-    os.chmod(target, stat.S_IMODE(info.st_mode))
-    os.chown(target, uid, gid)
-    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
     checksum = digest.hexdigest()
-    if expected is not None and checksum != expected:
+    if size != expected["size"] or (verify and checksum != expected["sha256"]):
         raise RestoreError(
-            "%s does not match the set's manifest (sha256 %s, manifest says %s): the backup medium returned other "
-            "bytes than were written. Do not use this set; restore another one" % (source, checksum, expected))
-    return size, checksum
+            "%s changed while it was restored: expected %d bytes with sha256 %s (manifest.json, checked before the copy), "
+            "found %d bytes with sha256 %s. Something writes into the set: stop it, then restore again"
+            % (source, expected["size"], expected["sha256"], size, checksum))
+    return size
 
 
-def copy_tree(set_path: str, manifest: t.Dict[str, t.Any], target: str, uid: int, gid: int, verify: bool) -> t.Dict[str, t.Any]:
-    """Copy <set>/data/pgdata into target, checking each file against the set's manifest when verify is true."""
-    source_root = os.path.join(set_path, "data", DATA_PREFIX)
-    if not os.path.isdir(source_root):
-        raise RestoreError("backup set %s has no data/%s directory; it is not a PostgreSQL set" % (set_path, DATA_PREFIX))
-    expected: t.Dict[str, str] = {}
-    if verify:
-        expected = {entry["path"]: entry["sha256"] for entry in manifest.get("files", []) if entry.get("sha256")}
+def write_restore(plan: t.Dict[str, t.Any], target: str, tablespace_dir: str, uid: int, gid: int) -> t.Dict[str, t.Any]:
+    """Write the checked set into target (and its tablespaces into tablespace_dir); links only to the new locations."""
+    tablespaces = plan["tablespaces"]
+    os.makedirs(target, mode=0o700, exist_ok=True)
+    os.chmod(target, 0o700)
+    os.chown(target, uid, gid)
+    if tablespaces:
+        os.makedirs(tablespace_dir, mode=0o700, exist_ok=True)
+        os.chown(tablespace_dir, uid, gid)
+    for rel, mode in sorted(plan["dirs"]):
+        if rel == DATA_PREFIX:
+            continue
+        destination = _destination(rel, target, tablespaces)
+        os.mkdir(destination, 0o700)
+        os.lchown(destination, uid, gid)
+        os.chmod(destination, 0o700 if destination in (item["location"] for item in tablespaces) else mode)
+    if plan["wal_link"]:
+        os.mkdir(os.path.join(target, "pg_wal"), 0o700)
+        os.lchown(os.path.join(target, "pg_wal"), uid, gid)
+    for tablespace in tablespaces:
+        link = os.path.join(target, "pg_tblspc", tablespace["oid"])
+        os.symlink(tablespace["location"], link)
+        os.lchown(link, uid, gid)
     files = bytes_total = 0
-    for directory, dirnames, filenames in os.walk(source_root):
-        dirnames.sort()
-        relative = os.path.relpath(directory, source_root)
-        destination = target if relative == "." else os.path.join(target, relative)
-        if relative != ".":
-            os.mkdir(destination, stat.S_IMODE(os.stat(directory).st_mode))
-        os.chown(destination, uid, gid)
-        for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(directory, d))]:
-            source = os.path.join(directory, name)
-            if relative == "." and name in NOT_COPIED:
-                continue
-            target_file = os.path.join(destination, name)
-            if os.path.islink(source):
-                os.symlink(os.readlink(source), target_file)
-                os.lchown(target_file, uid, gid)
-                continue
-            key = "/".join(p for p in (DATA_PREFIX, "" if relative == "." else relative, name) if p)
-            if verify and key not in expected:
-                raise RestoreError("%s is in the set but not in its manifest.json; the set was changed after the backup" % source)
-            size, _checksum = _copy_file(source, target_file, expected.get(key), uid, gid)
-            files += 1
-            bytes_total += size
-    return {"files": files, "bytes": bytes_total, "verified": verify}
+    for rel, _size in plan["files"]:
+        if rel[len(DATA_PREFIX) + 1:] in NOT_COPIED:
+            continue
+        bytes_total += _copy_file(os.path.join(plan["data_root"], rel), _destination(rel, target, tablespaces),
+                                  plan["entries"][rel], plan["verified"], uid, gid)
+        files += 1
+    if tablespaces:
+        atomic_write(os.path.join(target, "tablespace_map"),
+                     format_tablespace_map([(item["oid"], item["location"]) for item in tablespaces]).encode("utf-8"),
+                     0o600, (uid, gid))
+    return {"files": files, "bytes": bytes_total, "verified": plan["verified"], "tablespaces": tablespaces}
 
 
-def place_tablespaces(target: str, spcmap: t.Optional[bytes], tablespace_dir: str, uid: int, gid: int) -> t.List[t.Dict[str, str]]:
-    """Move each copied tablespace out of pg_tblspc/<oid> to tablespace_dir/<oid> and link it back.
+def _undo(target: str, target_before: t.Optional[os.stat_result], tablespace_dir: str, tablespace_dir_existed: bool,
+          tablespaces: t.List[t.Dict[str, str]]) -> t.List[str]:
+    """Remove what a failed restore wrote (links are removed, never followed); the paths that could not be removed.
 
-    A drill must never write into the original tablespace locations (the production server still uses them),
-    so tablespace_map is rewritten with the new locations; the server recreates the same links from it.
+    A target that existed (empty, as check_target requires) is emptied again and gets its mode and owner back.
     """
-    if not spcmap:
-        return []
-    pairs = parse_tablespace_map(spcmap.decode("utf-8"))
-    moved = []
-    os.makedirs(tablespace_dir, mode=0o700, exist_ok=True)
-    os.chown(tablespace_dir, uid, gid)
-    new_pairs = []
-    for oid, original in pairs:
-        copied = os.path.join(target, "pg_tblspc", oid)
-        location = os.path.join(tablespace_dir, oid)
-        if os.path.exists(location):
-            raise RestoreError("tablespace location %s already exists; give an empty restore_tablespace_dir" % location)
-        if not os.path.isdir(copied):
-            raise RestoreError("tablespace %s (%s) is in tablespace_map but its copy %s is missing from the set" % (oid, original, copied))
-        shutil.move(copied, location)
-        os.chmod(location, 0o700)
-        os.symlink(location, copied)
-        os.lchown(copied, uid, gid)
-        new_pairs.append((oid, location))
-        moved.append({"oid": oid, "original": original, "location": location})
-    atomic_write(os.path.join(target, "tablespace_map"), format_tablespace_map(new_pairs).encode("utf-8"), 0o600, (uid, gid))
-    return moved
+    left = []
+
+    def remove(path: str) -> None:
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.unlink(path)
+        except OSError:
+            left.append(path)
+
+    if target_before is None:
+        remove(target)
+    elif os.path.isdir(target):
+        for name in os.listdir(target):
+            remove(os.path.join(target, name))
+        try:
+            os.chown(target, target_before.st_uid, target_before.st_gid)
+            os.chmod(target, stat.S_IMODE(target_before.st_mode))
+        except OSError:
+            left.append(target)
+    if tablespace_dir_existed:
+        for tablespace in tablespaces:
+            remove(tablespace["location"])
+    elif tablespaces:
+        remove(tablespace_dir)
+    return left
 
 
 def quote_setting(value: t.Any) -> str:
@@ -321,6 +604,7 @@ def chown_tree(path: str, uid: int, gid: int) -> None:
 
 def prepare_in_place(backup_id: str, label_dest: t.Optional[str], target: str, owner: str, settings: t.Dict[str, t.Any],
                      check_mode: bool) -> t.Dict[str, t.Any]:
+    check_restore_id(backup_id)
     found = resolve_label_only(backup_id, label_dest, target)
     uid, gid = _owner_ids(owner)
     result = {"backup_id": backup_id, "set_path": None, "label_source": found["label_source"],
@@ -345,6 +629,8 @@ def prepare_in_place(backup_id: str, label_dest: t.Optional[str], target: str, o
 
 def prepare(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Optional[str], target: str, tablespace_dir: str,
             owner: str, settings: t.Dict[str, t.Any], verify: bool, check_mode: bool) -> t.Dict[str, t.Any]:
+    """Check the whole set (plan_restore), then write it; a refused restore has written nothing to the target."""
+    check_restore_id(backup_id)
     found = resolve_set(backup_dest, backup_id, label_dest)
     check_target(target)
     uid, gid = _owner_ids(owner)
@@ -365,20 +651,38 @@ def prepare(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Optional
         "settings": settings,
         "changed": not check_mode,
     }
+    try:
+        plan = plan_restore(found["set_path"], manifest, found["spcmap"], target, tablespace_dir, verify)
+    except RestoreError as exc:
+        raise RestoreError("%s. Nothing was written to %s" % (exc, target)) from None
+    except OSError as exc:
+        raise RestoreError("cannot read backup set %s at %s: %s; check the medium and its permissions. Nothing was written to %s"
+                           % (found["set_path"], exc.filename or "?", exc.strerror or exc, target)) from None
+    result.update(files=len([rel for rel, _size in plan["files"] if rel[len(DATA_PREFIX) + 1:] not in NOT_COPIED]),
+                  bytes=sum(size for rel, size in plan["files"] if rel[len(DATA_PREFIX) + 1:] not in NOT_COPIED),
+                  verified=plan["verified"], tablespaces=plan["tablespaces"])
     if check_mode:
         return result
-    os.makedirs(target, mode=0o700, exist_ok=True)
-    os.chmod(target, 0o700)
-    result.update(copy_tree(found["set_path"], manifest, target, uid, gid, verify))
-    result["tablespaces"] = place_tablespaces(target, found["spcmap"], tablespace_dir, uid, gid)
-    # byte-exact, as the stop call returned it
-    atomic_write(os.path.join(target, "backup_label"), found["label"], 0o600, (uid, gid))
-    for name in ("pg_wal", os.path.join("pg_wal", "archive_status")):
-        path = os.path.join(target, name)
-        if not os.path.isdir(path):
-            os.mkdir(path, 0o700)
-            os.chown(path, uid, gid)
-    write_settings(target, settings, uid, gid)
-    atomic_write(os.path.join(target, "recovery.signal"), b"", 0o600, (uid, gid))
-    fsync_dir(target)
+    target_before = os.stat(target) if os.path.isdir(target) else None
+    tablespace_dir_existed = os.path.isdir(tablespace_dir)
+    try:
+        result.update(write_restore(plan, target, tablespace_dir, uid, gid))
+        # byte-exact, as the stop call returned it
+        atomic_write(os.path.join(target, "backup_label"), found["label"], 0o600, (uid, gid))
+        for name in ("pg_wal", os.path.join("pg_wal", "archive_status")):
+            path = os.path.join(target, name)
+            if not os.path.isdir(path):
+                os.mkdir(path, 0o700)
+                os.chown(path, uid, gid)
+        write_settings(target, settings, uid, gid)
+        atomic_write(os.path.join(target, "recovery.signal"), b"", 0o600, (uid, gid))
+        fsync_dir(target)
+    except (RestoreError, OSError) as exc:
+        reason = str(exc) if isinstance(exc, RestoreError) else "%s: %s" % (exc.filename or "?", exc.strerror or exc)
+        left = _undo(target, target_before, tablespace_dir, tablespace_dir_existed, plan["tablespaces"])
+        if left:
+            raise RestoreError("restore into %s failed (%s) and what it wrote could not all be removed (%s): remove them "
+                               "by hand before trying again" % (target, reason, ", ".join(left))) from None
+        raise RestoreError("restore into %s failed: %s. What it wrote was removed; %s is as it was found"
+                           % (target, reason, target)) from None
     return result

@@ -22,7 +22,9 @@ import os
 import socket
 import typing as t
 
+from ansible_collections.consistent.backup.plugins.module_utils import _detach
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
+from ansible_collections.consistent.backup.plugins.module_utils._layout import backup_id_problem
 from ansible_collections.consistent.backup.plugins.module_utils._manifest import MANIFEST_NAME, load_manifest, manifest_path
 
 LOCK_NAME = "LOCK"
@@ -42,10 +44,9 @@ def utc_now() -> str:
 def set_path(dest: str, backup_id: str) -> str:
     if not os.path.isabs(dest):
         raise BackupSetError("backup_dest must be an absolute path; found %r. Give the full path of the backup directory" % dest)
-    if not backup_id or "/" in backup_id or backup_id in (".", "..") or backup_id.startswith("."):
-        raise BackupSetError(
-            "backup_id must be a plain name (no '/', not starting with '.'); found %r. Choose another backup_id" % backup_id
-        )
+    problem = backup_id_problem(backup_id)
+    if problem:
+        raise BackupSetError(problem)
     return os.path.join(dest, backup_id)
 
 
@@ -61,14 +62,19 @@ def read_lock(path: str) -> t.Optional[t.Dict[str, t.Any]]:
         return {"unreadable": text[:200]}
 
 
-def _lock_is_stale(lock: t.Dict[str, t.Any], stale_after: t.Optional[int], now: float) -> bool:
-    """A lock is stale when it is older than stale_after seconds (the longest a run may take).
+def lock_is_stale(lock: t.Dict[str, t.Any], stale_after: t.Optional[int], now: float) -> t.Optional[str]:
+    """Why another run's lock may be taken over, or None.
 
-    The lock is held across many short module processes, so there is no process whose death would tell.
+    The lock names its owner: the run's guard process on the database host (the one process that lives as long as
+    the run). When that process is provably gone (same host; the process is gone or the host rebooted), the lock
+    is stale. Otherwise only an operator's stale_after (the longest a run may take) makes it stale.
     """
-    if stale_after is not None and isinstance(lock.get("epoch"), (int, float)):
-        return now - lock["epoch"] > stale_after
-    return False
+    gone, why = _detach.owner_gone(lock.get("owner"))
+    if gone:
+        return "its owner is gone: " + why
+    if stale_after is not None and isinstance(lock.get("epoch"), (int, float)) and now - lock["epoch"] > stale_after:
+        return "it is %d s old, more than stale_lock_after %d s" % (now - lock["epoch"], stale_after)
+    return None
 
 
 def plan_open(dest: str, backup_id: str, run_id: str) -> t.Dict[str, t.Any]:
@@ -89,8 +95,12 @@ def plan_open(dest: str, backup_id: str, run_id: str) -> t.Dict[str, t.Any]:
     }
 
 
-def open_set(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int]) -> t.Dict[str, t.Any]:
-    """Create the set directory and take its lock. Returns {set_path, changed, lock, broke_stale_lock}."""
+def open_set(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int],
+             owner_pid: t.Optional[int] = None) -> t.Dict[str, t.Any]:
+    """Create the set directory and take its lock. Returns {set_path, changed, lock, broke_stale_lock}.
+
+    ``owner_pid`` is the run's guard process; the lock records it so that a later run can prove the owner gone.
+    """
     plan = plan_open(dest, backup_id, run_id)
     path = plan["set_path"]
     if plan["own_lock"]:
@@ -108,6 +118,8 @@ def open_set(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int
         "epoch": now,
         "since": utc_now(),
     }
+    if owner_pid:
+        lock["owner"] = _detach.owner(owner_pid)
     broke = None
     lock_file = os.path.join(path, LOCK_NAME)
     for _attempt in range(2):
@@ -117,14 +129,16 @@ def open_set(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int
             held = read_lock(path) or {}
             if held.get("run_id") == run_id:
                 return {"set_path": path, "changed": created, "lock": held, "broke_stale_lock": None}
-            if broke is None and _lock_is_stale(held, stale_after, now):
-                broke = held
+            stale = lock_is_stale(held, stale_after, now) if broke is None else None
+            if stale:
+                broke = dict(held, taken_over_because=stale)
                 os.unlink(lock_file)
                 continue
             raise BackupSetError(
-                "backup set %s is locked by run %s from host %s since %s; expected no other run on this set. "
+                "backup set %s is locked by run %s from host %s since %s (%s); expected no other run on this set. "
                 "Wait for that run to finish, or if it is dead remove %s"
-                % (path, held.get("run_id"), held.get("host"), held.get("since"), lock_file)
+                % (path, held.get("run_id"), held.get("host"), held.get("since"),
+                   _detach.owner_gone(held.get("owner"))[1], lock_file)
             )
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(lock, handle, sort_keys=True)

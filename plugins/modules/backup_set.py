@@ -66,7 +66,15 @@ options:
   stale_lock_after:
     description:
       - Seconds after which another run's lock is taken as abandoned and replaced (reported in RV(broke_stale_lock)).
-      - Leave unset to never break a lock; remove C(LOCK) by hand once you know the other run is dead.
+      - Leave unset to never break a lock by age. A lock whose owner (O(owner_pid) of that run) is provably gone is
+        taken over whatever this says; a lock whose owner may still live is never broken silently.
+    type: int
+  owner_pid:
+    description:
+      - For O(state=open), the process that owns this run on the host: the run's guard (M(consistent.backup.backup_guard)'s
+        RV(consistent.backup.backup_guard#module:pid)). The lock records it with the host, boot id and process start
+        time; when that process is provably gone (same host, process gone or host rebooted), a later run takes the
+        lock over and reports it in RV(broke_stale_lock).
     type: int
 attributes:
   check_mode:
@@ -123,7 +131,9 @@ lock:
   returned: when state is open
   type: dict
 broke_stale_lock:
-  description: The abandoned lock that was replaced, when O(stale_lock_after) allowed it.
+  description:
+    - The abandoned lock that was taken over, with C(taken_over_because) (its owner is provably gone, or it is older
+      than O(stale_lock_after)).
   returned: when state is open
   type: dict
 report:
@@ -151,12 +161,15 @@ released:
 '''
 
 
+import time
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import (
     BackupSetError,
     build_report,
     close_set,
+    lock_is_stale,
     open_set,
     plan_open,
     read_lock,
@@ -179,6 +192,7 @@ def main() -> None:
             require=dict(type='list', elements='str', default=[]),
             extra=dict(type='dict', default={}),
             stale_lock_after=dict(type='int'),
+            owner_pid=dict(type='int'),
         ),
         supports_check_mode=True,
     )
@@ -189,13 +203,19 @@ def main() -> None:
             if module.check_mode:
                 plan = plan_open(params['dest'], params['backup_id'], params['run_id'])
                 held = plan['lock']
-                if held and not plan['own_lock']:
+                stale = lock_is_stale(held, params['stale_lock_after'], time.time()) if held and not plan['own_lock'] else None
+                if held and not plan['own_lock'] and not stale:
                     module.fail_json(
                         msg='backup set %s is locked by run %s from host %s since %s; wait for that run to finish'
                         % (path, held.get('run_id'), held.get('host'), held.get('since')),
                         set_path=path, lock=held)
-                module.exit_json(changed=not plan['own_lock'], set_path=path, lock=held, broke_stale_lock=None)
-            result = open_set(params['dest'], params['backup_id'], params['run_id'], params['stale_lock_after'])
+                module.exit_json(changed=not plan['own_lock'], set_path=path, lock=held,
+                                 broke_stale_lock=dict(held, taken_over_because=stale) if stale else None)
+            result = open_set(params['dest'], params['backup_id'], params['run_id'], params['stale_lock_after'],
+                              params['owner_pid'])
+            if result.get('broke_stale_lock'):
+                module.warn('took over the lock of run %s on backup set %s: %s' % (
+                    result['broke_stale_lock'].get('run_id'), path, result['broke_stale_lock']['taken_over_because']))
             module.exit_json(**result)
         if params['state'] == 'released':
             released = False if module.check_mode else release_lock(path, params['run_id'])

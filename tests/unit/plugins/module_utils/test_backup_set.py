@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -56,10 +57,49 @@ def test_a_complete_set_is_refused(tmp_path):
         bs.open_set(str(tmp_path), "b1", "run-1", None)
 
 
-@pytest.mark.parametrize("backup_id", ["", "a/b", "..", ".hidden"])
-def test_backup_ids_that_are_not_plain_names_are_refused(tmp_path, backup_id):
-    with pytest.raises(bs.BackupSetError, match="plain name"):
+@pytest.mark.parametrize("backup_id", ["", "a/b", "..", ".hidden", "has space", "line1\nline2", "x" * 129, "tab\t"])
+def test_backup_ids_outside_the_one_rule_are_refused(tmp_path, backup_id):
+    with pytest.raises(bs.BackupSetError, match="backup_id must be 1-128 characters from letters, digits and") as caught:
         bs.set_path(str(tmp_path), backup_id)
+    assert repr(backup_id) in str(caught.value)
+
+
+@pytest.mark.parametrize("backup_id", ["db1-20261122T020000Z", "a", "x" * 128, "pg@host:5432+full_1.b"])
+def test_backup_ids_inside_the_rule_are_accepted(tmp_path, backup_id):
+    assert bs.set_path(str(tmp_path), backup_id) == os.path.join(str(tmp_path), backup_id)
+
+
+def test_a_lock_whose_owner_process_is_gone_is_taken_over_and_reported(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    bs.open_set(str(tmp_path), "b1", "run-dead", None, owner_pid=dead.pid)
+    result = bs.open_set(str(tmp_path), "b1", "run-2", None, owner_pid=os.getpid())
+    assert result["broke_stale_lock"]["run_id"] == "run-dead"
+    assert "no longer exists" in result["broke_stale_lock"]["taken_over_because"]
+    assert bs.read_lock(result["set_path"])["run_id"] == "run-2"
+
+
+def test_a_lock_whose_owner_lives_is_not_broken(tmp_path):
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        bs.open_set(str(tmp_path), "b1", "run-live", None, owner_pid=live.pid)
+        with pytest.raises(bs.BackupSetError, match=r"locked by run run-live .*process %d on .* is alive" % live.pid):
+            bs.open_set(str(tmp_path), "b1", "run-2", None, owner_pid=os.getpid())
+        assert bs.read_lock(str(tmp_path / "b1"))["run_id"] == "run-live"
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_lock_from_another_host_is_never_proved_gone(tmp_path):
+    bs.open_set(str(tmp_path), "b1", "run-far", None, owner_pid=os.getpid())
+    lock_file = tmp_path / "b1" / "LOCK"
+    lock = json.loads(lock_file.read_text())
+    lock["owner"]["host"] = lock["host"] = "elsewhere.example"
+    lock["owner"]["pid"] = 999999
+    lock_file.write_text(json.dumps(lock))
+    with pytest.raises(bs.BackupSetError, match="cannot be proved gone from here"):
+        bs.open_set(str(tmp_path), "b1", "run-2", None)
 
 
 def test_relative_destination_is_refused():

@@ -9,6 +9,12 @@
 # Run a subset with: scripts/test.sh unit integration
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+# The job mounts tmpfs, installs Debian packages and runs PostgreSQL as the postgres user: it needs root.
+# As root it runs as is (root has no sudo here); as a user with sudo it runs itself again through sudo.
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null || { echo "$0: run this as root, or as a user with sudo" >&2; exit 1; }
+  exec sudo -E "$here/scripts/$(basename "$0")" "$@"
+fi
 cd "$here" || exit 1
 scripts/setup.sh || exit 1
 export PATH="$here/.venv/bin:$PATH"

@@ -43,7 +43,8 @@ import time
 import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write
-from ansible_collections.consistent.backup.plugins.module_utils import _pg_manifest
+from ansible_collections.consistent.backup.plugins.module_utils import _detach, _layout, _pg_manifest
+from ansible_collections.consistent.backup.plugins.module_utils._layout import DEFAULT_RUNTIME_DIR, default_runtime_dir  # noqa: F401
 
 try:
     from ansible_collections.consistent.backup.plugins.module_utils._manifest import load_manifest as _load_set_manifest
@@ -62,7 +63,6 @@ def _psycopg() -> t.Any:
 
 
 MIN_SERVER_VERSION_NUM = 120000
-DEFAULT_RUNTIME_DIR = "/run/consistent-backup"
 STATE_NAME = "state.json"
 SOCKET_NAME = "holder.sock"
 LOCK_NAME = "lock"
@@ -467,18 +467,6 @@ def stop_queries(server_version_num: int, wait_for_archive: bool) -> t.List[str]
 # Session directory and state file
 # ---------------------------------------------------------------------------------------------------------
 
-def default_runtime_dir() -> str:
-    """/run/consistent-backup when we may create it (root), else /tmp/consistent-backup-<uid>.
-
-    Deterministic, so that ``started`` and ``stopped`` of one backup find the same directory.
-    """
-    if os.path.isdir(DEFAULT_RUNTIME_DIR) and os.access(DEFAULT_RUNTIME_DIR, os.W_OK | os.X_OK):
-        return DEFAULT_RUNTIME_DIR
-    if os.access("/run", os.W_OK | os.X_OK) and not os.path.exists(DEFAULT_RUNTIME_DIR):
-        return DEFAULT_RUNTIME_DIR
-    return "/tmp/consistent-backup-%d" % os.getuid()
-
-
 def _ensure_private_dir(path: str) -> None:
     """Create ``path`` (mode 0700) or check an existing one is a real directory of ours that nobody else can write.
 
@@ -622,15 +610,8 @@ class Holder:
         self.store.write_state(self.state)
 
     def report(self, message: t.Dict[str, t.Any]) -> None:
-        if self.report_fd is None:
-            return
-        data = (json.dumps(message) + "\n").encode("utf-8")
-        try:
-            while data:
-                data = data[os.write(self.report_fd, data):]
-        except OSError:
-            pass  # the module died while waiting; state.json tells the next run
-        os.close(self.report_fd)
+        """The one answer to the waiting module (a dead module is not an error: state.json tells the next run)."""
+        _detach.report(self.report_fd, message)
         self.report_fd = None
 
     # -- life cycle -----------------------------------------------------------------------------------
@@ -898,75 +879,23 @@ def _send(sock: socket.socket, message: t.Dict[str, t.Any]) -> None:
         sock.sendall((json.dumps(message) + "\n").encode("utf-8"))
 
 
-def _detach_stdio(keep: int) -> None:
-    """Point 0/1/2 at /dev/null and close every other inherited descriptor except ``keep``.
-
-    Ansible waits for the module's stdout/stderr pipes to close; a holder keeping them would hang the task.
-    """
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    if devnull > 2:
-        os.close(devnull)
-    try:
-        max_fd = os.sysconf("SC_OPEN_MAX")
-    except (ValueError, OSError):
-        max_fd = 4096
-    os.closerange(3, keep)
-    os.closerange(keep + 1, max(max_fd, keep + 2))
-
-
-def _holder_process(spec: t.Dict[str, t.Any], report_fd: int) -> None:
-    """Body of the detached grandchild; never returns (os._exit skips the module's atexit handlers)."""
-    code = 1
-    try:
-        os.chdir("/")
-        os.umask(0o077)
-        _detach_stdio(report_fd)
-        Holder(spec, report_fd).run()
-        code = 0
-    except BaseException:  # pylint: disable=broad-except
-        code = 1
-    finally:
-        os._exit(code)
-
-
 def spawn_holder(spec: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
-    """Fork the detached holder and wait for its report: ``{"ok": true, "state": ...}`` or ``{"ok": false, "error": ...}``.
+    """Start the detached holder and wait for its report: ``{"ok": true, "state": ...}`` or ``{"ok": false, "error": ...}``.
 
-    Double fork with setsid: the holder is re-parented to init, has no controlling terminal and survives the end
-    of the Ansible task (and of an SSH session). Only the holder connects, so no connection is shared across a fork.
+    _detach.spawn re-parents the holder to init with no controlling terminal, so it survives the end of the Ansible
+    task (and of an SSH session). Only the holder connects, so no connection is shared across the fork.
     """
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # first child
-        try:
-            os.close(read_fd)
-            os.setsid()
-            if os.fork() == 0:
-                _holder_process(spec, write_fd)
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    os.waitpid(pid, 0)
-    chunks = []
-    with os.fdopen(read_fd, "rb") as pipe:
-        while True:
-            chunk = pipe.read(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    data = b"".join(chunks)
-    if not data.strip():
-        store = SessionStore(spec["runtime_dir"], spec["backup_id"])
-        try:
-            state = store.read_state() or {}
-        except SessionError:
-            state = {}
-        reason = state.get("reason") or "no reason recorded"
-        return {"ok": False, "state": state,
-                "error": "the holder process ended without reporting (%s; see %s)" % (reason, store.state_path)}
-    return json.loads(data.decode("utf-8").splitlines()[0])
+    report = _detach.spawn(lambda report_fd: Holder(spec, report_fd).run())
+    if report is not None:
+        return report
+    store = SessionStore(spec["runtime_dir"], spec["backup_id"])
+    try:
+        state = store.read_state() or {}
+    except SessionError:
+        state = {}
+    reason = state.get("reason") or "no reason recorded"
+    return {"ok": False, "state": state,
+            "error": "the holder process ended without reporting (%s; see %s)" % (reason, store.state_path)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1012,25 +941,13 @@ def holder_probe(store: SessionStore, state: t.Optional[t.Dict[str, t.Any]], tim
     return ALIVE, live
 
 
-def _pid_alive(pid: t.Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def session_liveness(store: SessionStore, state: t.Optional[t.Dict[str, t.Any]]) -> t.Tuple[str, t.Optional[t.Dict[str, t.Any]]]:
     """Like holder_probe, for a state that says the holder should be there; a holder that is GONE by socket
     but whose pid lives on while starting is BUSY (it binds its socket before the first statement)."""
     if not state or state.get("state") not in (STARTING, RUNNING, STOPPING):
         return GONE, None
     liveness, live = holder_probe(store, state)
-    if liveness == GONE and state.get("state") == STARTING and _pid_alive(state.get("holder_pid")):
+    if liveness == GONE and state.get("state") == STARTING and _detach.pid_alive(state.get("holder_pid")):
         return BUSY, None
     return liveness, live
 

@@ -337,6 +337,10 @@ def plan_restore(set_path: str, manifest: t.Dict[str, t.Any], spcmap: t.Optional
             files.append((rel, info.st_size))
         else:
             raise _set_problem(set_path, "%s is a %s, expected only files and directories" % (source, kind))
+    if wal_link:
+        # Directories the copy recorded inside a linked pg_wal (archive_status) are made anew in the target; the link
+        # is not followed to look at them.
+        found.update(path for path, entry in entries.items() if path.startswith(WAL_DIR + "/") and entry["type"] == "dir")
     missing = sorted(path for path in entries if path not in found)
     if missing:
         listed = entries[missing[0]]
@@ -474,11 +478,12 @@ def write_restore(plan: t.Dict[str, t.Any], target: str, tablespace_dir: str, ui
     return {"files": files, "bytes": bytes_total, "verified": plan["verified"], "tablespaces": tablespaces}
 
 
-def _undo(target: str, target_before: t.Optional[os.stat_result], tablespace_dir: str, tablespace_dir_existed: bool,
-          tablespaces: t.List[t.Dict[str, str]]) -> t.List[str]:
+def _undo(target: str, target_before: t.Optional[os.stat_result], tablespace_dir: str,
+          tablespace_dir_before: t.Optional[os.stat_result], tablespaces: t.List[t.Dict[str, str]]) -> t.List[str]:
     """Remove what a failed restore wrote (links are removed, never followed); the paths that could not be removed.
 
-    A target that existed (empty, as check_target requires) is emptied again and gets its mode and owner back.
+    A target that existed (empty, as check_target requires) is emptied again and gets its mode and owner back; an
+    existing tablespace_dir loses the locations this restore made and gets its owner back.
     """
     left = []
 
@@ -501,9 +506,13 @@ def _undo(target: str, target_before: t.Optional[os.stat_result], tablespace_dir
             os.chmod(target, stat.S_IMODE(target_before.st_mode))
         except OSError:
             left.append(target)
-    if tablespace_dir_existed:
+    if tablespace_dir_before is not None:
         for tablespace in tablespaces:
             remove(tablespace["location"])
+        try:
+            os.chown(tablespace_dir, tablespace_dir_before.st_uid, tablespace_dir_before.st_gid)
+        except OSError:
+            left.append(tablespace_dir)
     elif tablespaces:
         remove(tablespace_dir)
     return left
@@ -664,7 +673,7 @@ def prepare(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Optional
     if check_mode:
         return result
     target_before = os.stat(target) if os.path.isdir(target) else None
-    tablespace_dir_existed = os.path.isdir(tablespace_dir)
+    tablespace_dir_before = os.stat(tablespace_dir) if os.path.isdir(tablespace_dir) else None
     try:
         result.update(write_restore(plan, target, tablespace_dir, uid, gid))
         # byte-exact, as the stop call returned it
@@ -679,7 +688,7 @@ def prepare(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Optional
         fsync_dir(target)
     except (RestoreError, OSError) as exc:
         reason = str(exc) if isinstance(exc, RestoreError) else "%s: %s" % (exc.filename or "?", exc.strerror or exc)
-        left = _undo(target, target_before, tablespace_dir, tablespace_dir_existed, plan["tablespaces"])
+        left = _undo(target, target_before, tablespace_dir, tablespace_dir_before, plan["tablespaces"])
         if left:
             raise RestoreError("restore into %s failed (%s) and what it wrote could not all be removed (%s): remove them "
                                "by hand before trying again" % (target, reason, ", ".join(left))) from None

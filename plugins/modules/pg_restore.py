@@ -14,9 +14,25 @@ description:
     O(label_dest) when given, else from the set), then the data set it names.
   - Refuses a set that is not C(COMPLETE), a set without C(backup_label) (PostgreSQL would otherwise run crash
     recovery from the copied C(pg_control) and could come up silently corrupt), and a non-empty O(target).
-  - Copies C(<set>/data/pgdata) into O(target) owned by O(owner) with mode 0700, checking every file against the
-    set's C(manifest.json) SHA-256 while copying; puts C(backup_label) in place byte-exact; moves tablespaces to
-    O(tablespace_dir) and rewrites C(tablespace_map) for their new places; leaves C(pg_wal) empty; writes
+  - O(backup_id) must follow the collection's one backup id rule (letters, digits and C(._:@+-), 1-128 characters,
+    not starting with C(.)) or be C(latest); it is checked before any path is built from it.
+  - Before anything is written to O(target), the whole set is checked and the restore is refused, naming the file,
+    when any check fails. Every C(manifest.json) path is relative, normalised (no C(.), C(..), empty component or
+    NUL) and under C(pgdata/), so it stays inside O(target). Every listed file is in the set with its size, and with
+    O(verify) every listed file is read and its SHA-256 compared. Everything in the set's C(data/) tree is listed in
+    the manifest (the server-written C(backup_label), C(tablespace_map) and C(backup_manifest) next to the copy
+    excepted; they are not copied). There is no symlink in the set's C(data/) tree, and symlinks are never followed
+    or recreated, with two exceptions PostgreSQL defines. A C(pg_wal) link is replaced by an empty directory.
+    Tablespaces are C(pg_tblspc/<oid>) directories in the set and each C(tablespace_map) line needs a numeric OID
+    and that directory; they are restored to O(tablespace_dir)C(/<oid>) and nowhere else, whatever path the map
+    names.
+  - A refused restore has written nothing. When writing fails after the checks (a full disk, the set changing
+    underneath), what was written is removed, so O(target) is left as it was found (an existing empty O(target)
+    keeps its mode and owner); the message says so, or names what could not be removed.
+  - Then copies C(<set>/data/pgdata) into O(target) owned by O(owner) with mode 0700, never through a link and never
+    onto an existing name, checking each file's SHA-256 again while copying; puts C(backup_label) in place
+    byte-exact; puts tablespaces into O(tablespace_dir) with a C(pg_tblspc/<oid>) link to each and rewrites
+    C(tablespace_map) for their new places; leaves C(pg_wal) empty; writes
     C(recovery.signal) and the recovery settings (C(restore_command) from O(wal_archive), the recovery target,
     C(recovery_target_action), C(archive_mode=off), O(port)) into C(postgresql.auto.conf).
   - It does not start the server; C(playbooks/restore.yml) does, and reports the timeline and the first LSN replayed.
@@ -74,7 +90,9 @@ options:
     type: dict
     default: {}
   verify:
-    description: Check each restored file's SHA-256 against the set's C(manifest.json) while copying.
+    description:
+      - Read every file the set's C(manifest.json) lists and compare its SHA-256 before anything is written (and again
+        while copying). C(false) skips only the checksums; paths, types, sizes, extra files and symlinks are always checked.
     type: bool
     default: true
   data_present:
@@ -90,7 +108,8 @@ attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    details: Check mode finds the set and its label and checks the target; nothing is copied or written.
+    details: Check mode finds the set and its label, checks the target and checks the whole set as a restore does
+      (with O(verify), every listed file is read); nothing is copied or written.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
@@ -101,6 +120,10 @@ attributes:
     details: A second run finds the target no longer empty and refuses, rather than overwrite it.
 notes:
   - Restores must run as root (the files are chowned to O(owner)).
+  - A restore reads each file twice with O(verify) (the check before writing, the copy), so a damaged set is refused
+    before the target is touched.
+  - With O(data_present) the set's checks do not apply (the backup software restored the files); only the label comes
+    from the label store.
 seealso:
   - module: consistent.backup.pg_backup_session
 author: consistent.backup developers (@consistent-backup)
@@ -154,16 +177,16 @@ system_identifier:
   returned: always
   type: str
 files:
-  description: Files restored.
-  returned: success, not in check mode
+  description: Files restored (in check mode, that would be restored).
+  returned: success, without data_present
   type: int
 bytes:
-  description: Bytes restored.
-  returned: success, not in check mode
+  description: Bytes restored (in check mode, that would be restored).
+  returned: success, without data_present
   type: int
 verified:
-  description: Whether every file was checked against the manifest.
-  returned: success, not in check mode
+  description: C(true) when every file the manifest lists was read and its size and SHA-256 matched; C(false) with O(verify=false).
+  returned: success, without data_present
   type: bool
 removed:
   description: With O(data_present), the files of the third party's copy removed before recovery (C(postmaster.pid), WAL files).
@@ -171,8 +194,8 @@ removed:
   type: list
   elements: str
 tablespaces:
-  description: Tablespaces moved to their restore locations (oid, original, location).
-  returned: success, not in check mode
+  description: Tablespaces restored to their locations in O(tablespace_dir) (oid, original, location); in check mode, where they would go.
+  returned: success, without data_present
   type: list
   elements: dict
 settings:
@@ -223,6 +246,7 @@ def main() -> None:
     except RestoreError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
+        # Only the data_present path can get here: a restore from a set undoes its own writes (RestoreError).
         module.fail_json(msg='restore into %s failed at %s: %s; the target is incomplete, remove it before trying again'
                          % (params['target'], exc.filename or '?', exc.strerror or exc))
     module.exit_json(**result)

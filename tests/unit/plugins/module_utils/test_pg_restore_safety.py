@@ -183,8 +183,10 @@ def test_a_symlink_the_manifest_lists_is_refused_too(dest, tmp_path, outside):
 def test_a_pg_wal_link_is_neither_followed_nor_recreated(dest, tmp_path, outside):
     set_path = build_set(str(dest))
     os.symlink(str(outside), os.path.join(set_path, "data", "pgdata", "pg_wal"))
-    write_manifest(set_path, manifest_entries(set_path) + [{"path": "pgdata/pg_wal", "type": "symlink", "size": 0,
-                                                           "target": str(outside)}])
+    # what the copy records for a linked pg_wal: the link, and the archive_status directory it made behind it
+    write_manifest(set_path, manifest_entries(set_path) + [
+        {"path": "pgdata/pg_wal", "type": "symlink", "size": 0, "target": str(outside)},
+        {"path": "pgdata/pg_wal/archive_status", "type": "dir", "size": 0}])
     before = snapshot(str(outside))
     target = tmp_path / "target"
     restore(dest, target)

@@ -17,9 +17,19 @@ Shape:
 * ``plan_copy(sources, create_dirs)`` walks the sources (sorted, exclusions applied, symlinks not
   followed) and returns a ``CopyPlan``: the items in copy order (phase 0 sources in list order,
   then phase 1, ...).
-* ``summarize_plan(plan, set_path)`` answers "what would a copy do?" for check mode.
+* ``plan_attempt(sources, create_dirs, set_path, run_id)`` is ``plan_copy`` for one attempt of a
+  retried copy: the first attempt's list is recorded in ``<set>/.copy-plan.json`` by ``run_copy``,
+  and a later attempt of the same request and run copies that list again (plus files that appeared
+  since), so a file that vanished between attempts fails every attempt instead of being forgotten.
+* ``summarize_plan(plan, set_path)`` answers "what would a copy do?" for check mode;
+  ``check_free_space`` compares its bytes to write with the destination's free space.
 * ``run_copy(plan, dest, backup_id, ...)`` copies into ``<dest>/<backup_id>/data/``, writes the
-  manifest through ``_manifest`` and returns a ``CopyResult``.
+  manifest through ``_manifest`` and returns a ``CopyResult``. A file whose size or mtime moved
+  while it was read, or that gave more or fewer bytes than its size at open, is a change: it fails
+  the copy (``changes="fail"``) or is recorded as a warning (``changes="warn"``, for engines whose
+  recovery repairs such changes from their log).
+* ``Lease`` is the progress hook of a copy watched by the on-host guard: it renews the lease file
+  and stops the copy once the guard has released the database.
 
 Every regular file is streamed through a small fixed ring of page-aligned buffers: the calling
 thread reads (each request exactly ``read_size`` bytes), a hashing thread feeds SHA-256 and a
@@ -30,9 +40,11 @@ buffers, so the two workers really run beside the reader.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fnmatch
 import hashlib
+import json
 import mmap
 import os
 import queue
@@ -43,7 +55,8 @@ import time
 import typing as t
 from dataclasses import dataclass, field
 
-from ansible_collections.consistent.backup.plugins.module_utils._fsutil import fsync_dir
+from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
+from ansible_collections.consistent.backup.plugins.module_utils._layout import InvalidBackupId, check_backup_id
 from ansible_collections.consistent.backup.plugins.module_utils import _manifest
 
 DEFAULT_BLOCK_SIZE = 8192
@@ -57,14 +70,61 @@ RING_MEMORY_LIMIT = 64 * 1024 * 1024
 WRITEBACK_WINDOW = 8 * 1024 * 1024
 COMPLETE_MARKER = "COMPLETE"
 DATA_DIR = "data"
+# The first attempt's list of a retried copy, in the set directory (never in data/); removed on success.
+PLAN_NAME = ".copy-plan.json"
+PLAN_FORMAT = 1
+
+# Page sizes: a multiple of 512 (the sector size O_DIRECT aligns to), not necessarily a power of two,
+# because Btrieve 6 files use 1536, 2560, 3072 and 3584 byte pages; at most 1 MiB, far above any database page.
+BLOCK_SIZE_UNIT = 512
+BLOCK_SIZE_MAX = 1024 * 1024
+BLOCK_SIZE_RULE = "a multiple of %d from %d to %d bytes" % (BLOCK_SIZE_UNIT, BLOCK_SIZE_UNIT, BLOCK_SIZE_MAX)
+
+# What a change of a source while it is read does: fail the copy, or record it as a warning.
+CHANGES_FAIL = "fail"
+CHANGES_WARN = "warn"
+CHANGES_CHOICES = (CHANGES_FAIL, CHANGES_WARN)
+DEFAULT_FREE_SPACE_MARGIN = 10
+
+# The progress hook is called at least this often (seconds) while the copy makes progress; inside one file
+# the clock is looked at every PROGRESS_EVERY_READS reads, so the hot loop pays one comparison per read.
+PROGRESS_INTERVAL = 0.5
+PROGRESS_EVERY_READS = 8
+
+# The lease contract with the on-host guard (plugins/module_utils/_guard.py): the copy renews the mtime of the
+# lease file (at most once per second) while it makes progress; the guard writes LEASE_FIRED_NAME next to
+# the lease file before it releases the database itself, and records what it did in LEASE_STATE_NAME there.
+LEASE_FIRED_NAME = "fired"
+LEASE_STATE_NAME = "state.json"
+LEASE_RENEW_INTERVAL = 1.0
+LEASE_RELEASED_MESSAGE = "the guard released the database (see %s): this copy is not consistent; run the backup again"
+
+# Errors a retry cannot fix: the same request would meet them again.
+_PERMANENT_ERRNOS = frozenset((errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS))
 
 Reader = t.Callable[[int, memoryview, int], int]
 Writer = t.Callable[[int, memoryview], int]
 Opener = t.Callable[[str, int], int]
+Progress = t.Callable[[int], None]
 
 
 class CopyError(Exception):
-    """A copy that cannot go on; the message names the object, what was found and what to do."""
+    """A copy that cannot go on; the message names the object, what was found and what to do.
+
+    ``retryable`` is False when the same call would fail the same way (invalid input, no space, permission
+    denied, a file that vanished and may not, a released lease), so callers do not retry it. ``facts`` are
+    return values the failure still has (for example ``changed_during_copy``).
+    """
+
+    def __init__(self, message: str, retryable: bool = True, facts: t.Optional[t.Dict[str, t.Any]] = None) -> None:
+        super(CopyError, self).__init__(message)
+        self.retryable = retryable
+        self.facts = dict(facts or {})
+
+
+def retryable_errno(exc: OSError) -> bool:
+    """Whether a retry may get past this OSError (I/O errors may; permissions and a full medium do not)."""
+    return exc.errno not in _PERMANENT_ERRNOS
 
 
 class _DirectIORefused(Exception):
@@ -129,13 +189,27 @@ class Item:
 
 
 @dataclass
+class PlanKey:
+    """Which request a recorded plan belongs to: the digest of the normalised sources and create_dirs, and the run."""
+
+    request: str
+    run_id: str = ""
+
+
+@dataclass
 class CopyPlan:
-    """What a copy will do, in order. ``vanished`` lists paths already gone during the walk."""
+    """What a copy will do, in order. ``vanished`` lists paths already gone during the walk.
+
+    ``key`` set (by ``plan_attempt``) makes ``run_copy`` record the list before it copies and remove the
+    record once the copy succeeded; ``resumed`` says the list is a recorded first attempt's (plus new files).
+    """
 
     items: t.List[Item] = field(default_factory=list)
     create_dirs: t.List[str] = field(default_factory=list)
     vanished: t.List[str] = field(default_factory=list)
     warnings: t.List[str] = field(default_factory=list)
+    key: t.Optional[PlanKey] = None
+    resumed: bool = False
 
 
 @dataclass
@@ -160,6 +234,7 @@ class CopyResult:
     changed: bool = False
     manifest_written: bool = False
     warnings: t.List[str] = field(default_factory=list)
+    changed_during_copy: t.List[t.Dict[str, t.Any]] = field(default_factory=list)
 
     def as_dict(self) -> t.Dict[str, t.Any]:
         return {
@@ -178,6 +253,7 @@ class CopyResult:
             "block_size": self.block_size,
             "direct": self.direct,
             "phases": [dict(p) for p in self.phases],
+            "changed_during_copy": [dict(c) for c in self.changed_during_copy],
         }
 
 
@@ -196,27 +272,36 @@ def _has_parent_reference(path: str) -> bool:
 
 
 def validate_block_sizes(block_size: int, read_size: int) -> None:
-    """Refuse a block size or read size that would break page alignment."""
-    if block_size <= 0:
-        raise CopyError("block_size must be a positive page size in bytes (e.g. 8192 for PostgreSQL); found %d" % block_size)
+    """Refuse a block size or read size that would break page alignment (not retryable)."""
+    if block_size < BLOCK_SIZE_UNIT or block_size > BLOCK_SIZE_MAX or block_size % BLOCK_SIZE_UNIT:
+        raise CopyError(
+            "block_size must be the database page size, %s; found %d; give the page size of the database "
+            "(PostgreSQL: 8192, see SHOW block_size; Berkeley DB: the environment's page size)" % (BLOCK_SIZE_RULE, block_size),
+            retryable=False)
     if read_size <= 0 or read_size % block_size:
         raise CopyError(
             "read_size %d is not a positive multiple of block_size %d: every read must cover whole pages; "
-            "choose read_size = N * %d (e.g. %d)" % (read_size, block_size, block_size, max(1, DEFAULT_READ_SIZE // block_size) * block_size)
-        )
+            "choose read_size = N * %d (e.g. %d)" % (read_size, block_size, block_size, max(1, DEFAULT_READ_SIZE // block_size) * block_size),
+            retryable=False)
+
+
+def validate_changes(changes: str) -> None:
+    """Refuse an unknown ``changes`` policy (not retryable)."""
+    if changes not in CHANGES_CHOICES:
+        raise CopyError("changes must be one of %s; found %r" % (", ".join(CHANGES_CHOICES), changes), retryable=False)
 
 
 def normalize_sources(raw: t.Sequence[t.Dict[str, t.Any]]) -> t.List[Source]:
     """Validate the ``sources`` option and fill in defaults."""
     if not raw:
-        raise CopyError("sources is empty: give at least one {path: /absolute/path} to copy")
+        raise CopyError("sources is empty: give at least one {path: /absolute/path} to copy", retryable=False)
     sources = []
     for index, entry in enumerate(raw):
         path = entry.get("path")
         if not path or not os.path.isabs(path):
             raise CopyError(
-                "sources[%d].path must be an absolute path; found %r; write it from / (e.g. /var/lib/postgresql/15/main)" % (index, path)
-            )
+                "sources[%d].path must be an absolute path; found %r; write it from / (e.g. /var/lib/postgresql/15/main)" % (index, path),
+                retryable=False)
         path = os.path.normpath(path)
         dest = entry.get("dest")
         if dest is None or dest == "":
@@ -225,37 +310,56 @@ def normalize_sources(raw: t.Sequence[t.Dict[str, t.Any]]) -> t.List[Source]:
         if os.path.isabs(dest) or _has_parent_reference(dest):
             raise CopyError(
                 "sources[%d].dest must be a path relative to the set's data/ directory without '..'; found %r; "
-                "write e.g. pgdata" % (index, dest)
-            )
+                "write e.g. pgdata" % (index, dest), retryable=False)
         dest = os.path.normpath(dest)
         if dest in (".", ""):
-            raise CopyError("sources[%d].dest must name a path inside data/; found %r; write e.g. pgdata" % (index, entry.get("dest")))
+            raise CopyError("sources[%d].dest must name a path inside data/; found %r; write e.g. pgdata" % (index, entry.get("dest")),
+                            retryable=False)
         phase = entry.get("phase", 0)
         phase = 0 if phase is None else int(phase)
         if phase < 0:
-            raise CopyError("sources[%d].phase must be 0 or more; found %d" % (index, phase))
+            raise CopyError("sources[%d].phase must be 0 or more; found %d" % (index, phase), retryable=False)
         exclude = [str(p) for p in (entry.get("exclude") or [])]
         sources.append(Source(path=path, dest=dest, exclude=exclude, phase=phase, allow_vanished=bool(entry.get("allow_vanished", False))))
     return sources
 
 
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 def validate_request(dest: str, backup_id: str, sources: t.Sequence[Source], create_dirs: t.Sequence[str] = ()) -> str:
-    """Check the destination, the id and the sources against each other; return the set path."""
+    """Check the destination, the id and the sources against each other; return the set path.
+
+    Everything refused here is refused before the database is touched (the roles run aligned_copy in check
+    mode before pre) and is not retryable: the same request fails the same way.
+    """
     if not dest or not os.path.isabs(dest):
-        raise CopyError("dest must be an absolute path (the backup destination root); found %r" % (dest,))
-    if not backup_id or "/" in backup_id or backup_id in (".", ".."):
-        raise CopyError("backup_id must be a single path component (no '/'); found %r; use e.g. 20240101T000000" % (backup_id,))
+        raise CopyError("dest must be an absolute path (the backup destination root); found %r" % (dest,), retryable=False)
+    try:
+        check_backup_id(backup_id)
+    except InvalidBackupId as exc:
+        raise CopyError(str(exc), retryable=False)
     for rel in create_dirs:
         if not rel or os.path.isabs(rel) or _has_parent_reference(rel):
-            raise CopyError("create_dirs entry %r must be a path relative to data/ without '..'; write e.g. pgdata/pg_wal/archive_status" % (rel,))
+            raise CopyError("create_dirs entry %r must be a path relative to data/ without '..'; write e.g. pgdata/pg_wal/archive_status" % (rel,),
+                            retryable=False)
     real_dest = os.path.realpath(dest)
-    for source in sources:
+    real_set = os.path.join(real_dest, backup_id)
+    for index, source in enumerate(sources):
+        if not source.allow_vanished and not os.path.exists(source.path):
+            raise CopyError(
+                "sources[%d].path: source %s does not exist; check the path (is the database on this host?), or set "
+                "allow_vanished: true for this source if it may be absent" % (index, source.path), retryable=False)
         real_source = os.path.realpath(source.path)
-        if real_dest == real_source or real_dest.startswith(real_source.rstrip("/") + "/"):
+        if _inside(real_dest, real_source):
             raise CopyError(
                 "backup destination %s (real path %s) is inside source %s: the copy would copy itself; "
-                "choose a destination outside every source" % (dest, real_dest, source.path)
-            )
+                "choose a destination outside every source" % (dest, real_dest, source.path), retryable=False)
+        if _inside(real_source, real_set):
+            raise CopyError(
+                "sources[%d].path %s is inside the backup set %s (dest %s, backup_id %s): the copy would copy itself; "
+                "copy the database's files, not the set" % (index, source.path, real_set, dest, backup_id), retryable=False)
     return check_destination(dest, backup_id)
 
 
@@ -268,13 +372,12 @@ def check_destination(dest: str, backup_id: str) -> str:
     if not os.path.isdir(dest):
         raise CopyError(
             "backup destination %s does not exist or is not a directory; mount the medium (consistent.backup.mount_check) "
-            "or create the directory first" % dest
-        )
+            "or create the directory first" % dest, retryable=False)
     set_path = set_path_for(dest, backup_id)
     if os.path.exists(os.path.join(set_path, COMPLETE_MARKER)):
         raise CopyError(
-            "backup set %s is already marked COMPLETE by an earlier run; choose a new backup_id or remove the set" % set_path
-        )
+            "backup set %s is already marked COMPLETE by an earlier run; choose a new backup_id or remove the set" % set_path,
+            retryable=False)
     return set_path
 
 
@@ -326,8 +429,8 @@ class _Walker:
             return
         raise CopyError(
             "%s %s vanished while the sources were listed; the source is changing under the copy: set allow_vanished: true "
-            "for this source if files may disappear (e.g. dropped relations), or quiesce the database first" % (what, path)
-        )
+            "for this source if files may disappear (e.g. dropped relations), or quiesce the database first" % (what, path),
+            retryable=False)
 
     def walk_source(self, source: Source) -> None:
         try:
@@ -338,10 +441,9 @@ class _Walker:
                 return
             raise CopyError(
                 "source %s does not exist; check the path (is the database on this host?), or set allow_vanished: true "
-                "for this source if it may be absent" % source.path
-            )
+                "for this source if it may be absent" % source.path, retryable=False)
         except OSError as exc:
-            raise CopyError("cannot stat source %s: %s; check its permissions" % (source.path, exc.strerror))
+            raise CopyError("cannot stat source %s: %s; check its permissions" % (source.path, exc.strerror), retryable=retryable_errno(exc))
         if stat.S_ISDIR(st.st_mode):
             self.plan.items.append(_item_from_stat("dir", source.path, source.dest, source, st))
             self._walk_dir(source, source.path, "")
@@ -351,8 +453,7 @@ class _Walker:
         else:
             raise CopyError(
                 "source %s is neither a regular file nor a directory (mode %s); name a file or a directory tree"
-                % (source.path, stat.filemode(st.st_mode))
-            )
+                % (source.path, stat.filemode(st.st_mode)), retryable=False)
 
     def _walk_dir(self, source: Source, directory: str, rel_dir: str) -> None:
         try:
@@ -362,7 +463,7 @@ class _Walker:
             self._gone(source, directory, self._dest_rel(source, rel_dir), "directory")
             return
         except OSError as exc:
-            raise CopyError("cannot list directory %s: %s; check its permissions" % (directory, exc.strerror))
+            raise CopyError("cannot list directory %s: %s; check its permissions" % (directory, exc.strerror), retryable=retryable_errno(exc))
         for entry in entries:
             rel = entry.name if not rel_dir else rel_dir + "/" + entry.name
             if is_excluded(rel, source.exclude):
@@ -385,7 +486,7 @@ class _Walker:
             except FileNotFoundError:
                 self._gone(source, entry.path, dest_rel, "file")
             except OSError as exc:
-                raise CopyError("cannot read %s: %s; check its permissions" % (entry.path, exc.strerror))
+                raise CopyError("cannot read %s: %s; check its permissions" % (entry.path, exc.strerror), retryable=retryable_errno(exc))
 
     @staticmethod
     def _dest_rel(source: Source, rel: str) -> str:
@@ -405,6 +506,108 @@ def plan_copy(sources: t.Sequence[Source], create_dirs: t.Sequence[str] = ()) ->
     ordered = sorted(enumerate(sources), key=lambda pair: (pair[1].phase, pair[0]))
     for _index, source in ordered:
         walker.walk_source(source)
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
+# The first attempt's list
+# --------------------------------------------------------------------------------------------
+
+
+def request_digest(sources: t.Sequence[Source], create_dirs: t.Sequence[str] = ()) -> str:
+    """SHA-256 of the normalised sources and create_dirs: what decides the list of a copy."""
+    request = {"sources": [dataclasses.asdict(source) for source in sources],
+               "create_dirs": [os.path.normpath(d) for d in create_dirs]}
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def plan_path(set_path: str) -> str:
+    """Where the first attempt's list of the set's current copy is recorded."""
+    return os.path.join(set_path, PLAN_NAME)
+
+
+_ITEM_FIELDS = frozenset(f.name for f in dataclasses.fields(Item))
+
+
+def load_recorded_plan(set_path: str, key: PlanKey) -> t.Optional[CopyPlan]:
+    """The plan a first attempt of the same request and run recorded, or None (none, another request or run)."""
+    path = plan_path(set_path)
+    try:
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CopyError("the recorded copy plan %s cannot be read (%s); remove it to list the sources again" % (path, exc),
+                        retryable=False)
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        return None
+    if data.get("request") != key.request or data.get("run_id", "") != key.run_id:
+        return None
+    try:
+        items = [Item(**dict((k, v) for k, v in entry.items() if k in _ITEM_FIELDS)) for entry in data.get("items", [])]
+    except (TypeError, AttributeError) as exc:
+        raise CopyError("the recorded copy plan %s is not a plan this module wrote (%s); remove it to list the sources again"
+                        % (path, exc), retryable=False)
+    return CopyPlan(items=items, create_dirs=list(data.get("create_dirs", [])), vanished=list(data.get("vanished", [])), key=key)
+
+
+def record_plan(plan: CopyPlan, set_path: str) -> None:
+    """Write the plan's list to ``<set>/.copy-plan.json`` atomically, mode 0600 (it names the source files)."""
+    if plan.key is None:
+        return
+    document = {"format": PLAN_FORMAT, "request": plan.key.request, "run_id": plan.key.run_id,
+                "recorded": _manifest.utc_now_iso(), "create_dirs": list(plan.create_dirs), "vanished": list(plan.vanished),
+                "items": [dataclasses.asdict(item) for item in plan.items]}
+    atomic_write(plan_path(set_path), (json.dumps(document, sort_keys=True) + "\n").encode("utf-8"), mode=0o600)
+
+
+def discard_plan(set_path: str) -> bool:
+    """Remove the recorded plan (the copy succeeded: the manifest is the truth now); True when one was removed."""
+    try:
+        os.unlink(plan_path(set_path))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def plan_attempt(sources: t.Sequence[Source], create_dirs: t.Sequence[str], set_path: str, run_id: str = "") -> CopyPlan:
+    """The list one attempt of a retried copy must copy (read-only; ``run_copy`` records it).
+
+    The first attempt walks the sources. A later attempt of the same request (same normalised sources and
+    create_dirs) and the same ``run_id`` walks again and adds every item of the recorded list: files that
+    appeared since are copied too (extra files do no harm), and a recorded file that is gone now fails at once,
+    on every attempt, unless its source allows vanished files. A plan recorded by another request or run is
+    ignored and replaced when this attempt copies.
+    """
+    key = PlanKey(request_digest(sources, create_dirs), run_id or "")
+    plan = plan_copy(sources, create_dirs)
+    plan.key = key
+    recorded = load_recorded_plan(set_path, key)
+    if recorded is None:
+        return plan
+    plan.resumed = True
+    listed = set(item.rel for item in plan.items)
+    gone = []
+    for item in recorded.items:
+        if item.rel in listed:
+            continue
+        if os.path.lexists(item.src):
+            plan.items.append(item)  # still there but no longer listed as it was (e.g. now a socket): the copy says why
+        elif item.allow_vanished:
+            if item.rel not in plan.vanished:
+                plan.vanished.append(item.rel)
+        else:
+            gone.append(item)
+    if gone:
+        shown = ", ".join("%s %s" % (item.kind, item.src) for item in gone[:10])
+        more = " and %d more" % (len(gone) - 10) if len(gone) > 10 else ""
+        raise CopyError(
+            "%s%s listed by the first attempt of this copy (recorded in %s) %s gone; a file that is not allowed to vanish "
+            "must be in the copy, so every attempt fails: find out what removed it (is the database quiesced by pre?) and "
+            "run the backup again, or set allow_vanished: true for its source if files may disappear"
+            % (shown, more, plan_path(set_path), "is" if len(gone) == 1 else "are"), retryable=False)
+    plan.items.sort(key=lambda item: item.phase)  # stable: recorded items join the end of their phase
     return plan
 
 
@@ -490,7 +693,49 @@ def summarize_plan(plan: CopyPlan, set_path: str) -> t.Dict[str, t.Any]:
     summary["vanished"] = list(plan.vanished)
     summary["changed"] = bool(summary["to_copy"] or summary["dirs_to_create"] or summary["symlinks_to_create"]
                               or not os.path.isdir(data_root))
+    summary["resumed"] = plan.resumed
     return summary
+
+
+def _human(count: int) -> str:
+    value = float(count)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return ("%d %s" % (count, unit)) if unit == "bytes" else ("%.1f %s" % (value, unit))
+        value /= 1024
+    return "%d bytes" % count  # not reached
+
+
+def add_free_space(summary: t.Dict[str, t.Any], dest: str, margin: int = DEFAULT_FREE_SPACE_MARGIN) -> t.Dict[str, t.Any]:
+    """Add ``free_required`` (bytes to write plus ``margin`` percent for growth), ``free_available`` and the margin.
+
+    ``free_available`` is what an unprivileged writer may use (statvfs f_bavail): the blocks reserved for root
+    are not counted on, so a copy run as root does not eat the root reserve of a shared filesystem.
+    """
+    if margin < 0:
+        raise CopyError("free_space_margin must be a percentage of 0 or more; found %d" % margin, retryable=False)
+    needed = int(summary.get("free_needed", 0))
+    summary["free_space_margin"] = margin
+    summary["free_required"] = needed + (needed * margin + 99) // 100
+    try:
+        st = os.statvfs(dest)
+    except OSError as exc:
+        raise CopyError("cannot read the free space of %s: [Errno %s] %s; check the medium" % (dest, exc.errno, exc.strerror),
+                        retryable=retryable_errno(exc))
+    summary["free_available"] = st.f_bavail * st.f_frsize
+    return summary
+
+
+def check_free_space(summary: t.Dict[str, t.Any], dest: str) -> None:
+    """Refuse (not retryable) a copy whose bytes to write plus the margin do not fit the destination's free space."""
+    required, available = summary["free_required"], summary["free_available"]
+    if required > available:
+        raise CopyError(
+            "not enough free space on %s (dest) for the copy: it needs %s (%d bytes to write + %d%% free_space_margin "
+            "for growth = %d bytes) but the filesystem has %s (%d bytes) free; free space on the medium or choose a larger "
+            "one (dest), or lower free_space_margin if the sources cannot grow during the copy"
+            % (dest, _human(required), summary["free_needed"], summary["free_space_margin"], required, _human(available), available),
+            retryable=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -635,15 +880,18 @@ class _Ring:
                 raise _DirectIORefused()
             raise
 
-    def stream(self, src_fd: int, out_fd: t.Optional[int], direct: bool = False) -> t.Tuple[str, int]:
+    def stream(self, src_fd: int, out_fd: t.Optional[int], direct: bool = False,
+               tick: t.Optional[t.Callable[[int], None]] = None) -> t.Tuple[str, int]:
         """Read ``src_fd`` to its end in ``read_size`` requests; hash it and write it to ``out_fd``.
 
         Returns (sha256 hex, bytes). ``out_fd`` None only hashes (the idempotence re-check).
-        OSError from reading propagates; a write error is raised as ``_WriteFailed``.
+        OSError from reading propagates; a write error is raised as ``_WriteFailed``. ``tick(bytes_read)``
+        is called every PROGRESS_EVERY_READS reads of a long file (the progress hook; it may raise).
         """
         job = _Job(out_fd)
         offset = 0
         queued = False
+        reads = 0
         try:
             while job.error is None and job.failure is None:
                 slot = self.free.get()
@@ -669,6 +917,10 @@ class _Ring:
                     self.write_queue.put((job, slot, length))
                 if length < self.read_size:
                     break  # a short read is the end of the file
+                if tick is not None:
+                    reads += 1
+                    if reads % PROGRESS_EVERY_READS == 0:
+                        tick(offset)
         finally:
             if queued:
                 self.hash_queue.put((job, None, 0))
@@ -714,9 +966,40 @@ def _write_error_message(exc: OSError, src: str, target: str, dest_root: str) ->
             "(mounted read-write? healthy?) and run again" % (target, src, dest_root, text))
 
 
+def _write_error(exc: OSError, src: str, target: str, dest_root: str) -> CopyError:
+    return CopyError(_write_error_message(exc, src, target, dest_root), retryable=retryable_errno(exc))
+
+
+def _change_record(item: Item, before: os.stat_result, after: os.stat_result, bytes_read: int) -> t.Optional[t.Dict[str, t.Any]]:
+    """What changed in a source while it was read, or None: size or mtime moved, or the bytes read are not its size at open."""
+    if bytes_read == before.st_size and after.st_size == before.st_size and after.st_mtime_ns == before.st_mtime_ns:
+        return None
+    return {"path": item.rel, "source": item.src, "size_before": before.st_size, "size_after": after.st_size,
+            "bytes_read": bytes_read, "mtime_before": before.st_mtime_ns / 1e9, "mtime_after": after.st_mtime_ns / 1e9,
+            "mtime_ns_before": before.st_mtime_ns, "mtime_ns_after": after.st_mtime_ns}
+
+
+def describe_change(change: t.Dict[str, t.Any]) -> str:
+    """``/src/f (size 268435456 -> 104857600 bytes, 104857600 bytes read of 268435456 at open, mtime ... -> ...)``."""
+    parts = []
+    if change["size_after"] != change["size_before"]:
+        parts.append("size %d -> %d bytes" % (change["size_before"], change["size_after"]))
+    if change["bytes_read"] != change["size_before"]:
+        parts.append("%d bytes read of %d at open" % (change["bytes_read"], change["size_before"]))
+    if change["mtime_ns_after"] != change["mtime_ns_before"]:
+        parts.append("mtime %s -> %s" % (_iso_ns(change["mtime_ns_before"]), _iso_ns(change["mtime_ns_after"])))
+    return "%s (%s)" % (change["source"], ", ".join(parts))
+
+
+def _iso_ns(ns: int) -> str:
+    seconds, rest = divmod(ns, 1000000000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%09dZ" % rest
+
+
 class _Copier:
     def __init__(self, plan: CopyPlan, dest: str, set_path: str, block_size: int, read_size: int, direct: bool,
-                 preserve_owner: bool, reader: Reader, writer: Writer, opener: Opener, result: CopyResult) -> None:
+                 preserve_owner: bool, reader: Reader, writer: Writer, opener: Opener, result: CopyResult,
+                 changes: str = CHANGES_FAIL, progress: t.Optional[Progress] = None) -> None:
         self.plan = plan
         self.dest = dest
         self.set_path = set_path
@@ -737,6 +1020,12 @@ class _Copier:
         self.existing_dirs = set()  # type: t.Set[str]
         self.dir_modes = []  # type: t.List[t.Tuple[str, Item]]
         self.rows = {}  # type: t.Dict[int, t.Dict[str, t.Any]]
+        self.changes = changes
+        self.changed = []  # type: t.List[t.Dict[str, t.Any]]
+        self.progress = progress
+        self.bytes_done = 0
+        self.progress_due = time.monotonic() + PROGRESS_INTERVAL
+        self.tick = self._tick if progress is not None else None
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -752,7 +1041,14 @@ class _Copier:
 
     def _dest_error(self, exc: OSError, what: str, path: str) -> CopyError:
         return CopyError("%s %s on %s failed: [Errno %s] %s; check the medium (mounted read-write? space left?) and run again"
-                         % (what, path, self.dest, exc.errno, exc.strerror))
+                         % (what, path, self.dest, exc.errno, exc.strerror), retryable=retryable_errno(exc))
+
+    def _tick(self, in_file: int = 0) -> None:
+        """Call the progress hook when PROGRESS_INTERVAL has passed since the last call."""
+        now = time.monotonic()
+        if now >= self.progress_due:
+            self.progress_due = now + PROGRESS_INTERVAL
+            self.progress(self.bytes_done + in_file)  # type: ignore[misc]
 
     def _ensure_dir(self, path: str) -> None:
         """Create ``path`` and its missing parents with mode 0700 (final modes are set at the end)."""
@@ -772,7 +1068,7 @@ class _Copier:
             except FileExistsError:
                 if not os.path.isdir(directory):
                     raise CopyError("cannot create directory %s: a non-directory is in the way; remove it or choose another backup_id"
-                                    % directory)
+                                    % directory, retryable=False)
                 continue
             except OSError as exc:
                 raise self._dest_error(exc, "creating directory", directory)
@@ -805,6 +1101,12 @@ class _Copier:
 
     def run(self) -> None:
         self._ensure_dir(self.data_root)
+        if self.plan.key is not None:
+            # Recorded before the first byte is copied: a retry must copy at least this list.
+            try:
+                record_plan(self.plan, self.set_path)
+            except OSError as exc:
+                raise self._dest_error(exc, "recording the copy plan", plan_path(self.set_path))
         for item in self.plan.items:
             target = os.path.join(self.data_root, item.rel)
             if item.kind == "dir":
@@ -813,6 +1115,8 @@ class _Copier:
                 self._copy_symlink(item, target)
             else:
                 self._copy_file(item, target)
+            if self.tick is not None:
+                self.tick()
         for rel in self.plan.create_dirs:
             self._ensure_dir(os.path.join(self.data_root, rel))
         # Recorded once all of them exist, so a parent's mtime does not move after it was recorded.
@@ -894,7 +1198,7 @@ class _Copier:
             raise CopyError(
                 "source file %s vanished before it could be copied; the source is changing under the copy: set "
                 "allow_vanished: true for this source if files may disappear (e.g. dropped relations), or quiesce the "
-                "database first" % item.src)
+                "database first" % item.src, retryable=False)
         self.vanished.append(item.rel)
 
     def _copy_file(self, item: Item, target: str) -> None:
@@ -915,12 +1219,12 @@ class _Copier:
             return
         except OSError as exc:
             raise CopyError("cannot open source file %s: [Errno %s] %s; check that it is a regular file readable by this user"
-                            % (item.src, exc.errno, exc.strerror))
+                            % (item.src, exc.errno, exc.strerror), retryable=retryable_errno(exc))
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise CopyError("source %s is no longer a regular file (now %s); quiesce the database and run again"
-                                % (item.src, stat.filemode(st.st_mode)))
+                                % (item.src, stat.filemode(st.st_mode)), retryable=False)
             # The metadata recorded is the one seen at open: a later change gives a newer mtime,
             # so the next run copies the file again rather than trusting this copy.
             item.size, item.mtime_ns, item.atime_ns = st.st_size, st.st_mtime_ns, st.st_atime_ns
@@ -932,15 +1236,31 @@ class _Copier:
             old = self.known.get(item.rel)
             if _entry_matches_item(old, item) and _target_has_size(target, item.size):
                 digest, size = self._read_source(fd, item, direct, None)
-                if old is not None and digest == old.get("sha256") and size == old.get("size"):
+                self.bytes_done += size
+                if old is not None and digest == old.get("sha256") and size == old.get("size") \
+                        and _change_record(item, st, os.fstat(fd), size) is None:
                     self._count(item, size, copied=False)
                     self.entries.append(dict(old, phase=item.phase))
                     return
-            digest, size = self._write_target(fd, item, target, direct)
+            digest, size = self._write_target(fd, item, target, direct, st)
+            self.bytes_done += size
             self._count(item, size, copied=True)
             self.entries.append(self._file_entry(item, size, digest))
         finally:
             os.close(fd)
+
+    def _check_change(self, fd: int, item: Item, before: os.stat_result, bytes_read: int) -> None:
+        """Record a change of the source during its read; with changes=fail, fail the copy (the copy is not renamed)."""
+        change = _change_record(item, before, os.fstat(fd), bytes_read)
+        if change is None:
+            return
+        self.changed.append(change)
+        if self.changes == CHANGES_FAIL:
+            raise CopyError(
+                "source file %s changed while it was copied; the copy of a changing file is not consistent: check that pre "
+                "quiesces the database and run again (changes: warn is only for engines whose recovery repairs such changes "
+                "from their log, such as PostgreSQL and Berkeley DB)" % describe_change(change),
+                facts={"changed_during_copy": [dict(c) for c in self.changed]})
 
     def _count(self, item: Item, size: int, copied: bool) -> None:
         row = self._row(item.phase)
@@ -960,20 +1280,21 @@ class _Copier:
 
     def _read_source(self, fd: int, item: Item, direct: bool, out_fd: t.Optional[int]) -> t.Tuple[str, int]:
         try:
-            return self._get_ring().stream(fd, out_fd, direct)
+            return self._get_ring().stream(fd, out_fd, direct, self.tick)
         except OSError as exc:
             raise CopyError("reading source file %s failed: [Errno %s] %s; check the source device and run again"
-                            % (item.src, exc.errno, exc.strerror))
+                            % (item.src, exc.errno, exc.strerror), retryable=retryable_errno(exc))
 
-    def _write_target(self, fd: int, item: Item, target: str, direct: bool) -> t.Tuple[str, int]:
+    def _write_target(self, fd: int, item: Item, target: str, direct: bool, before: os.stat_result) -> t.Tuple[str, int]:
         parent = os.path.dirname(target)
         try:
             out_fd, temp = tempfile.mkstemp(prefix=".%s." % os.path.basename(target), suffix=".partial", dir=parent)
         except OSError as exc:
-            raise CopyError(_write_error_message(exc, item.src, target, self.dest))
+            raise _write_error(exc, item.src, target, self.dest)
         try:
             try:
                 digest, size = self._read_source(fd, item, direct, out_fd)
+                self._check_change(fd, item, before, size)
                 if self.chown:
                     os.fchown(out_fd, item.uid, item.gid)
                 os.fchmod(out_fd, item.mode)
@@ -984,10 +1305,10 @@ class _Copier:
             os.rename(temp, target)
         except _WriteFailed as exc:
             _unlink_quietly(temp)
-            raise CopyError(_write_error_message(exc.error, item.src, target, self.dest))
+            raise _write_error(exc.error, item.src, target, self.dest)
         except OSError as exc:
             _unlink_quietly(temp)
-            raise CopyError(_write_error_message(exc, item.src, target, self.dest))
+            raise _write_error(exc, item.src, target, self.dest)
         except BaseException:
             _unlink_quietly(temp)
             raise
@@ -1015,6 +1336,8 @@ def run_copy(
     reader: t.Optional[Reader] = None,
     writer: t.Optional[Writer] = None,
     opener: t.Optional[Opener] = None,
+    changes: str = CHANGES_FAIL,
+    progress: t.Optional[Progress] = None,
 ) -> CopyResult:
     """Copy ``plan`` into ``<dest>/<backup_id>/data/`` and merge it into the set's manifest.
 
@@ -1025,27 +1348,38 @@ def run_copy(
     os primitives (tests use them to check alignment, order and write failures). Raises CopyError.
     Files copied before a failure are still recorded in the manifest (best effort), so a retry
     skips them when they are unchanged.
+
+    ``changes`` says what a source that changed while it was read does: ``fail`` (the default) fails the
+    copy naming it, ``warn`` records it in ``result.changed_during_copy``, the manifest and the warnings.
+    ``progress(bytes_done)`` is called at least every PROGRESS_INTERVAL seconds while the copy makes
+    progress (bytes read from the sources so far) and once at the end, before the manifest is written; an
+    exception it raises stops the copy. A plan with a ``key`` (``plan_attempt``) is recorded in the set
+    before anything is copied and removed once the manifest is written.
     """
     validate_block_sizes(block_size, read_size)
+    validate_changes(changes)
     set_path = check_destination(dest, backup_id)
     result = CopyResult(set_path=set_path, manifest_path=_manifest.manifest_path(set_path), read_size=read_size,
                         block_size=block_size, direct=bool(direct))
     copier = _Copier(plan, dest, set_path, block_size, read_size, bool(direct), preserve_owner,
-                     reader or default_reader, writer or default_writer, opener or default_opener, result)
+                     reader or default_reader, writer or default_writer, opener or default_opener, result,
+                     changes=changes, progress=progress)
     try:
         copier.known = _manifest.entries_by_path(_manifest.load_manifest(set_path))
     except ValueError as exc:
-        raise CopyError(str(exc))
+        raise CopyError(str(exc), retryable=False)
     result.warnings.extend(plan.warnings)
     meta = {"backup_id": backup_id, "engine": engine, "block_size": block_size, "facts": facts or {}}
     started = time.monotonic()
     try:
         copier.run()
+        if progress is not None:
+            progress(copier.bytes_done)
     except BaseException:
         copier.close()
-        if copier.entries:
+        if copier.entries or copier.changed:
             try:
-                _manifest.merge_and_write(set_path, copier.entries, copier.vanished, meta)
+                _manifest.merge_and_write(set_path, copier.entries, copier.vanished, meta, changed=copier.changed)
             except (OSError, ValueError):
                 pass  # the copy error is the one to report; a retry rebuilds the manifest
         raise
@@ -1053,12 +1387,69 @@ def run_copy(
     result.seconds = time.monotonic() - started
     result.vanished = list(copier.vanished)
     result.phases = [copier.rows[p] for p in sorted(copier.rows)]
+    result.changed_during_copy = list(copier.changed)
+    if copier.changed:
+        result.warnings.append(
+            "%d source file%s changed while %s copied and %s recorded in changed_during_copy of %s (changes: warn; the "
+            "engine's recovery repairs such changes from its log): %s%s"
+            % (len(copier.changed), "" if len(copier.changed) == 1 else "s", "it was" if len(copier.changed) == 1 else "they were",
+               "is" if len(copier.changed) == 1 else "are", result.manifest_path,
+               "; ".join(describe_change(c) for c in copier.changed[:5]),
+               " and %d more" % (len(copier.changed) - 5) if len(copier.changed) > 5 else ""))
     try:
-        _manifest_data, written = _manifest.merge_and_write_changed(set_path, copier.entries, copier.vanished, meta)
+        _manifest_data, written = _manifest.merge_and_write_changed(set_path, copier.entries, copier.vanished, meta,
+                                                                    changed=copier.changed)
     except OSError as exc:
-        raise CopyError(_write_error_message(exc, "the manifest", _manifest.manifest_path(set_path), dest))
+        raise _write_error(exc, "the manifest", _manifest.manifest_path(set_path), dest)
     except ValueError as exc:
-        raise CopyError(str(exc))
+        raise CopyError(str(exc), retryable=False)
     result.manifest_written = written
     result.changed = result.changed or written
+    if plan.key is not None:
+        discard_plan(set_path)
     return result
+
+
+class Lease:
+    """The progress hook of a copy watched by the on-host guard (the ``lease_file`` option of aligned_copy).
+
+    Each call renews the lease (the mtime of ``lease_file``) at most once per LEASE_RENEW_INTERVAL and fails
+    the copy, not retryable, once the lease file is gone or LEASE_FIRED_NAME is next to it: the guard then
+    released the database (or is releasing it), so the files being copied are no longer a consistent backup.
+    """
+
+    def __init__(self, lease_file: str, clock: t.Callable[[], float] = time.monotonic) -> None:
+        self.lease_file = lease_file
+        self.directory = os.path.dirname(lease_file) or "."
+        self.fired_path = os.path.join(self.directory, LEASE_FIRED_NAME)
+        self.state_path = os.path.join(self.directory, LEASE_STATE_NAME)
+        self.clock = clock
+        self.renewed_at = None  # type: t.Optional[float]
+        self.renewals = 0
+
+    def released(self, why: str = "") -> CopyError:
+        message = LEASE_RELEASED_MESSAGE % self.state_path
+        return CopyError(("%s: %s" % (why, message)) if why else message, retryable=False)
+
+    def check(self) -> None:
+        """Fail when the guard fired or the lease file is gone; renew the lease when it is due."""
+        if os.path.lexists(self.fired_path):
+            raise self.released()
+        now = self.clock()
+        if self.renewed_at is not None and now - self.renewed_at < LEASE_RENEW_INTERVAL:
+            if not os.path.lexists(self.lease_file):
+                raise self.released("lease file %s is missing" % self.lease_file)
+            return
+        try:
+            os.utime(self.lease_file)
+        except FileNotFoundError:
+            raise self.released("lease file %s is missing" % self.lease_file)
+        except OSError as exc:
+            raise CopyError("cannot renew lease file %s: [Errno %s] %s; the guard would release the database under the copy; "
+                            "check the guard's directory %s" % (self.lease_file, exc.errno, exc.strerror, self.directory),
+                            retryable=False)
+        self.renewed_at = now
+        self.renewals += 1
+
+    def __call__(self, bytes_done: int) -> None:
+        self.check()

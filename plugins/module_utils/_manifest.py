@@ -12,10 +12,16 @@ A backup set is ``<backup_dest>/<backup_id>/``; its manifest sits at ``<set>/man
     {"format": 1, "backup_id": ..., "engine": ..., "host": ..., "block_size": ...,
      "created": ISO 8601 UTC, "updated": ISO 8601 UTC,
      "files": [{"path", "type", "size", "sha256", "mtime", "mtime_ns", "mode", "phase", "target"}],
-     "vanished": [paths], "facts": {...}}
+     "vanished": [paths], "facts": {...},
+     "changed_during_copy": [{"path", "source", "size_before", "size_after", "bytes_read", "mtime_before", "mtime_after",
+                              "mtime_ns_before", "mtime_ns_after"}]}
+
+``changed_during_copy`` is only present when a source changed while it was read and the engine accepted it
+(``changes: warn``: recovery repairs it from the log), or when such a change failed the copy that wrote it.
 
 Several calls add to one set (data files first, logs later, pg_control last): entries are merged by
-``path``, a new entry replacing an old one, and ``files`` is kept sorted by (phase, path). The file is
+``path``, a new entry replacing an old one, and ``files`` is kept sorted by (phase, path); a path copied
+again drops its old ``vanished`` and ``changed_during_copy`` records. The file is
 always replaced atomically, so a reader sees the previous manifest or the new one, never a torn one.
 Size, sha256 and mtime are copied exactly as the copy engine measured them: other code builds
 PostgreSQL's ``backup_manifest`` from them.
@@ -109,11 +115,13 @@ def merge(
     entries: t.Iterable[t.Dict[str, t.Any]],
     vanished: t.Iterable[str] = (),
     meta: t.Optional[t.Dict[str, t.Any]] = None,
+    changed: t.Iterable[t.Dict[str, t.Any]] = (),
 ) -> t.Dict[str, t.Any]:
     """Return a new manifest: ``manifest`` with ``entries`` merged by path, ``vanished`` added, ``meta`` applied.
 
     ``meta`` may hold backup_id, engine, host, block_size (set when not None) and facts (merged key by
-    key into the stored facts). ``created`` and ``updated`` are not touched here.
+    key into the stored facts). ``changed`` (records of files that changed while they were read) replace
+    the records of the paths this call copied. ``created`` and ``updated`` are not touched here.
     """
     merged = dict(manifest)
     files = entries_by_path(manifest)
@@ -126,6 +134,12 @@ def merge(
     still_vanished = set(p for p in manifest.get("vanished", []) if p not in new_paths)
     still_vanished.update(vanished)
     merged["vanished"] = sorted(still_vanished)
+    changed_by_path = dict((c["path"], c) for c in manifest.get("changed_during_copy", []) if c.get("path") not in new_paths)
+    changed_by_path.update((c["path"], dict(c)) for c in changed)
+    if changed_by_path:
+        merged["changed_during_copy"] = [changed_by_path[p] for p in sorted(changed_by_path)]
+    else:
+        merged.pop("changed_during_copy", None)
     meta = meta or {}
     for key in _META_KEYS:
         if meta.get(key) is not None:
@@ -152,14 +166,15 @@ def merge_and_write(
     vanished: t.Iterable[str] = (),
     meta: t.Optional[t.Dict[str, t.Any]] = None,
     owner: t.Optional[t.Tuple[int, int]] = None,
+    changed: t.Iterable[t.Dict[str, t.Any]] = (),
 ) -> t.Dict[str, t.Any]:
-    """Merge ``entries``/``vanished``/``meta`` into the set's manifest and write it atomically.
+    """Merge ``entries``/``vanished``/``meta``/``changed`` into the set's manifest and write it atomically.
 
     The file is left untouched (not even ``updated`` moves) when the merge changes nothing, so an
     idempotent run leaves the manifest byte for byte as it was. Returns the merged manifest; the
     key ``changed`` is not part of it (use ``merge_and_write_changed`` to learn whether it was written).
     """
-    return merge_and_write_changed(set_path, entries, vanished, meta, owner)[0]
+    return merge_and_write_changed(set_path, entries, vanished, meta, owner, changed)[0]
 
 
 def merge_and_write_changed(
@@ -168,6 +183,7 @@ def merge_and_write_changed(
     vanished: t.Iterable[str] = (),
     meta: t.Optional[t.Dict[str, t.Any]] = None,
     owner: t.Optional[t.Tuple[int, int]] = None,
+    changed: t.Iterable[t.Dict[str, t.Any]] = (),
 ) -> t.Tuple[t.Dict[str, t.Any], bool]:
     """Like ``merge_and_write`` and also tell whether the file was (re)written."""
     current = load_manifest(set_path)
@@ -175,7 +191,7 @@ def merge_and_write_changed(
     meta = dict(meta or {})
     if not meta.get("host") and not current.get("host"):
         meta["host"] = default_host()
-    merged = merge(current, entries, vanished, meta)
+    merged = merge(current, entries, vanished, meta, changed)
     if existed and _without_updated(merged) == _without_updated(current):
         return current, False
     now = utc_now_iso()

@@ -26,6 +26,22 @@ description:
     ones included.
   - Several calls can add to one set; the manifest is merged by path.
   - Memory use is bounded whatever the file size (a ring of at most four buffers of O(read_size)).
+  - B(A retry copies the same list.) Before it copies anything, the first attempt records its list of the sources (type,
+    source path, path in the set, size, mtime) in C(<dest>/<backup_id>/.copy-plan.json) (mode 0600). A later call with the
+    same sources, O(create_dirs) and O(run_id) lists the sources again and copies that list plus every file the
+    first attempt listed; a listed file that is gone now fails the task on every attempt, before anything is copied,
+    unless its source has O(sources[].allow_vanished). Files that appeared since are copied too. The record is removed
+    when the copy succeeds (the manifest is then the truth), and it is never in C(data/) or in the manifest.
+  - B(A file that changed while it was read is caught.) The source is C(fstat)ed at open and after its last read, and
+    the bytes read are compared with its size at open. A size or mtime that moved, or a file that gave more or fewer
+    bytes than its size (truncated or extended during the copy), is a change, handled as O(changes) says and returned
+    in RV(changed_during_copy).
+  - B(Failures say whether a retry can help.) A failed task returns RV(retryable), and the roles retry a step until it succeeds or
+    returns RV(retryable=false).
+  - B(Check mode is the preflight before the database is touched.) It refuses, naming the option, an invalid
+    O(backup_id), O(block_size) or O(read_size), a missing or relative source, O(dest) inside a source or a source
+    inside the set, a missing O(dest), and a plan whose bytes to write plus O(free_space_margin) exceed the free space
+    of O(dest); it writes nothing.
 options:
   dest:
     description:
@@ -36,7 +52,8 @@ options:
     required: true
   backup_id:
     description:
-      - Name of the backup set directory under O(dest) (one path component).
+      - Name of the backup set directory under O(dest), 1-128 characters from letters, digits and C(._:@+-), not
+        starting with C(.) (the one backup id rule of the collection).
       - The module refuses a set that already holds a C(COMPLETE) file.
     type: str
     required: true
@@ -76,7 +93,8 @@ options:
         description:
           - When V(true), files that disappear between listing and copy are recorded in RV(vanished) and are not
             fatal (PostgreSQL drops relations during a hot backup). A missing source root is then not an error either.
-          - When V(false), a vanished file or a missing source fails the task.
+          - When V(false), a vanished file or a missing source fails the task (not retryable), also when the file
+            vanished between a first attempt and a retry.
         type: bool
         default: false
   create_dirs:
@@ -89,6 +107,8 @@ options:
   block_size:
     description:
       - The database page size in bytes (PostgreSQL 8192, Berkeley DB the database's page size).
+      - Must be a multiple of 512 from 512 to 1048576. Not necessarily a power of two, because Btrieve 6 files use
+        pages of 1536, 2560, 3072 and 3584 bytes; 512 is the sector size that O(direct) reads align to.
     type: int
     default: 8192
   read_size:
@@ -119,6 +139,43 @@ options:
       - When running as root, give copies the source's uid and gid.
     type: bool
     default: true
+  changes:
+    description:
+      - What a source file that changed while it was read (size or mtime moved, or more or fewer bytes read than its
+        size at open) does.
+      - V(fail) fails the task naming the file and what changed; the partial copy of that file is removed.
+      - V(warn) keeps the copy, records the change in RV(changed_during_copy), in the manifest's
+        C(changed_during_copy) and as a warning. Only for engines whose recovery repairs such changes from their log
+        (PostgreSQL, Berkeley DB).
+    type: str
+    choices: [fail, warn]
+    default: fail
+  run_id:
+    description:
+      - The identity of the job run this call belongs to (the playbook's C(backup_run_id)). The first attempt's
+        recorded list is used again only by a call of the same run with the same sources; a list recorded by another
+        run (a failed earlier run of the same O(backup_id)) is replaced by a new listing.
+      - When empty, any recorded list of the same sources is used again until a copy succeeds.
+    type: str
+    default: ''
+  free_space_margin:
+    description:
+      - Percent added to the bytes to write for growth of the sources during the copy, when check mode compares
+        them with the free space of O(dest) (what an unprivileged writer may use). V(0) compares the bytes alone.
+      - Only check mode refuses for lack of space; a real run that fills the medium fails with "no space left"
+        (not retryable) and leaves no partial file.
+    type: int
+    default: 10
+  lease_file:
+    description:
+      - The lease file of the on-host guard (the C(lease_file) the guard module returns when it arms).
+        While the copy makes progress the module renews it (sets its mtime to now, at most once per second). When
+        the lease file is missing, or a file named C(fired) is in its directory (the guard released the database
+        because the lease ran out), the copy fails at once, not retryable.
+      - "The failure message is then 'the guard released the database (see <dir>/state.json): this copy is not consistent;
+        run the backup again'."
+      - Not used in check mode.
+    type: path
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -136,6 +193,8 @@ attributes:
       whose source still has the recorded SHA-256, is not copied again.
 notes:
   - Reads use C(preadv) of exactly O(read_size) bytes; only the last read of a file returns short.
+  - Option errors that Ansible itself reports (a wrong type, a value outside O(changes)) carry no RV(retryable) and
+    are retried by a role that defaults it to true.
   - Check mode does not re-read sources to compare checksums (an audit should not read a whole database); it counts a
     file as identical from the manifest's size, mtime and mode and the copy's size.
   - Directories get their source mode after their contents are copied, so a read-only source directory can be copied.
@@ -274,6 +333,59 @@ direct:
   returned: always
   type: bool
   sample: false
+changed_during_copy:
+  description:
+    - Source files that changed while they were read (see O(changes)); with V(fail) the file that failed the task.
+    - Paths are relative to C(data/); C(source) is the source file; mtimes are seconds (and nanoseconds) since the epoch.
+  returned: always (also on failure when a change failed the copy)
+  type: list
+  elements: dict
+  contains:
+    path:
+      description: The file's path relative to C(data/).
+      type: str
+    source:
+      description: The source file.
+      type: str
+    size_before:
+      description: Its size when it was opened.
+      type: int
+    size_after:
+      description: Its size after the last read.
+      type: int
+    bytes_read:
+      description: Bytes read (and copied) from it.
+      type: int
+    mtime_before:
+      description: Its mtime when it was opened.
+      type: float
+    mtime_after:
+      description: Its mtime after the last read.
+      type: float
+    mtime_ns_before:
+      description: O(changes) compares nanoseconds; the mtime at open in nanoseconds.
+      type: int
+    mtime_ns_after:
+      description: The mtime after the last read in nanoseconds.
+      type: int
+  sample: [{path: pgdata/base/5/16384, source: /var/lib/postgresql/15/main/base/5/16384, size_before: 268435456,
+            size_after: 104857600, bytes_read: 104857600, mtime_before: 1700000000.5, mtime_after: 1700000003.25,
+            mtime_ns_before: 1700000000500000000, mtime_ns_after: 1700000003250000000}]
+retryable:
+  description:
+    - Whether running the same task again may succeed. V(false) for invalid input (options, backup id, a missing or
+      relative source, O(dest) inside a source, a missing O(dest)), a set already C(COMPLETE), too little free space
+      (check mode) or no space left, permission denied, a read-only medium, a file that vanished and is not allowed to,
+      and a lease the guard released; V(true) for what may be transient (I/O errors, a file that changed while it was
+      read).
+  returned: failure
+  type: bool
+  sample: false
+lease_renewals:
+  description: How many times the copy renewed O(lease_file) (0 without one).
+  returned: success, not in check mode
+  type: int
+  sample: 42
 phases:
   description: Per-phase counts of this call, in phase order.
   returned: always
@@ -332,6 +444,18 @@ plan:
     free_needed:
       description: Bytes still to write (listed bytes minus identical files).
       type: int
+    free_space_margin:
+      description: The O(free_space_margin) percent used.
+      type: int
+    free_required:
+      description: RV(plan.free_needed) plus O(free_space_margin) percent; check mode refuses when it exceeds RV(plan.free_available).
+      type: int
+    free_available:
+      description: Free bytes of the filesystem of O(dest) for an unprivileged writer (statvfs C(f_bavail * f_frsize)).
+      type: int
+    resumed:
+      description: The list is the one a first attempt of this run recorded (plus files that appeared since).
+      type: bool
     vanished:
       description: Paths already gone while listing (only with allow_vanished).
       type: list
@@ -341,8 +465,9 @@ plan:
       type: list
       elements: dict
   sample: {files: 3, bytes: 24576, dirs: 2, symlinks: 0, to_copy: 3, identical_files: 0, dirs_to_create: 2,
-           symlinks_to_create: 0, free_needed: 24576, vanished: [], phases: [{phase: 0, files: 3, bytes: 24576, dirs: 2,
-           symlinks: 0, to_copy: 3, bytes_to_copy: 24576}]}
+           symlinks_to_create: 0, free_needed: 24576, free_space_margin: 10, free_required: 27034, free_available: 52428800,
+           resumed: false, vanished: [], phases: [{phase: 0, files: 3, bytes: 24576, dirs: 2, symlinks: 0, to_copy: 3,
+           bytes_to_copy: 24576}]}
 '''
 
 import time
@@ -350,10 +475,16 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._copy import (
+    CHANGES_CHOICES,
+    CHANGES_FAIL,
     CopyError,
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_FREE_SPACE_MARGIN,
+    Lease,
+    add_free_space,
+    check_free_space,
     normalize_sources,
-    plan_copy,
+    plan_attempt,
     run_copy,
     set_path_for,
     summarize_plan,
@@ -385,6 +516,10 @@ def argument_spec() -> dict:
         engine=dict(type="str", default="files"),
         facts=dict(type="dict", default={}),
         preserve_owner=dict(type="bool", default=True),
+        changes=dict(type="str", choices=list(CHANGES_CHOICES), default=CHANGES_FAIL),
+        run_id=dict(type="str", default=""),
+        free_space_margin=dict(type="int", default=DEFAULT_FREE_SPACE_MARGIN),
+        lease_file=dict(type="path"),
     )
 
 
@@ -397,15 +532,17 @@ def main() -> None:
     try:
         read_size = parse_size(params["read_size"], "read_size")
     except ValueError as exc:
-        module.fail_json(msg=str(exc))
+        module.fail_json(msg=str(exc), retryable=False)
     try:
         validate_block_sizes(params["block_size"], read_size)
         sources = normalize_sources(params["sources"])
         set_path = validate_request(dest, backup_id, sources, params["create_dirs"])
-        plan = plan_copy(sources, params["create_dirs"])
-        summary = summarize_plan(plan, set_path)
+        plan = plan_attempt(sources, params["create_dirs"], set_path, params["run_id"])
+        summary = add_free_space(summarize_plan(plan, set_path), dest, params["free_space_margin"])
+        if module.check_mode:
+            check_free_space(summary, dest)
     except CopyError as exc:
-        module.fail_json(msg=str(exc), set_path=set_path_for(dest or "", backup_id or ""))
+        module.fail_json(msg=str(exc), retryable=exc.retryable, set_path=set_path_for(dest or "", backup_id or ""), **exc.facts)
     for warning in plan.warnings:
         module.warn(warning)
     changed_if_run = summary.pop("changed")
@@ -414,19 +551,27 @@ def main() -> None:
             changed=changed_if_run, plan=summary, set_path=set_path, manifest_path=manifest_path(set_path),
             files=0, copied=0, skipped_identical=0, bytes_copied=0, bytes_total=0, dirs_created=0, symlinks=0,
             vanished=list(plan.vanished), seconds=0.0, read_size=read_size, block_size=params["block_size"],
-            direct=params["direct"], phases=[],
+            direct=params["direct"], phases=[], changed_during_copy=[],
         )
+    lease = Lease(params["lease_file"]) if params["lease_file"] else None
     try:
+        if lease is not None:
+            lease.check()  # a guard that already released the database: do not start copying
         result = run_copy(
             plan, dest, backup_id, block_size=params["block_size"], read_size=read_size, direct=params["direct"],
             engine=params["engine"], facts=params["facts"], preserve_owner=params["preserve_owner"],
+            changes=params["changes"], progress=lease,
         )
     except CopyError as exc:
-        module.fail_json(msg=str(exc), set_path=set_path, manifest_path=manifest_path(set_path), plan=summary)
+        facts = dict(changed_during_copy=[])
+        facts.update(exc.facts)
+        module.fail_json(msg=str(exc), retryable=exc.retryable, set_path=set_path, manifest_path=manifest_path(set_path),
+                         plan=summary, **facts)
     for warning in result.warnings:
         if warning not in plan.warnings:
             module.warn(warning)
-    module.exit_json(changed=result.changed, plan=summary, engine_seconds=round(time.monotonic() - began, 6), **result.as_dict())
+    module.exit_json(changed=result.changed, plan=summary, engine_seconds=round(time.monotonic() - began, 6),
+                     lease_renewals=lease.renewals if lease is not None else 0, **result.as_dict())
 
 
 if __name__ == "__main__":

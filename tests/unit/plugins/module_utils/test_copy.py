@@ -557,9 +557,13 @@ def test_run_copy_itself_refuses_a_misaligned_read_size(src, dest):
     assert not (dest / SET).exists()
 
 
-def test_refuses_a_backup_id_with_a_slash(src, dest):
-    with pytest.raises(CopyError, match="backup_id must be a single path component"):
-        validate_request(str(dest), "a/b", normalize_sources([{"path": str(src)}]))
+@pytest.mark.parametrize("backup_id", ["a/b", "has space", "line1\nline2", ".hidden", "", "x" * 129])
+def test_refuses_a_backup_id_that_breaks_the_one_rule_and_says_a_retry_cannot_help(src, dest, backup_id):
+    with pytest.raises(CopyError) as caught:
+        validate_request(str(dest), backup_id, normalize_sources([{"path": str(src)}]))
+    assert str(caught.value).startswith("backup_id must be 1-128 characters from letters, digits and . _ : @ + -")
+    assert "found %r" % backup_id in str(caught.value)
+    assert caught.value.retryable is False
 
 
 # -- check mode -------------------------------------------------------------------------------------------------------

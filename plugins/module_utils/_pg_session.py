@@ -81,7 +81,6 @@ ALIVE = "alive"
 GONE = "gone"
 BUSY = "busy"
 
-_BACKUP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]{0,99}$")
 _LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 _WALFILE_RE = re.compile(r"^[0-9A-F]{24}")
 _MAX_SOCKET_PATH = 107  # sizeof(sun_path) - 1 on Linux
@@ -89,11 +88,16 @@ _ARCHIVE_POLL_SECONDS = 0.1
 
 
 class SessionError(Exception):
-    """A failure of the session with a message for the operator and the facts known so far."""
+    """A failure of the session with a message for the operator and the facts known so far.
 
-    def __init__(self, msg: str, **facts: t.Any) -> None:
+    ``retryable`` is False when trying again cannot help (invalid input, a used backup id, missing privileges,
+    archiving not configured, a standby, a backup the server already ended); the roles then stop after one attempt.
+    """
+
+    def __init__(self, msg: str, retryable: bool = True, **facts: t.Any) -> None:
         super().__init__(msg)
         self.msg = msg
+        self.retryable = retryable
         self.facts = facts
 
 
@@ -121,7 +125,7 @@ def backup_functions(server_version_num: int) -> BackupFunctions:
         raise SessionError(
             "PostgreSQL server_version_num %d is not supported by pg_backup_session: it needs PostgreSQL 12 or later "
             "(non-exclusive backups with pg_start_backup(label, fast, false)); upgrade the server or back it up "
-            "with pg_basebackup" % server_version_num)
+            "with pg_basebackup" % server_version_num, retryable=False)
     if server_version_num < 150000:
         return BackupFunctions(
             start_sql="SELECT pg_catalog.pg_start_backup(%s, %s, false)::text",
@@ -208,12 +212,36 @@ def render_sql(sql: str, params: t.Sequence[t.Any] = ()) -> str:
 
 
 def validate_backup_id(backup_id: t.Optional[str]) -> str:
-    """The backup id is the label and a directory name: letters, digits and . _ + @ - (no leading dot), 1-100."""
-    if not backup_id or not _BACKUP_ID_RE.match(backup_id):
-        raise SessionError(
-            "backup_id %r is not usable as a PostgreSQL backup label and directory name: use 1-100 characters from "
-            "letters, digits and . _ + @ - starting with a letter or digit (for example 20240501T0200-pg1)" % (backup_id,))
-    return backup_id
+    """The backup id follows the collection's one rule (_layout.check_backup_id); a retry cannot fix a bad one.
+
+    The id is the PostgreSQL backup label, a directory name and part of the holder's socket path. Every character
+    the rule allows (':' included) is safe in all three: the server takes any label up to 1024 bytes and writes it
+    as the line ``LABEL: <id>`` that recovery reads up to the newline (the rule has none); a Unix socket path may
+    hold any byte but NUL, only its length is limited (SessionStore.check_socket_path).
+    """
+    try:
+        return _layout.check_backup_id(backup_id)
+    except _layout.InvalidBackupId as exc:
+        raise SessionError(str(exc), retryable=False)
+
+
+def retryable_sqlstate(sqlstate: t.Optional[str]) -> bool:
+    """Whether a server error may go away on its own: not for privileges and authorization (classes 42, 28), bad
+    input (22) or an object in the wrong state for the call (55000: wal_level too low, a server in recovery)."""
+    if not sqlstate:
+        return True
+    return sqlstate[:2] not in ("22", "28", "42") and sqlstate != "55000"
+
+
+_PERMANENT_CONNECT_ERRORS = ("authentication failed", "no pg_hba.conf entry", "does not exist", "is not permitted to log in",
+                             "permission denied", "no password supplied", "invalid connection option", "invalid sslmode")
+
+
+def retryable_connect_error(text: str) -> bool:
+    """A refused login (wrong password, pg_hba.conf, unknown role or database) stays refused; a server that is down,
+    starting or out of connection slots may come back."""
+    lowered = text.lower()
+    return not any(marker in lowered for marker in _PERMANENT_CONNECT_ERRORS)
 
 
 def utc_now() -> datetime.datetime:
@@ -301,9 +329,11 @@ def connect(kwargs: t.Dict[str, t.Any], application_name: str = "consistent.back
     try:
         return _psycopg().connect(autocommit=True, **options)
     except _psycopg().Error as exc:
+        text = str(exc).strip()
         raise SessionError(
             "could not connect to PostgreSQL at %s: %s. Check login_host/port/login_user/login_password or the "
-            "PG* environment and that the server is running" % (describe_target(kwargs), str(exc).strip()))
+            "PG* environment and that the server is running" % (describe_target(kwargs), text),
+            retryable=retryable_connect_error(text) and retryable_sqlstate(getattr(exc, "sqlstate", None)))
 
 
 PREFLIGHT_SETTINGS = ("server_version_num", "wal_level", "archive_mode", "archive_command", "archive_library",
@@ -333,8 +363,24 @@ def archiver_failing(archiver: t.Dict[str, t.Any]) -> bool:
     return archived is None or failed > archived
 
 
+class PreflightVerdict(t.NamedTuple):
+    errors: t.List[str]      # each refuses the start
+    warnings: t.List[str]
+    retryable: bool          # False when an error is one a retry cannot fix (all but a failing archiver)
+
+
 def evaluate_preflight(facts: t.Dict[str, t.Any], require_archiving: bool) -> t.Tuple[t.List[str], t.List[str]]:
     """(errors, warnings) for the preflight facts; errors refuse the start. Pure, for the unit tests."""
+    verdict = preflight_verdict(facts, require_archiving)
+    return verdict.errors, verdict.warnings
+
+
+def preflight_verdict(facts: t.Dict[str, t.Any], require_archiving: bool) -> PreflightVerdict:
+    """The preflight's errors and warnings, and whether waiting could clear the errors.
+
+    Only a failing archiver can heal while we wait (the archive medium comes back); a standby, a pooler, wal_level,
+    privileges and archive settings need an operator (and most of them a restart).
+    """
     errors = []  # type: t.List[str]
     warnings = []  # type: t.List[str]
     if facts.get("in_recovery"):
@@ -367,6 +413,7 @@ def evaluate_preflight(facts: t.Dict[str, t.Any], require_archiving: bool) -> t.
         elif not library and (not command or command == "(disabled)"):
             archive_problems.append("archive_mode is %s but neither archive_command nor archive_library is set: WAL piles "
                                     "up in pg_wal and is never archived; set archive_command" % mode)
+    permanent = bool(errors) or (require_archiving and bool(archive_problems))
     archiver = facts.get("archiver") or {}
     if archiver_failing(archiver):
         archive_problems.append(
@@ -378,7 +425,7 @@ def evaluate_preflight(facts: t.Dict[str, t.Any], require_archiving: bool) -> t.
         errors.extend(archive_problems)
     else:
         warnings.extend(archive_problems)
-    return errors, warnings
+    return PreflightVerdict(errors, warnings, not permanent)
 
 
 def _fetch_settings(conn: t.Any) -> t.Dict[str, t.Tuple[t.Optional[str], t.Optional[str]]]:
@@ -440,9 +487,10 @@ def run_preflight(conn: t.Any, backup_id: str, require_archiving: bool,
         "tablespaces": tablespaces,
         "pooled": None if first_pid == last_pid else "%s then %s" % (first_pid, last_pid),
     }
-    errors, warnings = evaluate_preflight(facts, require_archiving)
-    facts["warnings"] = warnings
-    facts["errors"] = errors
+    verdict = preflight_verdict(facts, require_archiving)
+    facts["warnings"] = verdict.warnings
+    facts["errors"] = verdict.errors
+    facts["retryable"] = verdict.retryable
     return facts
 
 
@@ -478,14 +526,15 @@ def _ensure_private_dir(path: str) -> None:
         pass
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode):
-        raise SessionError("runtime directory %s is not a directory (or is a symlink); remove it or set runtime_dir" % path)
+        raise SessionError("runtime directory %s is not a directory (or is a symlink); remove it or set runtime_dir" % path,
+                           retryable=False)
     if info.st_uid != os.geteuid():
         raise SessionError("runtime directory %s belongs to uid %d, not to us (uid %d); set runtime_dir to a directory of "
-                           "our own or remove it" % (path, info.st_uid, os.geteuid()))
+                           "our own or remove it" % (path, info.st_uid, os.geteuid()), retryable=False)
     if info.st_mode & 0o022:
         raise SessionError("runtime directory %s is writable by group or others (mode %04o): another user could replace the "
                            "holder's socket; use a private directory (chmod 0700) or a new runtime_dir"
-                           % (path, stat.S_IMODE(info.st_mode)))
+                           % (path, stat.S_IMODE(info.st_mode)), retryable=False)
 
 
 class SessionStore:
@@ -502,10 +551,18 @@ class SessionStore:
     def exists(self) -> bool:
         return os.path.isdir(self.path)
 
+    def check_socket_path(self) -> None:
+        """The holder binds ``<runtime_dir>/<backup_id>/holder.sock``; Linux takes at most 107 bytes there."""
+        length = len(os.fsencode(self.socket_path))
+        if length > _MAX_SOCKET_PATH:
+            room = _MAX_SOCKET_PATH - (length - len(os.fsencode(self.backup_id)))
+            raise SessionError(
+                "the holder socket path %s is %d bytes, longer than the %d bytes a Unix socket path may have; use a shorter "
+                "runtime_dir, or a backup_id of at most %d characters with this runtime_dir"
+                % (self.socket_path, length, _MAX_SOCKET_PATH, max(room, 0)), retryable=False)
+
     def create(self) -> None:
-        if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH:
-            raise SessionError("the holder socket path %s is longer than %d bytes (the Unix socket limit); use a shorter "
-                               "runtime_dir or backup_id" % (self.socket_path, _MAX_SOCKET_PATH))
+        self.check_socket_path()
         os.makedirs(os.path.dirname(self.runtime_dir.rstrip("/")) or "/", exist_ok=True)
         _ensure_private_dir(self.runtime_dir)
         _ensure_private_dir(self.path)
@@ -518,7 +575,7 @@ class SessionStore:
             return None
         except ValueError as exc:
             raise SessionError("state file %s is not valid JSON (%s); the session is unknown: check the server with "
-                               "pg_stat_activity and remove %s" % (self.state_path, exc, self.path))
+                               "pg_stat_activity and remove %s" % (self.state_path, exc, self.path), retryable=False)
 
     def write_state(self, state: t.Dict[str, t.Any]) -> None:
         state = dict(state)
@@ -567,6 +624,12 @@ def _raise_terminate(signum: int, frame: t.Any) -> None:
     raise _Terminate(signal.Signals(signum).name)
 
 
+def _retryable_error(exc: BaseException) -> bool:
+    if isinstance(exc, SessionError):
+        return exc.retryable
+    return retryable_sqlstate(getattr(exc, "sqlstate", None))
+
+
 def _error_text(exc: BaseException) -> str:
     text = str(exc).strip() or exc.__class__.__name__
     sqlstate = getattr(exc, "sqlstate", None)
@@ -596,6 +659,7 @@ class Holder:
             "max_duration": spec["max_duration"],
             "keepalive_interval": spec["keepalive_interval"],
             "socket": self.store.socket_path,
+            "run_id": spec.get("run_id"),
             "facts": None,
             "result": None,
             "reason": None,
@@ -625,10 +689,10 @@ class Holder:
                 self.listen()
                 facts = self.start_backup()
             except _Terminate as exc:
-                self.fail_start("the holder received %s while starting the backup" % exc)
+                self.fail_start("the holder received %s while starting the backup" % exc, retryable=True)
                 return
             except Exception as exc:  # pylint: disable=broad-except
-                self.fail_start(_error_text(exc))
+                self.fail_start(_error_text(exc), retryable=_retryable_error(exc))
                 return
             self.set_state(RUNNING, facts=facts, backend_pid=facts["backend_pid"])
             self.report({"ok": True, "state": self.state})
@@ -644,10 +708,10 @@ class Holder:
             self.close_connection()
             self.close_listener()
 
-    def fail_start(self, error: str) -> None:
+    def fail_start(self, error: str, retryable: bool) -> None:
         self.close_connection()
         self.set_state(FAILED, reason="the start failed: %s" % error, start_failed=True)
-        self.report({"ok": False, "error": error, "state": self.state})
+        self.report({"ok": False, "error": error, "retryable": retryable, "state": self.state})
 
     def listen(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -676,7 +740,7 @@ class Holder:
         after_pid = run(SQL_BACKEND_PID).fetchone()[0]
         if after_pid != backend_pid:
             raise SessionError("the backend pid changed from %s to %s during the start: the connection goes through a pooler "
-                               "in transaction mode; connect to PostgreSQL directly" % (backend_pid, after_pid))
+                               "in transaction mode; connect to PostgreSQL directly" % (backend_pid, after_pid), retryable=False)
         start_walfile = run(SQL_WALFILE, [start_lsn]).fetchone()[0]
         _pid, postmaster_start = run(SQL_VERIFY_SESSION).fetchone()
         preflight = dict(spec["preflight"])
@@ -1026,7 +1090,7 @@ def write_outputs(result: t.Dict[str, t.Any], backup_id: str, set_path: t.Option
         if not os.path.isdir(set_path):
             raise SessionError("set_path %s does not exist: expected the backup set directory <backup_dest>/%s made by the "
                                "copy; the label is kept in the session state, run stopped again once the set exists"
-                               % (set_path, backup_id))
+                               % (set_path, backup_id), retryable=False)
         put_labels(set_path)
         copy_dir = os.path.join(set_path, "data", data_prefix)
         if os.path.isdir(copy_dir):
@@ -1072,7 +1136,8 @@ def _write_backup_manifest(result: t.Dict[str, t.Any], set_path: str, data_prefi
     try:
         entries = _pg_manifest.copy_entries(load_set_manifest(set_path), set_path, data_prefix)
     except ValueError as exc:
-        raise SessionError("cannot write backup_manifest for %s: %s" % (copy_dir, exc))
+        raise SessionError("cannot write backup_manifest for %s: %s; check manifest.json of %s (written by the copy) and run "
+                           "stopped again" % (copy_dir, exc, set_path), retryable=False)
     if not entries:
         warn("manifest.json of %s lists no files under %s/: no backup_manifest was written (copy the data directory first)"
              % (set_path, data_prefix))
@@ -1082,7 +1147,8 @@ def _write_backup_manifest(result: t.Dict[str, t.Any], set_path: str, data_prefi
         entries.append(_pg_manifest.file_entry(copy_dir, "tablespace_map"))
     if result["timeline"] != result.get("stop_timeline", result["timeline"]):
         raise SessionError("the backup started on timeline %s and ended on %s (a promotion during the backup); no "
-                           "backup_manifest can be written for it: run the backup again" % (result["timeline"], result["stop_timeline"]))
+                           "backup_manifest can be written for it: run the backup again" % (result["timeline"], result["stop_timeline"]),
+                           retryable=False)
     manifest = _pg_manifest.build_manifest(entries, version_num, result.get("system_identifier"), int(result["timeline"]),
                                            parse_lsn(result["start_lsn"]), parse_lsn(result["lsn"]))
     path = os.path.join(copy_dir, _pg_manifest.MANIFEST_NAME)
@@ -1119,11 +1185,27 @@ class PgBackupSession:
         self.warn = warn
         self.runtime_dir = params.get("runtime_dir") or default_runtime_dir()
         self.backup_id = params.get("backup_id")
+        self.run_id = params.get("run_id")
         self.store = SessionStore(self.runtime_dir, self.backup_id) if self.backup_id else None
 
     def require_id(self) -> SessionStore:
         validate_backup_id(self.backup_id)
         return self.store
+
+    def _other_run(self, state: t.Dict[str, t.Any]) -> bool:
+        """The session was started by another run than ours (only known when we were given a run_id)."""
+        return bool(self.run_id) and state.get("run_id") != self.run_id
+
+    def _left_alone(self, what: str, state: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+        """state=stopped/aborted for a session this run did not start: it is not ours to end, and its label is not ours."""
+        result = {"changed": False, "queries": [], "session_run_id": state.get("run_id"),
+                  "msg": "PostgreSQL backup session %s in %s belongs to another run (run_id %s, state %s), not to this run "
+                         "(run_id %s): this run started nothing there, so state=%s leaves it alone%s"
+                         % (self.backup_id, self.store.path, state.get("run_id"), state.get("state"), self.run_id, what,
+                            " and writes no file" if what == "stopped" else "")}
+        if what == "stopped":
+            result.update(label_paths=[], backup_manifest=None)
+        return result
 
     @contextlib.contextmanager
     def _locked(self) -> t.Iterator[None]:
@@ -1136,8 +1218,9 @@ class PgBackupSession:
     # -- started --------------------------------------------------------------------------------------
     def started(self) -> t.Dict[str, t.Any]:
         store = self.require_id()
+        store.check_socket_path()
         if not HAS_PSYCOPG:
-            raise SessionError("psycopg missing", missing_psycopg=True)
+            raise SessionError("psycopg missing", retryable=False, missing_psycopg=True)
         if not self.check_mode:
             store.create()
         with self._locked():
@@ -1146,8 +1229,14 @@ class PgBackupSession:
             if state:
                 liveness, live = session_liveness(store, state)
                 if liveness == ALIVE and live.get("state") == RUNNING:
+                    if self._other_run(live):
+                        raise SessionError(
+                            "PostgreSQL backup %s is running for another run (run_id %s, holder %s, started at %s), not for "
+                            "this run (run_id %s): a backup id names one backup; choose a new backup_id"
+                            % (self.backup_id, live.get("run_id"), live.get("holder_pid"), live.get("started_at"), self.run_id),
+                            retryable=False)
                     result = _start_facts(live)
-                    result.update(changed=False, queries=[], preflight={}, runtime_dir=store.path,
+                    result.update(changed=False, queries=[], preflight={}, runtime_dir=store.path, session_run_id=live.get("run_id"),
                                   msg="PostgreSQL backup %s is already running (holder %s)" % (self.backup_id, live.get("holder_pid")))
                     return result
                 if liveness in (ALIVE, BUSY):
@@ -1156,9 +1245,10 @@ class PgBackupSession:
                                           state.get("holder_pid")))
                 if state.get("state") == STOPPED:
                     raise SessionError(
-                        "PostgreSQL backup %s was already completed (stopped at %s, stop LSN %s); a backup label is used once: "
-                        "choose a new backup_id" % (self.backup_id, (state.get("result") or {}).get("stopped_at"),
-                                                    (state.get("result") or {}).get("lsn")))
+                        "PostgreSQL backup %s was already completed (stopped at %s, stop LSN %s, state in %s); a backup label "
+                        "is used once: choose a new backup_id" % (self.backup_id, (state.get("result") or {}).get("stopped_at"),
+                                                                  (state.get("result") or {}).get("lsn"), store.state_path),
+                        retryable=False)
                 previous = state
             return self._start(previous)
 
@@ -1170,7 +1260,9 @@ class PgBackupSession:
         try:
             preflight = run_preflight(conn, self.backup_id, params["require_archiving"], queries)
         except _psycopg().Error as exc:
-            raise SessionError("preflight on %s failed: %s" % (describe_target(base_kwargs), _error_text(exc)), queries=queries)
+            raise SessionError("preflight on %s failed: %s; grant the role what the statement needs (see queries) or use another "
+                               "login_user" % (describe_target(base_kwargs), _error_text(exc)),
+                               retryable=retryable_sqlstate(getattr(exc, "sqlstate", None)), queries=queries)
         finally:
             conn.close()
         for warning in preflight["warnings"]:
@@ -1181,16 +1273,18 @@ class PgBackupSession:
         if preflight["errors"]:
             raise SessionError("PostgreSQL at %s is not ready for backup %s: %s"
                                % (describe_target(base_kwargs), self.backup_id, "; ".join(preflight["errors"])),
-                               preflight=preflight, queries=queries)
+                               retryable=preflight["retryable"], preflight=preflight, queries=queries)
         version_num = preflight["server_version_num"]
         would_run = holder_queries(version_num, self.backup_id, params["fast"])
         if self.check_mode:
             result = dict((key, preflight.get(key)) for key in START_FACT_KEYS)
             result.update(changed=True, preflight=preflight, queries=queries + would_run, runtime_dir=self.store.path,
+                          session_run_id=self.run_id,
                           msg="check mode: would start PostgreSQL backup %s in a holder process" % self.backup_id)
             return result
         spec = {
             "backup_id": self.backup_id,
+            "run_id": self.run_id,
             "runtime_dir": self.runtime_dir,
             "conn_kwargs": holder_connection_kwargs(base_kwargs, self.backup_id),
             "fast": params["fast"],
@@ -1201,13 +1295,13 @@ class PgBackupSession:
         }
         report = spawn_holder(spec)
         if not report.get("ok"):
-            raise SessionError("PostgreSQL backup %s did not start on %s: %s"
-                               % (self.backup_id, describe_target(base_kwargs), report.get("error")),
-                               preflight=preflight, queries=queries)
+            raise SessionError("PostgreSQL backup %s did not start on %s: %s (the holder's record is %s)"
+                               % (self.backup_id, describe_target(base_kwargs), report.get("error"), self.store.state_path),
+                               retryable=report.get("retryable", True), preflight=preflight, queries=queries)
         state = report["state"]
         result = _start_facts(state)
         result.update(changed=True, preflight=preflight, queries=queries + state["facts"].get("queries", []),
-                      runtime_dir=self.store.path)
+                      runtime_dir=self.store.path, session_run_id=state.get("run_id"))
         return result
 
     # -- stopped --------------------------------------------------------------------------------------
@@ -1219,6 +1313,9 @@ class PgBackupSession:
             state = store.read_state()
             if not state:
                 return self._no_session("stopped")
+            if self._other_run(state):
+                # A pre refused because the id was used before must not hand the earlier backup's label to this run.
+                return self._left_alone("stopped", state)
             name = state.get("state")
             if name == STOPPED:
                 return self._finish_stop(state, changed=False)
@@ -1229,11 +1326,11 @@ class PgBackupSession:
                                  "nothing to stop" % (self.backup_id, state.get("reason")))
                 return result
             if name in ENDED_UNUSABLE:
-                raise SessionError(ended_message(self.backup_id, state, store), state=state)
+                raise SessionError(ended_message(self.backup_id, state, store), retryable=False, state=state)
             liveness, _live = session_liveness(store, state)
             if liveness == GONE:
                 state = mark_gone(store, state)
-                raise SessionError(aborted_message(self.backup_id, state), state=state)
+                raise SessionError(aborted_message(self.backup_id, state), retryable=False, state=state)
             if liveness == BUSY or name != RUNNING:
                 raise SessionError("PostgreSQL backup %s is being %s by another task (holder %s); wait for it and run stopped again"
                                    % (self.backup_id, "started" if name == STARTING else "stopped", state.get("holder_pid")))
@@ -1252,28 +1349,36 @@ class PgBackupSession:
                 answer = holder_request(store.socket_path, request, timeout=self.params["archive_timeout"] + 120)
             except HolderUnreachable:
                 state = mark_gone(store, state)
-                raise SessionError(aborted_message(self.backup_id, state), state=state)
+                raise SessionError(aborted_message(self.backup_id, state), retryable=False, state=state)
             except socket.timeout:
                 raise SessionError("the holder of PostgreSQL backup %s did not answer the stop within %d s; check %s and the "
                                    "server, then run stopped again"
                                    % (self.backup_id, self.params["archive_timeout"] + 120, store.state_path))
             state = answer.get("state") or store.read_state() or {}
             if not answer.get("ok"):
-                raise SessionError(ended_message(self.backup_id, state, store), state=state)
+                raise SessionError(ended_message(self.backup_id, state, store), retryable=False, state=state)
             return self._finish_stop(state, changed=True)
 
     def _finish_stop(self, state: t.Dict[str, t.Any], changed: bool) -> t.Dict[str, t.Any]:
         """Write the label files (again, if a previous write failed) and return the stop facts."""
         result = state["result"]
-        outputs = write_outputs(result, self.backup_id, self.params.get("set_path"), self.params.get("label_dest"),
-                                self.params["data_prefix"], self.warn, self.check_mode)
+        try:
+            outputs = write_outputs(result, self.backup_id, self.params.get("set_path"), self.params.get("label_dest"),
+                                    self.params["data_prefix"], self.warn, self.check_mode)
+        except OSError as exc:
+            raise SessionError(
+                "could not write the label files of PostgreSQL backup %s: %s (%s) on %s; the server already left backup mode "
+                "and the label is kept in %s: fix the destination and run stopped again"
+                % (self.backup_id, exc.strerror or exc, errno.errorcode.get(exc.errno or 0, "?"), exc.filename, self.store.state_path),
+                retryable=exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT))
         if not self.check_mode and (outputs["changed"] or result.get("label_paths") != outputs["label_paths"]):
             stored = dict(state)
             stored["result"] = dict(result, label_paths=outputs["label_paths"], backup_manifest=outputs["backup_manifest"])
             self.store.write_state(stored)
         facts = _stop_facts(result)
         facts.update(changed=changed or outputs["changed"], label_paths=outputs["label_paths"],
-                     backup_manifest=outputs["backup_manifest"], queries=result.get("queries", []) if changed else [])
+                     backup_manifest=outputs["backup_manifest"], queries=result.get("queries", []) if changed else [],
+                     session_run_id=state.get("run_id"))
         if result.get("archive_mode") is not None:
             self.warn("the WAL of backup %s was not waited for: archive_mode is %s on the server; the backup needs the WAL "
                       "from %s onwards from pg_wal" % (self.backup_id, result.get("archive_mode"), result.get("start_lsn")))
@@ -1288,6 +1393,8 @@ class PgBackupSession:
             state = store.read_state()
             if not state:
                 return self._no_session("aborted")
+            if self._other_run(state):
+                return self._left_alone("aborted", state)
             name = state.get("state")
             if name not in (STARTING, RUNNING, STOPPING):
                 return {"changed": False, "state": state, "queries": [],
@@ -1339,7 +1446,7 @@ class PgBackupSession:
             names = []
         for name in names:
             store = SessionStore(self.runtime_dir, name)
-            state = store.read_state() if _BACKUP_ID_RE.match(name) and store.exists() else None
+            state = store.read_state() if not _layout.backup_id_problem(name) and store.exists() else None
             if not state:
                 continue
             liveness, live = session_liveness(store, state)

@@ -18,7 +18,10 @@ description:
     O(state=stopped) task asks it, over a Unix socket in a private directory, to stop the backup.
   - O(state=stopped) calls C(pg_backup_stop) without waiting for the archive (C(pg_stop_backup) before 15) so the server leaves
     backup mode at once, then waits, bounded by O(archive_timeout), until the WAL segment holding the stop LSN is
-    archived (C(pg_stat_archiver)). It writes C(backup_label) and C(tablespace_map) byte-exact as the server returned
+    archived. It reads the segment's archive status file (C(pg_wal/archive_status/<segment>.ready) or C(.done)) when
+    the role may (superuser, or EXECUTE on C(pg_stat_file) or C(pg_ls_archive_statusdir), which C(pg_monitor) has);
+    otherwise it compares segment names in C(pg_stat_archiver.last_archived_wal) by timeline and segment number,
+    ignoring C(.backup) and C(.history) files (see RV(archive_check)). It writes C(backup_label) and C(tablespace_map) byte-exact as the server returned
     them into the backup set and/or a label store, and PostgreSQL's own C(backup_manifest) next to the copy of the data
     directory, so that C(pg_verifybackup) can verify the copy.
   - A holder that is gone before the stop (killed, O(max_duration) reached, connection lost) means the server ended
@@ -42,8 +45,19 @@ options:
     description:
       - The backup's identity and its PostgreSQL backup label. Also names the session directory, the label store
         directory and (by convention) the backup set C(<backup_dest>/<backup_id>).
-      - 1 to 100 characters from letters, digits and C(. _ + @ -), starting with a letter or digit.
+      - 1 to 128 characters from letters, digits and C(. _ : @ + -), not starting with C(.) (the collection's one
+        backup id rule). An id that breaks it is refused at once, in check mode too, with RV(retryable=false).
+      - With the default O(runtime_dir) the holder's socket path C(<runtime_dir>/<backup_id>/holder.sock) must fit the
+        107 bytes of a Unix socket path; V(started) refuses a longer one and says how long the id may be.
       - Required for V(started), V(stopped) and V(aborted).
+    type: str
+  run_id:
+    description:
+      - The identity of the job run that owns the session (the playbooks pass C(backup_run_id)). V(started) records it
+        in the session; V(started) refuses a running session of the same O(backup_id) recorded for another run.
+      - V(stopped) and V(aborted) of a session recorded for another run (for example an earlier backup that used the
+        same O(backup_id), when this run's pre was refused) change nothing, write no file, succeed and say so in RV(msg).
+      - Not set means any session of O(backup_id) is this run's (the behaviour without run ids).
     type: str
   login_host:
     description:
@@ -154,7 +168,7 @@ attributes:
     details:
       - V(started) with the O(backup_id) of a running session returns its facts unchanged; V(stopped) of a stopped
         session returns the stored result (rewriting only label files that are missing or different); V(stopped) and
-        V(aborted) with no session are ok and not changed.
+        V(aborted) with no session, or with a session of another O(run_id), are ok and not changed.
 requirements:
   - psycopg 3 (C(psycopg)) on the managed host, for V(started).
 notes:
@@ -291,7 +305,8 @@ preflight:
   description:
     - Findings of the preflight (empty when an already running session was found). Keys include
       C(server_version_num), C(in_recovery), C(wal_level), C(archive_mode), C(archive_command), C(archive_library),
-      C(archiver) (the C(pg_stat_archiver) row), C(superuser), C(privileges), C(current_user), C(warnings) and C(errors).
+      C(archiver) (the C(pg_stat_archiver) row), C(superuser), C(privileges), C(current_user), C(warnings), C(errors)
+      and C(retryable) (false when an error needs an operator, true when only a failing archiver refused the start).
   returned: state is started
   type: dict
   sample: {wal_level: replica, archive_mode: "on", warnings: [], errors: []}
@@ -337,10 +352,33 @@ stop_walfile:
   type: str
   sample: "000000010000000000000002"
 archived:
-  description: Whether RV(stop_walfile) was seen archived (C(pg_stat_archiver)) before the label was written.
+  description: Whether RV(stop_walfile) was seen archived before the label was written.
   returned: state is stopped
   type: bool
   sample: true
+archive_check:
+  description:
+    - How RV(archived) was decided. V(archive_status) - the segment's C(.ready)/C(.done) file in
+      C(pg_wal/archive_status) was read (exact). V(pg_stat_archiver) - the role may not read that directory, so a
+      segment on the stop segment's timeline or a later one with a segment number at least the stop segment's had to
+      appear in C(last_archived_wal). Null when archiving was not waited for.
+  returned: state is stopped
+  type: str
+  sample: archive_status
+session_run_id:
+  description: The O(run_id) recorded in the session (null when the session was started without one).
+  returned: state is started, stopped or aborted, when a session exists
+  type: str
+  sample: db1-20240501T020000123456Z-48213
+retryable:
+  description:
+    - On failure, whether another attempt may succeed. V(false) for what a retry cannot fix - an invalid option or
+      O(backup_id), a backup id already used or owned by another run, missing privileges or psycopg, archiving not
+      configured, a standby, a backup the server already ended. Connection refused, a busy holder or a failing
+      archiver stay V(true). Roles retry with C(until: step is succeeded or not (step.retryable | default(true))).
+  returned: failure
+  type: bool
+  sample: false
 label_paths:
   description: Files written by the stop (C(backup_label), C(tablespace_map), C(label.json)), whether new or already identical.
   returned: state is stopped
@@ -403,6 +441,7 @@ from ansible_collections.consistent.backup.plugins.module_utils._pg_session impo
     PSYCOPG_IMPORT_ERROR,
     PgBackupSession,
     SessionError,
+    validate_backup_id,
 )
 
 
@@ -411,6 +450,7 @@ def main() -> None:
         argument_spec=dict(
             state=dict(type='str', default='status', choices=['started', 'stopped', 'aborted', 'status']),
             backup_id=dict(type='str'),
+            run_id=dict(type='str'),
             login_host=dict(type='str', aliases=['host']),
             port=dict(type='int', aliases=['login_port']),
             login_user=dict(type='str'),
@@ -437,14 +477,23 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
+    # Wrong input is refused before anything is touched, in check mode too, and never retried.
+    if params['backup_id'] is not None:
+        try:
+            validate_backup_id(params['backup_id'])
+        except SessionError as exc:
+            module.fail_json(msg=exc.msg, retryable=False)
     for option in ('max_duration', 'keepalive_interval'):
         if params[option] <= 0:
-            module.fail_json(msg="%s must be a positive number of seconds; found %d" % (option, params[option]))
+            module.fail_json(msg="%s must be a positive number of seconds; found %d" % (option, params[option]), retryable=False)
     if params['archive_timeout'] < 0:
-        module.fail_json(msg="archive_timeout must be 0 or more seconds; found %d" % params['archive_timeout'])
+        module.fail_json(msg="archive_timeout must be 0 or more seconds; found %d" % params['archive_timeout'], retryable=False)
     if '/' in params['data_prefix'].strip('/') or params['data_prefix'].strip('/') in ('', '.', '..'):
         module.fail_json(msg="data_prefix must be one directory name under <set_path>/data/, such as pgdata; found %r"
-                         % params['data_prefix'])
+                         % params['data_prefix'], retryable=False)
+    if params['run_id'] is not None and not params['run_id'].strip():
+        module.fail_json(msg="run_id must name the job run (for example backup_run_id); found an empty string. Leave it out "
+                         "or pass the run's id", retryable=False)
 
     session = PgBackupSession(params, module.check_mode, module.warn)
     operations = {
@@ -457,8 +506,8 @@ def main() -> None:
         result = operations[params['state']]()
     except SessionError as exc:
         if exc.facts.get('missing_psycopg'):
-            module.fail_json(msg=missing_required_lib('psycopg (psycopg 3)'), exception=PSYCOPG_IMPORT_ERROR)
-        module.fail_json(msg=exc.msg, **exc.facts)
+            module.fail_json(msg=missing_required_lib('psycopg (psycopg 3)'), exception=PSYCOPG_IMPORT_ERROR, retryable=False)
+        module.fail_json(msg=exc.msg, retryable=exc.retryable, **exc.facts)
     module.exit_json(**result)
 
 

@@ -144,6 +144,46 @@ def test_started_refuses_while_pg_stat_archiver_reports_failures(pg, runtime_dir
     assert any("pg_stat_archiver" in w for w in allowed["preflight"]["warnings"]), allowed
 
 
+def test_an_invalid_backup_id_is_refused_at_once_in_check_mode_too_and_not_retryable(pg, runtime_dir):
+    for check in (True, False):
+        for state in ("started", "stopped"):
+            run = run_module({"state": state, "backup_id": "has space", "runtime_dir": runtime_dir}, pg.env(), check=check)
+
+            assert run.failed, run
+            assert run["retryable"] is False, run
+            assert run["msg"].startswith("backup_id must be 1-128 characters") and "'has space'" in run["msg"], run
+    assert os.listdir(runtime_dir) == []
+    assert holder_backends(pg) == "0"
+
+
+def test_a_colon_in_the_backup_id_is_a_usable_label_and_socket_path(pg, runtime_dir, tmp_path):
+    started = start(pg, runtime_dir, "db1:20240501T0200")
+    stopped = stop(pg, runtime_dir, "db1:20240501T0200", label_dest=str(tmp_path))
+
+    assert not started.failed and not stopped.failed, (started, stopped)
+    assert b"LABEL: db1:20240501T0200\n" in read_bytes(str(tmp_path / "db1:20240501T0200" / "backup_label"))
+
+
+def test_started_with_the_id_of_a_completed_backup_is_refused_not_retryable_and_its_post_writes_nothing(pg, runtime_dir, tmp_path):
+    earlier_set = tmp_path / "earlier"
+    earlier_set.mkdir()
+    start(pg, runtime_dir, run_id="run-earlier")
+    assert not stop(pg, runtime_dir, run_id="run-earlier", set_path=str(earlier_set)).failed
+    new_set = tmp_path / "new"
+    new_set.mkdir()
+
+    refused = start(pg, runtime_dir, run_id="run-now")
+    post_in_check_mode = stop(pg, runtime_dir, run_id="run-now", set_path=str(new_set), check=True)
+    post = stop(pg, runtime_dir, run_id="run-now", set_path=str(new_set))
+
+    assert refused.failed and refused["retryable"] is False, refused
+    assert "already completed" in refused["msg"] and "choose a new backup_id" in refused["msg"]
+    for run in (post_in_check_mode, post):
+        assert not run.failed and not run.changed, run
+        assert "belongs to another run (run_id run-earlier" in run["msg"], run
+    assert os.listdir(str(new_set)) == []
+
+
 # -- stopped -------------------------------------------------------------------------------------------------------
 
 def test_stopped_writes_the_label_byte_exact_into_the_set_and_the_label_store(pg, runtime_dir, tmp_path):

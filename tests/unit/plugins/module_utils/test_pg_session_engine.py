@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -290,15 +291,38 @@ def test_the_connection_description_never_shows_the_password(monkeypatch):
 
 # -- backup ids and runtime directory ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backup_id", ["b1", "20240501T0200-pg1", "nightly.2024-05-01", "a+b@c_d"])
-def test_backup_ids_usable_as_label_and_directory_name_are_accepted(backup_id):
+@pytest.mark.parametrize("backup_id", ["b1", "20240501T0200-pg1", "nightly.2024-05-01", "a+b@c_d", "db1:2024-05-01T02:00",
+                                       "_x", "x" * 128])
+def test_backup_ids_that_follow_the_one_rule_are_accepted(backup_id):
     assert validate_backup_id(backup_id) == backup_id
 
 
-@pytest.mark.parametrize("backup_id", ["", None, ".hidden", "a/b", "..", "with space", "x" * 101, "caf\u00e9"])
-def test_backup_ids_that_are_not_safe_names_are_refused(backup_id):
-    with pytest.raises(SessionError, match="not usable as a PostgreSQL backup label"):
+@pytest.mark.parametrize("backup_id", ["", None, ".hidden", "a/b", "..", "with space", "line1\nline2", "x" * 129, "caf\u00e9"])
+def test_backup_ids_that_break_the_rule_are_refused_naming_the_option_and_not_retryable(backup_id):
+    with pytest.raises(SessionError, match="backup_id must be 1-128 characters") as caught:
         validate_backup_id(backup_id)
+
+    assert caught.value.retryable is False
+
+
+def test_a_colon_in_the_backup_id_is_fine_for_the_socket_path(runtime):
+    store = SessionStore(runtime, "db1:2024-05-01T02:00")
+
+    store.create()
+
+    assert os.path.isdir(os.path.join(runtime, "db1:2024-05-01T02:00"))
+
+
+def test_started_refuses_a_socket_path_too_long_for_a_unix_socket_in_check_mode_too(runtime):
+    backup_id = "x" * 128
+
+    with pytest.raises(SessionError) as caught:
+        PgBackupSession(params(runtime, backup_id=backup_id), True, lambda w: None).started()
+
+    assert "longer than the 107 bytes a Unix socket path may have" in caught.value.msg
+    assert "a backup_id of at most %d characters" % (107 - len(runtime) - len("//holder.sock")) in caught.value.msg
+    assert caught.value.retryable is False
+    assert os.listdir(runtime) == []
 
 
 def test_the_runtime_dir_falls_back_to_tmp_per_uid_when_run_is_not_writable(monkeypatch):
@@ -438,11 +462,13 @@ def test_stopped_when_the_holder_vanished_fails_and_records_the_abort(runtime):
 
 
 @pytest.mark.parametrize("state", ["aborted", "expired"])
-def test_stopped_after_an_abort_or_expiry_fails_with_the_recorded_reason(runtime, state):
+def test_stopped_after_an_abort_or_expiry_fails_with_the_recorded_reason_and_is_not_retried(runtime, state):
     stored_session(runtime, state, reason="max_duration of 3 s reached at 2024-05-01T10:00:03Z")
 
-    with pytest.raises(SessionError, match=r"was aborted: .*\(max_duration of 3 s reached"):
+    with pytest.raises(SessionError, match=r"was aborted: .*\(max_duration of 3 s reached") as caught:
         PgBackupSession(params(runtime), False, lambda w: None).stopped()
+
+    assert caught.value.retryable is False
 
 
 def test_stopped_after_an_archive_timeout_fails_with_that_reason(runtime):
@@ -475,11 +501,13 @@ def test_stopped_after_a_start_that_failed_is_ok_because_backup_mode_never_began
     assert "never started (the start failed: permission denied" in result["msg"]
 
 
-def test_started_with_the_id_of_a_completed_backup_is_refused(runtime):
+def test_started_with_the_id_of_a_completed_backup_is_refused_and_not_retryable(runtime):
     stored_session(runtime, "stopped", result=stop_result())
 
-    with pytest.raises(SessionError, match="already completed.*choose a new backup_id"):
+    with pytest.raises(SessionError, match="already completed.*choose a new backup_id") as caught:
         PgBackupSession(params(runtime), False, lambda w: None).started()
+
+    assert caught.value.retryable is False
 
 
 def test_started_without_psycopg_reports_the_missing_library(runtime, monkeypatch):
@@ -489,6 +517,155 @@ def test_started_without_psycopg_reports_the_missing_library(runtime, monkeypatc
         PgBackupSession(params(runtime), False, lambda w: None).started()
 
     assert caught.value.facts == {"missing_psycopg": True}
+    assert caught.value.retryable is False
+
+
+# -- run ids: post changes nothing that another run started ---------------------------------------------------------
+
+def test_stopped_of_an_earlier_runs_completed_backup_writes_nothing_and_is_not_changed(runtime, tmp_path):
+    stored_session(runtime, "stopped", result=stop_result(), run_id="run-earlier")
+    set_path = tmp_path / "b1"
+    (set_path / "data" / "pgdata").mkdir(parents=True)
+
+    for check_mode in (True, False):
+        result = PgBackupSession(params(runtime, run_id="run-now", set_path=str(set_path), label_dest=str(tmp_path / "labels")),
+                                 check_mode, lambda w: None).stopped()
+
+        assert result["changed"] is False
+        assert "belongs to another run (run_id run-earlier, state stopped)" in result["msg"]
+        assert "writes no file" in result["msg"]
+        assert result["label_paths"] == [] and result["session_run_id"] == "run-earlier"
+    assert not (set_path / "backup_label").exists() and not (tmp_path / "labels").exists()
+
+
+def test_stopped_of_another_runs_running_session_leaves_it_alone(runtime):
+    store = stored_session(runtime, "running", run_id="run-other")
+
+    result = PgBackupSession(params(runtime, run_id="run-now"), False, lambda w: None).stopped()
+
+    assert result["changed"] is False and "belongs to another run" in result["msg"]
+    assert store.read_state()["state"] == "running"  # not probed, not marked gone
+
+
+def test_stopped_of_another_runs_failed_session_is_ok_not_a_failure_of_this_run(runtime):
+    stored_session(runtime, "aborted", reason="max_duration of 3 s reached", run_id="run-other")
+
+    result = PgBackupSession(params(runtime, run_id="run-now"), False, lambda w: None).stopped()
+
+    assert result["changed"] is False and "belongs to another run" in result["msg"]
+
+
+def test_stopped_of_a_session_without_a_recorded_run_id_is_left_alone_when_a_run_id_is_given(runtime):
+    stored_session(runtime, "stopped", result=stop_result())
+
+    result = PgBackupSession(params(runtime, run_id="run-now"), False, lambda w: None).stopped()
+
+    assert result["changed"] is False and "belongs to another run (run_id None" in result["msg"]
+
+
+def test_stopped_of_this_runs_session_stops_it(runtime, tmp_path):
+    stored_session(runtime, "stopped", result=stop_result(), run_id="run-now")
+
+    result = PgBackupSession(params(runtime, run_id="run-now", label_dest=str(tmp_path)), False, lambda w: None).stopped()
+
+    assert result["changed"] is True and result["session_run_id"] == "run-now"
+    assert (tmp_path / "b1" / "backup_label").read_bytes() == LABEL.encode()
+
+
+def test_aborted_of_another_runs_session_leaves_it_alone(runtime):
+    store = stored_session(runtime, "running", run_id="run-other")
+
+    result = PgBackupSession(params(runtime, run_id="run-now"), False, lambda w: None).aborted()
+
+    assert result["changed"] is False and "belongs to another run" in result["msg"]
+    assert store.read_state()["state"] == "running"
+
+
+def test_started_refuses_a_running_session_of_another_run_and_is_not_retryable(runtime, monkeypatch):
+    stored_session(runtime, "running", run_id="run-other")
+    live = {"backup_id": "b1", "state": "running", "holder_pid": 999999, "run_id": "run-other", "started_at": "2024-05-01T10:00:00Z"}
+    monkeypatch.setattr(_pg_session, "session_liveness", lambda store, state: (ALIVE, live))
+
+    with pytest.raises(SessionError, match="running for another run \\(run_id run-other") as caught:
+        PgBackupSession(params(runtime, run_id="run-now"), False, lambda w: None).started()
+
+    assert caught.value.retryable is False
+
+
+def test_started_again_by_the_same_run_returns_the_running_session(runtime, monkeypatch):
+    stored_session(runtime, "running", run_id="run-now")
+    live = {"backup_id": "b1", "state": "running", "holder_pid": 999999, "run_id": "run-now",
+            "facts": {"start_lsn": "0/2000028"}}
+    monkeypatch.setattr(_pg_session, "session_liveness", lambda store, state: (ALIVE, live))
+
+    result = PgBackupSession(params(runtime, run_id="run-now"), False, lambda w: None).started()
+
+    assert result["changed"] is False and result["start_lsn"] == "0/2000028" and result["session_run_id"] == "run-now"
+
+
+# -- retryable: what a retry cannot fix is said once ----------------------------------------------------------------
+
+@pytest.mark.parametrize("sqlstate, expected", [
+    (None, True), ("08006", True), ("57P01", True), ("53300", True),
+    ("42501", False), ("28P01", False), ("22023", False), ("55000", False),
+])
+def test_server_errors_are_retryable_unless_privileges_authorization_input_or_state_are_wrong(sqlstate, expected):
+    assert _pg_session.retryable_sqlstate(sqlstate) is expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('connection to server on socket "/run/pg/.s.PGSQL.5433" failed: Connection refused', True),
+    ("connection to server at \"db1\" failed: FATAL:  the database system is starting up", True),
+    ('FATAL:  password authentication failed for user "backup"', False),
+    ('FATAL:  no pg_hba.conf entry for host "10.0.0.5", user "backup"', False),
+    ('FATAL:  role "nobody" does not exist', False),
+    ("fe_sendauth: no password supplied", False),
+])
+def test_a_refused_login_is_not_retryable_and_a_server_that_is_down_is(text, expected):
+    assert _pg_session.retryable_connect_error(text) is expected
+
+
+@pytest.mark.parametrize("changes, retryable", [
+    ({"in_recovery": True}, False),
+    ({"wal_level": "minimal"}, False),
+    ({"superuser": False, "privileges": {"start": False, "stop": False}}, False),
+    ({"archive_mode": "off"}, False),
+    ({"archive_command": ""}, False),
+    ({"archiver": {"last_failed_time": "2024-05-01T10:00:00Z", "last_archived_time": "2024-05-01T09:00:00Z"}}, True),
+])
+def test_only_a_failing_archiver_refuses_the_start_in_a_way_a_retry_can_heal(changes, retryable):
+    verdict = _pg_session.preflight_verdict(healthy(**changes), True)
+
+    assert verdict.errors
+    assert verdict.retryable is retryable
+
+
+def test_a_start_refused_on_the_server_for_privileges_is_reported_not_retryable(runtime):
+    class Denied(Exception):
+        sqlstate = "42501"
+
+    SessionStore(runtime, "b1").create()
+    spec = {"backup_id": "b1", "run_id": "run-now", "runtime_dir": runtime, "server_version_num": 180000, "max_duration": 60,
+            "keepalive_interval": 10}
+    holder = _pg_session.Holder(spec, None)
+    reports = []
+    holder.report = reports.append
+    holder.listen = lambda: None
+
+    def denied():
+        raise Denied("permission denied for function pg_backup_start")
+
+    holder.start_backup = denied
+    handlers = dict((signum, signal.getsignal(signum)) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    try:
+        holder.run()
+    finally:
+        for signum, handler in handlers.items():  # the holder installs its own: give pytest its handlers back
+            signal.signal(signum, handler)
+
+    assert reports[0]["ok"] is False and reports[0]["retryable"] is False
+    state = SessionStore(runtime, "b1").read_state()
+    assert state["state"] == "failed" and state["run_id"] == "run-now" and state["start_failed"] is True
 
 
 def test_aborted_without_a_session_is_ok_and_not_changed(runtime):

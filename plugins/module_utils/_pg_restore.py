@@ -10,6 +10,10 @@ public API and may change without notice.
 Two steps, as for a split backup: the label comes first (from the label store when one is given, else from
 the set), then the data set it names. A set without its backup_label is refused: PostgreSQL would then run
 crash recovery from the copied pg_control and could come up silently corrupt.
+
+Nothing is written before the whole set is checked (plan_restore): a set is data from a medium, and a hostile or
+damaged one must not make the restore write outside its target. Then write_restore copies it; a failure there is
+undone (_undo), so a refused restore leaves the target as it was found.
 """
 
 from __future__ import annotations

@@ -135,7 +135,18 @@ def start_ticks(pid: int) -> t.Optional[int]:
         return None
 
 
+def _is_zombie(pid: int) -> bool:
+    """A process that has exited but is not yet reaped (a detached process waits for init to reap it)."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2:data.rindex(b")") + 3] in (b"Z", b"X")
+
+
 def pid_alive(pid: t.Any) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie counts as gone)."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     try:
@@ -144,7 +155,7 @@ def pid_alive(pid: t.Any) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _is_zombie(pid)
 
 
 def owner(pid: t.Optional[int] = None) -> t.Dict[str, t.Any]:

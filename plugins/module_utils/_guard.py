@@ -466,6 +466,13 @@ def arm(gdir: GuardDir, spec: t.Dict[str, t.Any], check_mode: bool) -> t.Dict[st
         return result
 
 
+def _archive_own(gdir: GuardDir, run_id: str) -> None:
+    with gdir.locked():
+        state = gdir.read_state()
+        if state and state.get("run_id") == run_id:
+            gdir.archive(state)
+
+
 def disarm(gdir: GuardDir, run_id: str, check_mode: bool, wait: float = 10.0) -> t.Dict[str, t.Any]:
     """The controller's post is done: the guard exits without running post. Reports a guard that already fired."""
     result = {"changed": False, "guard_dir": gdir.path, "fired": None, "disarmed": False}  # type: t.Dict[str, t.Any]
@@ -477,13 +484,11 @@ def disarm(gdir: GuardDir, run_id: str, check_mode: bool, wait: float = 10.0) ->
         # The guard ran post before the controller's post came (the lease ran out): say so, and keep nothing armed.
         result["fired"] = summary(state)
         if not check_mode and state.get("state") != FIRING:
-            with gdir.locked():
-                gdir.archive(state)
+            _archive_own(gdir, run_id)
         return result
     if state.get("state") != ARMED:
         if state.get("state") == DISARMED and not check_mode:
-            with gdir.locked():
-                gdir.archive(state)
+            _archive_own(gdir, run_id)
         return result
     result["changed"] = True
     if check_mode:
@@ -493,12 +498,16 @@ def disarm(gdir: GuardDir, run_id: str, check_mode: bool, wait: float = 10.0) ->
     pid = state.get("pid")
     while _detach.pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    final = gdir.read_state() or {}
-    if final.get("state") in UNREPORTED_STATES:
-        result["fired"] = summary(final)
-    if final.get("state") in (DISARMED, FIRED, POST_FAILED) or not _detach.pid_alive(pid):
-        with gdir.locked():
-            gdir.archive(final or state)
+    with gdir.locked():
+        # Under the lock, and only our own record: another run may have armed this database meanwhile.
+        final = gdir.read_state() or {}
+        if final.get("run_id") != run_id:
+            result["disarmed"] = True
+            return result
+        if final.get("state") in UNREPORTED_STATES:
+            result["fired"] = summary(final)
+        if final.get("state") in (DISARMED, FIRED, POST_FAILED) or not _detach.pid_alive(pid):
+            gdir.archive(final)
         result["disarmed"] = final.get("state") == DISARMED
     return result
 

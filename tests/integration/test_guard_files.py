@@ -16,7 +16,8 @@ import pytest
 
 from helpers import FAKEDB, PYTHON, VENV_BIN, ROOT, ansible_env, load_json, run_playbook, write_inventory
 
-GUARD_LEASE = 3
+# Short, so the tests see the guard act soon; long enough for the tasks between arming and the copy on a busy machine.
+GUARD_LEASE = 5
 
 
 @pytest.fixture
@@ -35,12 +36,15 @@ def fakedb(tmp_path):
             log = state / "calls.log"
             return log.read_text().split("\n")[:-1] if log.exists() else []
 
-        def state(self):
+        def db_state(self):
             path = state / "state"
             return path.read_text() if path.exists() else "open"
 
         def fail_next(self, action, times):
             (state / ("fail-" + action)).write_text(str(times))
+
+        def sleep(self, action, seconds):
+            (state / ("sleep-" + action)).write_text(str(seconds))
 
     return FakeDb()
 
@@ -103,19 +107,20 @@ def big_source(tmpfs_factory, files=12, mib=96):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_controller_killed_during_copy_the_guard_runs_post_and_the_next_run_reports_it(tmp_path, fakedb, tmpfs_factory, sig):
     source = big_source(tmpfs_factory)
-    media = tmpfs_factory("backup", size="1400m")
+    media = tmpfs_factory("backup", size="2600m")  # room for the killed set and the next one
     variables = job_vars(fakedb, media.path, backup_id="killed", backup_files_paths=[source.path])
     cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", one_host(tmp_path), os.path.join(ROOT, "playbooks", "backup.yml"),
            "-e", json.dumps(variables)]
-    controller = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    log = open(str(tmp_path / "controller.log"), "w", encoding="utf-8")
+    controller = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(), stdout=log, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, start_new_session=True)
     data_dir = os.path.join(media.path, "killed", "data")
     wait_until(lambda: os.path.isdir(data_dir) and os.listdir(data_dir), 60, "the copy to start")
-    assert fakedb.state() == "quiesced"
+    assert fakedb.db_state() == "quiesced"
     killed_at = time.monotonic()
     os.kill(controller.pid, sig)  # the controller only, as an AWX cancel or a dead controller machine would
     controller.wait(timeout=30)
-    wait_until(lambda: fakedb.state() == "open", GUARD_LEASE + 30, "the guard to run post")
+    wait_until(lambda: fakedb.db_state() == "open", GUARD_LEASE + 30, "the guard to run post")
     released_after = time.monotonic() - killed_at
     assert fakedb.calls()[-1] in ("post ok", "post ok already-open")
     assert not os.path.exists(os.path.join(media.path, "killed", "COMPLETE"))
@@ -148,14 +153,15 @@ def test_normal_run_leaves_no_guard_process_and_records_the_disarm(tmp_path, fak
 # --- one backup per database ----------------------------------------------------------------------------------
 
 def test_second_run_against_the_same_database_fails_before_pre_and_the_first_succeeds(tmp_path, fakedb, tmpfs_factory):
-    source = big_source(tmpfs_factory, files=8, mib=64)
-    media = tmpfs_factory("backup", size="1200m")
-    first_vars = job_vars(fakedb, media.path, backup_id="first", backup_files_paths=[source.path])
+    media = tmpfs_factory()
+    fakedb.sleep("pre", 15)  # the first run holds the database long enough for the second to try
+    # Two controllers share two cores here: a long lease, so only the lock is under test.
+    first_vars = job_vars(fakedb, media.path, backup_id="first", backup_guard_lease=60)
     cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", one_host(tmp_path), os.path.join(ROOT, "playbooks", "backup.yml"),
            "-e", json.dumps(first_vars)]
     first = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, text=True)
-    wait_until(lambda: fakedb.state() == "quiesced", 60, "the first run's pre")
+    wait_until(lambda: os.path.isdir(os.path.join(media.path, "first")), 60, "the first run to arm its guard and open its set")
     second_inventory = write_inventory(str(tmp_path / "second.yml"), {"db1": {}})
     second = run_playbook("backup.yml", second_inventory, dict(first_vars, backup_id="second"))
     first_out, _err = first.communicate(timeout=300)

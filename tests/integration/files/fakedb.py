@@ -7,6 +7,7 @@
 
 STATE_DIR/calls.log gets one line per call ("pre fail", "pre ok", "post ok already-open", ...).
 STATE_DIR/fail-pre and STATE_DIR/fail-post hold how many of the next calls of that action fail.
+STATE_DIR/sleep-pre and STATE_DIR/sleep-post hold seconds the action takes (a slow database).
 STATE_DIR/state is "open" or "quiesced"; post succeeds when the database is already open (idempotent),
 as the guard requires of any post command.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 
 def main() -> int:
@@ -25,6 +27,10 @@ def main() -> int:
     if os.path.exists(fail_file):
         with open(fail_file, encoding="utf-8") as handle:
             failures_left = int(handle.read().strip() or 0)
+    sleep_file = os.path.join(state_dir, "sleep-" + action)
+    if os.path.exists(sleep_file):
+        with open(sleep_file, encoding="utf-8") as handle:
+            time.sleep(float(handle.read().strip() or 0))
     state = "open"
     if os.path.exists(state_file):
         with open(state_file, encoding="utf-8") as handle:

@@ -214,19 +214,18 @@ def test_killed_holder_fails_post_and_leaves_the_set_incomplete(tmp_path, cluste
     cluster.wait_for("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = %d" % int(backend), "t", 30)
 
 
-def test_broken_archiving_makes_pre_refuse_naming_pg_stat_archiver(tmp_path, cluster, media):
+def test_broken_archiving_is_refused_before_pre_naming_pg_stat_archiver(tmp_path, cluster, media):
     cluster.psql("ALTER SYSTEM SET archive_command = '/bin/false'")
     cluster.reload()
     cluster.psql("SELECT pg_switch_wal() FROM (SELECT txid_current()) x")
     cluster.wait_for("SELECT failed_count > 0 FROM pg_stat_archiver", "t", 60)
     run = run_playbook("backup.yml", inventory(tmp_path), pg_job(cluster, media.path, "arch1"))
     assert run.rc != 0, run
-    report = load_json(os.path.join(media.path, "arch1", "report.json"))
-    assert report["phases"]["pre"]["result"] == "failed"
-    assert "pg_stat_archiver" in report["phases"]["pre"]["msg"]
-    assert "copy" not in report["phases"]
-    assert report["phases"]["post"]["result"] == "ok"  # no backup running: post has nothing to stop
-    assert not os.path.exists(os.path.join(media.path, "arch1", "data"))
+    assert "pg_stat_archiver" in run.out, run
+    assert "read-only preflight" in run.out, run
+    # Nothing was started: no set, no holder, no guard.
+    assert not os.path.exists(os.path.join(media.path, "arch1"))
+    assert not os.path.exists(os.path.join(cluster.base_dir, "holders", "arch1", "state.json"))
 
 
 def test_split_backup_survives_idle_session_timeout_and_restores_from_the_label_store(tmp_path, cluster, media):

@@ -10,14 +10,14 @@ public API and may change without notice.
 Why a holder process: a non-exclusive backup belongs to the database session that started it. When that
 connection closes before the stop, the server aborts the backup ("aborting backup due to backend exiting
 before pg_backup_stop was called") and no reconnect can recover it. An Ansible task ends when its module
-returns, so ``started`` forks a detached holder (double fork, setsid, stdio on /dev/null) that opens the one
-connection itself, starts the backup and keeps the session until ``stopped`` asks it, over a Unix socket in a
+returns, so ``started`` starts a detached holder (_detach.spawn: double fork, setsid, stdio on /dev/null) that opens
+the one connection itself, starts the backup and keeps the session until ``stopped`` asks it, over a Unix socket in a
 0700 directory, to stop the backup and hand back backup_label and tablespace_map.
 
 Per session directory ``<runtime_dir>/<backup_id>/``:
 
     holder.sock   the holder's socket (JSON lines: status / stop / abort)
-    state.json    starting | running | stopping | stopped | aborted | expired | failed, with the start facts,
+    state.json    starting | running | stopping | stopped | aborted | expired | failed, the run_id that started it, the start facts,
                   the stop result (label included, so a failed write of the label can be repeated) and the reason
     lock          flock'ed by a module run while it changes the session
 """
@@ -44,7 +44,7 @@ import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write
 from ansible_collections.consistent.backup.plugins.module_utils import _detach, _layout, _pg_manifest
-from ansible_collections.consistent.backup.plugins.module_utils._layout import DEFAULT_RUNTIME_DIR, default_runtime_dir  # noqa: F401
+from ansible_collections.consistent.backup.plugins.module_utils._layout import default_runtime_dir
 
 try:
     from ansible_collections.consistent.backup.plugins.module_utils._manifest import load_manifest as _load_set_manifest
@@ -83,6 +83,8 @@ BUSY = "busy"
 
 _LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 _WALFILE_RE = re.compile(r"^[0-9A-F]{24}")
+# A real WAL segment: timeline, log, segment (8 hex digits each), and '.partial' for the last segment of an old timeline.
+_SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.partial)?$")
 _MAX_SOCKET_PATH = 107  # sizeof(sun_path) - 1 on Linux
 _ARCHIVE_POLL_SECONDS = 0.1
 
@@ -181,16 +183,69 @@ def walfile_timeline(walfile: str) -> int:
     return int(walfile[:8], 16)
 
 
-def segment_archived(last_archived_wal: t.Optional[str], walfile: str) -> bool:
-    """Has the archiver passed ``walfile``? pg_stat_archiver.last_archived_wal only moves forward in name order.
+def segment_position(name: t.Optional[str]) -> t.Optional[t.Tuple[int, t.Tuple[int, int]]]:
+    """(timeline, (log, segment)) of a real WAL segment name, None for anything else.
 
-    The archiver works oldest first, so a later segment archived means ours was. A name such as
-    ``<segment>.00000028.backup`` counts as its segment (the segment is archived before the history file);
-    a timeline history file (``00000002.history``) says nothing about segments.
+    (log, segment) orders as the segment number whatever wal_segment_size is. ``.backup`` and ``.history`` files
+    are not segments: their names say nothing about how far the archiver got.
     """
-    if not last_archived_wal or not _WALFILE_RE.match(last_archived_wal):
+    match = _SEGMENT_RE.match(name or "")
+    if not match:
+        return None
+    return int(match.group(1), 16), (int(match.group(2), 16), int(match.group(3), 16))
+
+
+def segment_archived(last_archived_wal: t.Optional[str], walfile: str) -> bool:
+    """Does pg_stat_archiver.last_archived_wal prove that segment ``walfile`` is archived? (the fallback judgement)
+
+    The archiver takes the oldest ``.ready`` file first, and segments become ready in order, so once it archived a
+    segment at or after ours - on our timeline or a later one - ours was archived. What it archived around our
+    segment proves nothing: the start segment's ``<start>.<offset>.backup`` file is made after the stop segment is
+    ready and may be archived before or after it, and ``<timeline>.history`` files are archived first of all. For
+    those, keep polling.
+    """
+    last = segment_position(last_archived_wal)
+    stop = segment_position(walfile)
+    if last is None or stop is None:
         return False
-    return last_archived_wal[:24] >= walfile
+    return last[0] >= stop[0] and last[1] >= stop[1]
+
+
+# What pg_wal/archive_status says about the stop segment (read in this order, as XLogArchiveCheckDone does):
+ARCHIVE_DONE = "done"              # <segment>.done: archived
+ARCHIVE_READY = "ready"            # <segment>.ready: waiting for the archiver
+ARCHIVE_UNNOTIFIED = "unnotified"  # neither, the segment still in pg_wal: the server could not create .ready yet
+ARCHIVE_REMOVED = "removed"        # neither, the segment gone from pg_wal: archived, then removed or recycled
+# How the stop's archiving was judged (returned as archive_check)
+CHECK_ARCHIVE_STATUS = "archive_status"
+CHECK_PG_STAT_ARCHIVER = "pg_stat_archiver"
+
+
+def stop_segment_archived(walfile: str, status: t.Optional[str], last_archived_wal: t.Optional[str]) -> bool:
+    """Is the stop segment archived? ``status`` is what pg_wal/archive_status says (None when the role may not read it).
+
+    Why "neither file and no segment" means archived: the server creates ``<segment>.ready`` when it finishes the
+    segment (XLogWrite -> XLogArchiveNotifySeg, before the stop's WAL switch returns), the archiver renames it to
+    ``.done`` after archive_command succeeded (pgarch_archiveDone), and the checkpointer removes or recycles a
+    segment only when XLogArchiveCheckDone finds ``.done`` (it re-creates a missing ``.ready`` instead), deleting
+    the ``.done`` after the segment (RemoveXlogFile -> XLogArchiveCleanup). A failed XLogArchiveNotify (only a LOG
+    line) leaves neither file while the segment is still there and unarchived: that is ARCHIVE_UNNOTIFIED, not done.
+    """
+    if status in (ARCHIVE_DONE, ARCHIVE_REMOVED):
+        return True
+    if status in (ARCHIVE_READY, ARCHIVE_UNNOTIFIED):
+        return False
+    return segment_archived(last_archived_wal, walfile)
+
+
+def archive_status_from_listing(walfile: str, status_names: t.Iterable[str], segment_in_pg_wal: bool) -> str:
+    """The stop segment's archive status from directory listings (pg_ls_archive_statusdir, pg_ls_waldir)."""
+    names = set(status_names or ())
+    if walfile + ".done" in names:
+        return ARCHIVE_DONE
+    if walfile + ".ready" in names:
+        return ARCHIVE_READY
+    return ARCHIVE_UNNOTIFIED if segment_in_pg_wal else ARCHIVE_REMOVED
 
 
 def sql_literal(value: t.Any) -> str:
@@ -352,6 +407,35 @@ SQL_WALFILE = "SELECT pg_catalog.pg_walfile_name(%s::pg_lsn)"
 SQL_VERIFY_SESSION = "SELECT pg_catalog.pg_backend_pid(), pg_catalog.pg_postmaster_start_time()"
 SQL_ARCHIVE_MODE = "SELECT setting FROM pg_catalog.pg_settings WHERE name = 'archive_mode'"
 SQL_LAST_ARCHIVED = "SELECT last_archived_wal, last_failed_wal, last_failed_time FROM pg_catalog.pg_stat_archiver"
+# Reading pg_wal/archive_status: pg_stat_file (superuser, or EXECUTE granted) names files exactly; the listings need
+# superuser or pg_monitor.
+SQL_ARCHIVE_STATUS_PRIVILEGES = (
+    "SELECT pg_catalog.has_function_privilege('pg_catalog.pg_stat_file(text, boolean)', 'EXECUTE'), "
+    "pg_catalog.has_function_privilege('pg_catalog.pg_ls_archive_statusdir()', 'EXECUTE') "
+    "AND pg_catalog.has_function_privilege('pg_catalog.pg_ls_waldir()', 'EXECUTE')")
+# CASE evaluates its branches in order: .done, then .ready, then the segment, as XLogArchiveCheckDone does, so a
+# rename between two of the stat calls cannot make an unarchived segment look archived. (pg_stat_file(...)).size,
+# not the whole row: its creation column is NULL on Unix.
+SQL_POLL_STATUS_FILE = (
+    "SELECT CASE WHEN (pg_catalog.pg_stat_file(%s, true)).size IS NOT NULL THEN 'done' "
+    "WHEN (pg_catalog.pg_stat_file(%s, true)).size IS NOT NULL THEN 'ready' "
+    "WHEN (pg_catalog.pg_stat_file(%s, true)).size IS NOT NULL THEN 'unnotified' ELSE 'removed' END, "
+    "last_archived_wal, last_failed_wal, last_failed_time FROM pg_catalog.pg_stat_archiver")
+SQL_POLL_STATUS_DIR = (
+    "SELECT ARRAY(SELECT name FROM pg_catalog.pg_ls_archive_statusdir() WHERE name IN (%s, %s)), "
+    "EXISTS (SELECT 1 FROM pg_catalog.pg_ls_waldir() WHERE name = %s), "
+    "last_archived_wal, last_failed_wal, last_failed_time FROM pg_catalog.pg_stat_archiver")
+
+
+def archive_poll(walfile: str, stat_file: bool, listing: bool) -> t.Tuple[str, str, t.List[str]]:
+    """(archive_check, SQL, parameters) of the statement that polls the archiving of ``walfile``."""
+    status_dir = "pg_wal/archive_status/"
+    if stat_file:
+        return CHECK_ARCHIVE_STATUS, SQL_POLL_STATUS_FILE, [status_dir + walfile + ".done", status_dir + walfile + ".ready",
+                                                            "pg_wal/" + walfile]
+    if listing:
+        return CHECK_ARCHIVE_STATUS, SQL_POLL_STATUS_DIR, [walfile + ".done", walfile + ".ready", walfile]
+    return CHECK_PG_STAT_ARCHIVER, SQL_LAST_ARCHIVED, []
 
 
 def archiver_failing(archiver: t.Dict[str, t.Any]) -> bool:
@@ -507,7 +591,10 @@ def stop_queries(server_version_num: int, wait_for_archive: bool) -> t.List[str]
     functions = backup_functions(server_version_num)
     queries = [SQL_VERIFY_SESSION, functions.stop_sql, "SELECT pg_catalog.pg_walfile_name(<stop_lsn>::pg_lsn)"]
     if wait_for_archive:
-        queries += [SQL_ARCHIVE_MODE, SQL_LAST_ARCHIVED + " -- every %.1f s until <stop_walfile> is archived" % _ARCHIVE_POLL_SECONDS]
+        _check, sql, params = archive_poll("<stop_walfile>", True, False)
+        queries += [SQL_ARCHIVE_MODE, SQL_ARCHIVE_STATUS_PRIVILEGES,
+                    render_sql(sql, params) + " -- every %.1f s until <stop_walfile> is archived (or pg_ls_archive_statusdir, "
+                    "or pg_stat_archiver alone, as the role may)" % _ARCHIVE_POLL_SECONDS]
     return queries
 
 
@@ -861,6 +948,7 @@ class Holder:
             "stop_timeline": walfile_timeline(stop_walfile),
             "stop_walfile": stop_walfile,
             "archived": False,
+            "archive_check": None,
             "system_identifier": facts.get("system_identifier"),
             "server_version_num": facts["server_version_num"],
             "stopped_at": iso(utc_now()),
@@ -883,27 +971,63 @@ class Holder:
         return {"ok": True, "state": self.state}
 
     def wait_for_archive(self, walfile: str, timeout: int, run: t.Callable[..., t.Any], result: t.Dict[str, t.Any]) -> t.Optional[str]:
-        """Poll pg_stat_archiver until ``walfile`` (holding the stop LSN) is archived; an error text on timeout."""
+        """Poll until ``walfile`` (holding the stop LSN) is archived; an error text on timeout.
+
+        The segment's archive status file decides when the role may read pg_wal/archive_status; otherwise only a
+        segment archived at or after it does (segment_archived), which on a quiet server may not come.
+        """
         mode = run(SQL_ARCHIVE_MODE).fetchone()
         if not mode or mode[0] not in ("on", "always"):
             result["archive_mode"] = mode[0] if mode else None
             return None
+        stat_file, listing = run(SQL_ARCHIVE_STATUS_PRIVILEGES).fetchone()
+        check, sql, params = archive_poll(walfile, bool(stat_file), bool(listing))
+        result["archive_check"] = check
         deadline = time.monotonic() + timeout
         first = True
+        removed_seen = 0
         while True:
             if first:
-                row = run(SQL_LAST_ARCHIVED).fetchone()
+                row = run(sql, params).fetchone()
                 first = False
             else:
-                row = self.conn.execute(SQL_LAST_ARCHIVED).fetchone()
-            if segment_archived(row[0], walfile):
+                row = (self.conn.execute(sql, params) if params else self.conn.execute(sql)).fetchone()
+            if sql == SQL_POLL_STATUS_FILE:
+                status, last_archived, last_failed, failed_at = row
+            elif sql == SQL_POLL_STATUS_DIR:
+                status = archive_status_from_listing(walfile, row[0], row[1])
+                last_archived, last_failed, failed_at = row[2:]
+            else:
+                status = None
+                last_archived, last_failed, failed_at = row
+            # A listing is a readdir: one that runs while the archiver renames .ready to .done may see neither name,
+            # so "removed" from listings counts only when two polls in a row say it (the rename happens once).
+            removed_seen = removed_seen + 1 if status == ARCHIVE_REMOVED else 0
+            unsure = sql == SQL_POLL_STATUS_DIR and status == ARCHIVE_REMOVED and removed_seen < 2
+            if not unsure and stop_segment_archived(walfile, status, last_archived):
                 result["archived"] = True
                 return None
             if time.monotonic() >= deadline:
-                return ("WAL segment %s (holding the stop LSN %s) was not archived within archive_timeout %d s: "
+                return ("WAL segment %s (holding the stop LSN %s) was not archived within archive_timeout %d s: %s; "
                         "pg_stat_archiver last_archived_wal is %s, last_failed_wal %s at %s; check archive_command and the "
-                        "server log, then run the backup again" % (walfile, result["lsn"], timeout, row[0], row[1], iso(row[2])))
+                        "server log, then run the backup again"
+                        % (walfile, result["lsn"], timeout, self.archive_finding(walfile, status), last_archived, last_failed,
+                           iso(failed_at)))
             time.sleep(_ARCHIVE_POLL_SECONDS)
+
+    def archive_finding(self, walfile: str, status: t.Optional[str]) -> str:
+        """What the last poll found, for the timeout message."""
+        if status == ARCHIVE_READY:
+            return "pg_wal/archive_status/%s.ready is still there, so the archiver has not archived it" % walfile
+        if status == ARCHIVE_UNNOTIFIED:
+            return ("pg_wal/archive_status has neither %s.ready nor .done while the segment is in pg_wal: the server could "
+                    "not mark it for archiving (see the server log for 'could not create archive status file')" % walfile)
+        if status == ARCHIVE_REMOVED:
+            return "pg_wal/archive_status listings disagreed about %s" % walfile
+        role = (self.spec.get("preflight") or {}).get("current_user") or "the backup role"
+        return ("role %s may not read pg_wal/archive_status, so only a segment archived at or after %s proves it was, and "
+                "the archiver has archived none (a .backup or .history file proves nothing); GRANT pg_monitor TO %s for an "
+                "exact check" % (role, walfile, role))
 
     def end(self, name: str, reason: t.Optional[str], **extra: t.Any) -> None:
         """Leave the session: close the connection (the server aborts a backup still running) and record why."""
@@ -1163,7 +1287,7 @@ def _write_backup_manifest(result: t.Dict[str, t.Any], set_path: str, data_prefi
 START_FACT_KEYS = ("start_lsn", "timeline", "backend_pid", "holder_pid", "server_version_num", "postmaster_start_time",
                    "system_identifier", "data_directory", "tablespaces", "page_size", "wal_segment_size", "backup_start_epoch", "started_at",
                    "expires_at")
-STOP_FACT_KEYS = ("lsn", "labelfile", "spcmapfile", "start_lsn", "timeline", "stop_walfile", "archived", "stop_seconds",
+STOP_FACT_KEYS = ("lsn", "labelfile", "spcmapfile", "start_lsn", "timeline", "stop_walfile", "archived", "archive_check", "stop_seconds",
                   "backup_stop_epoch", "backup_mode_seconds")
 
 

@@ -45,8 +45,8 @@ options:
     description:
       - The backup's identity and its PostgreSQL backup label. Also names the session directory, the label store
         directory and (by convention) the backup set C(<backup_dest>/<backup_id>).
-      - 1 to 128 characters from letters, digits and C(. _ : @ + -), not starting with C(.) (the collection's one
-        backup id rule). An id that breaks it is refused at once, in check mode too, with RV(retryable=false).
+      - "1 to 128 characters from letters, digits and C(. _ : @ + -), not starting with C(.) (the collection's one
+        backup id rule). An id that breaks it is refused at once, in check mode too, with RV(retryable=false)."
       - With the default O(runtime_dir) the holder's socket path C(<runtime_dir>/<backup_id>/holder.sock) must fit the
         107 bytes of a Unix socket path; V(started) refuses a longer one and says how long the id may be.
       - Required for V(started), V(stopped) and V(aborted).
@@ -192,20 +192,25 @@ author: consistent.backup developers (@consistent-backup)
 '''
 
 EXAMPLES = r'''
-- name: Start the backup (connection from PGHOST/PGPORT/PGUSER)
+- name: Start the backup (connection from PGHOST/PGPORT/PGUSER); one attempt for what a retry cannot fix
   consistent.backup.pg_backup_session:
     state: started
     backup_id: "{{ backup_id }}"
+    run_id: "{{ backup_run_id }}"
   register: pg_start
+  retries: 2
+  delay: 5
+  until: pg_start is succeeded or not (pg_start.retryable | default(true))
 
 - name: Copy the data directory here, pg_control last (consistent.backup.aligned_copy)
   ansible.builtin.debug:
     msg: "copy {{ pg_start.data_directory }} from {{ pg_start.start_lsn }}"
 
-- name: Stop the backup, store the label in the set and write backup_manifest
+- name: Stop the backup, store the label in the set and write backup_manifest (nothing when another run owns the session)
   consistent.backup.pg_backup_session:
     state: stopped
     backup_id: "{{ backup_id }}"
+    run_id: "{{ backup_run_id }}"
     set_path: "{{ backup_dest }}/{{ backup_id }}"
   register: pg_stop
 
@@ -367,7 +372,7 @@ archive_check:
   sample: archive_status
 session_run_id:
   description: The O(run_id) recorded in the session (null when the session was started without one).
-  returned: state is started, stopped or aborted, when a session exists
+  returned: state is started; state is stopped when a session exists; state is aborted of another run's session
   type: str
   sample: db1-20240501T020000123456Z-48213
 retryable:
@@ -375,7 +380,8 @@ retryable:
     - On failure, whether another attempt may succeed. V(false) for what a retry cannot fix - an invalid option or
       O(backup_id), a backup id already used or owned by another run, missing privileges or psycopg, archiving not
       configured, a standby, a backup the server already ended. Connection refused, a busy holder or a failing
-      archiver stay V(true). Roles retry with C(until: step is succeeded or not (step.retryable | default(true))).
+      archiver stay V(true).
+    - "Roles retry with C(until: step is succeeded or not (step.retryable | default(true)))."
   returned: failure
   type: bool
   sample: false

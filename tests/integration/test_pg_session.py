@@ -326,6 +326,38 @@ def test_stopped_fails_when_the_stop_segment_is_not_archived_in_time(pg, runtime
     assert not (tmp_path / "b1").exists()
 
 
+def test_stopped_after_wal_switched_twice_during_the_copy_is_archived_within_seconds(pg, runtime_dir, tmp_path):
+    started = start(pg, runtime_dir)
+    make_wal(pg)  # the backup's WAL now spans several segments: its .backup file may be archived after the stop segment
+    make_wal(pg)
+
+    run = stop(pg, runtime_dir, archive_timeout=60, label_dest=str(tmp_path))
+
+    assert not run.failed, run
+    assert run["archived"] is True and run["archive_check"] == "archive_status", run
+    assert run["stop_seconds"] < 5, run
+    assert run["stop_walfile"] > started["start_lsn"] and os.path.exists(os.path.join(pg.archive_dir, run["stop_walfile"]))
+
+
+def test_a_pg_monitor_role_waits_by_the_archive_status_listings(pg, runtime_dir, tmp_path):
+    pg.psql("DO $$ BEGIN CREATE ROLE cb_monitor LOGIN IN ROLE pg_monitor; EXCEPTION WHEN duplicate_object THEN NULL; END $$; "
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_backup_start(text, boolean) TO cb_monitor; "
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_backup_stop(boolean) TO cb_monitor")
+    env = dict(pg.env(), PGUSER="cb_monitor", PGDATABASE="postgres")
+    started = run_module({"state": "started", "backup_id": "b1", "runtime_dir": runtime_dir}, env)
+    make_wal(pg)
+    make_wal(pg)
+
+    run = run_module({"state": "stopped", "backup_id": "b1", "runtime_dir": runtime_dir, "archive_timeout": 60,
+                      "label_dest": str(tmp_path)}, env)
+
+    assert not started.failed and started["preflight"]["superuser"] is False, started
+    assert not run.failed, run
+    assert run["archived"] is True and run["archive_check"] == "archive_status", run
+    assert any("pg_ls_archive_statusdir" in q for q in run["queries"]), run
+    assert run["stop_seconds"] < 5, run
+
+
 # -- aborted / status ----------------------------------------------------------------------------------------------
 
 def test_aborted_ends_the_backup_without_a_label(pg, runtime_dir):

@@ -6,6 +6,7 @@ verdicts, the connection parameters, the session state file and what stopped/sta
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -123,17 +124,72 @@ def test_the_timeline_of_a_wal_file_is_its_first_eight_hex_digits():
     assert walfile_timeline("0000000A0000000100000002") == 10
 
 
+# -- is the stop segment archived? ----------------------------------------------------------------------------------
+# The stop segment in these tables is 00000001 00000000 00000005 (timeline 1, segment 5); the backup started in
+# segment 2, so its history file is 000000010000000000000002.00000028.backup.
+
+STOP = "000000010000000000000005"
+
+
 @pytest.mark.parametrize("last_archived, expected", [
-    ("000000010000000000000002", True),
-    ("000000010000000000000003", True),
-    ("000000010000000000000001", False),
-    ("000000010000000000000002.00000028.backup", True),
-    ("000000010000000000000001.00000028.backup", False),
-    ("00000002.history", False),
+    ("000000010000000000000005", True),            # the stop segment itself
+    ("000000010000000000000006", True),            # a later segment: the archiver goes oldest first
+    ("000000010000000100000000", True),            # a later log file (segment number wraps into the log part)
+    ("000000010000000000000004", False),           # an earlier segment
+    ("000000010000000000000002.00000028.backup", False),  # the backup's own history file, archived after the stop segment
+    ("000000010000000000000005.00000028.backup", False),  # a .backup file never proves its segment was archived
+    ("000000010000000000000006.00000028.backup", False),
+    ("00000002.history", False),                   # a timeline history file is archived before everything else
+    ("000000020000000000000005", True),            # the server switched to timeline 2 at or after the stop segment
+    ("000000020000000000000006", True),
+    ("000000020000000000000004", False),           # a later timeline, but an earlier segment number
+    ("000000000000000000000009", False),           # an earlier timeline never counts
+    ("000000010000000000000005.partial", True),    # the old timeline's last segment at a promotion
+    ("000000010000000000000004.partial", False),
+    ("00000001000000000000000G", False),           # not hex: not a segment
+    ("0000000100000000000000050", False),          # 25 digits: not a segment
+    ("", False),
     (None, False),
 ])
-def test_a_segment_counts_as_archived_once_the_archiver_reached_it(last_archived, expected):
-    assert segment_archived(last_archived, "000000010000000000000002") is expected
+def test_only_a_real_segment_at_or_after_the_stop_segment_proves_it_was_archived(last_archived, expected):
+    assert segment_archived(last_archived, STOP) is expected
+
+
+@pytest.mark.parametrize("status, last_archived, expected", [
+    ("done", None, True),                                      # <stop>.done: archived, whatever the archiver did since
+    ("done", "000000010000000000000002.00000028.backup", True),  # the case of the issue: the .backup file came last
+    ("ready", "000000010000000000000009", False),              # <stop>.ready is the truth, not a name comparison
+    ("removed", None, True),                                   # neither file nor segment: archived, then recycled
+    ("unnotified", "000000010000000000000009", False),         # neither file but the segment is there: not yet
+    (None, "000000010000000000000005", True),                  # no status directory: fall back to the names
+    (None, "000000010000000000000002.00000028.backup", False),
+    (None, "00000002.history", False),
+])
+def test_the_archive_status_file_decides_when_it_can_be_read(status, last_archived, expected):
+    assert _pg_session.stop_segment_archived(STOP, status, last_archived) is expected
+
+
+@pytest.mark.parametrize("names, in_pg_wal, expected", [
+    ([STOP + ".done"], True, "done"),
+    ([STOP + ".ready"], True, "ready"),
+    ([STOP + ".ready", STOP + ".done"], True, "done"),  # XLogArchiveCheckDone looks for .done first
+    ([], True, "unnotified"),
+    ([], False, "removed"),
+    (None, False, "removed"),
+])
+def test_the_archive_status_is_read_from_the_directory_listings(names, in_pg_wal, expected):
+    assert _pg_session.archive_status_from_listing(STOP, names, in_pg_wal) == expected
+
+
+def test_the_poll_reads_the_status_file_when_it_may_then_the_listing_then_only_the_archiver():
+    by_file = _pg_session.archive_poll(STOP, True, True)
+    by_listing = _pg_session.archive_poll(STOP, False, True)
+    by_archiver = _pg_session.archive_poll(STOP, False, False)
+
+    assert by_file[0] == by_listing[0] == "archive_status" and by_archiver[0] == "pg_stat_archiver"
+    assert by_file[2] == ["pg_wal/archive_status/%s.done" % STOP, "pg_wal/archive_status/%s.ready" % STOP, "pg_wal/" + STOP]
+    assert by_listing[2] == [STOP + ".done", STOP + ".ready", STOP]
+    assert by_archiver[2] == []
 
 
 # -- preflight verdicts --------------------------------------------------------------------------------------------
@@ -491,6 +547,22 @@ def test_stopped_of_a_stopped_session_returns_the_stored_facts_and_writes_missin
     assert second["queries"] == []
 
 
+def test_a_label_that_cannot_be_written_fails_naming_the_file_and_the_kept_label_and_is_not_retried(runtime, monkeypatch):
+    stored_session(runtime, "stopped", result=stop_result())
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/labels/b1/backup_label")
+
+    monkeypatch.setattr(_pg_session, "write_outputs", full)
+
+    with pytest.raises(SessionError) as caught:
+        PgBackupSession(params(runtime, label_dest="/labels"), False, lambda w: None).stopped()
+
+    assert "No space left on device (ENOSPC) on /labels/b1/backup_label" in caught.value.msg
+    assert "the label is kept in %s" % os.path.join(runtime, "b1", "state.json") in caught.value.msg
+    assert caught.value.retryable is False
+
+
 def test_stopped_after_a_start_that_failed_is_ok_because_backup_mode_never_began(runtime):
     stored_session(runtime, "failed", reason="the start failed: permission denied for function pg_backup_start",
                    start_failed=True)
@@ -820,6 +892,9 @@ STOP_ANSWERS = [
     ("SELECT pg_catalog.pg_walfile_name", ("000000010000000000000002",)),
     ("SELECT setting FROM pg_catalog.pg_settings WHERE name = 'archive_mode'", ("on",)),
 ]
+NO_STATUS_DIRECTORY = [("SELECT pg_catalog.has_function_privilege('pg_catalog.pg_stat_file", (False, False))]
+STATUS_BY_FILE = [("SELECT pg_catalog.has_function_privilege('pg_catalog.pg_stat_file", (True, True))]
+STATUS_BY_LISTING = [("SELECT pg_catalog.has_function_privilege('pg_catalog.pg_stat_file", (False, True))]
 
 
 def test_keepalive_aborts_when_a_pooler_moved_the_session_to_another_backend(runtime):
@@ -851,7 +926,7 @@ def test_keepalive_keeps_a_healthy_session(runtime):
 
 def test_stop_waits_for_the_stop_segment_and_records_the_result(runtime):
     archived = iter([("000000010000000000000001", None, None), ("000000010000000000000002", None, None)])
-    holder = running_holder(runtime, STOP_ANSWERS + [("SELECT last_archived_wal", lambda: next(archived))])
+    holder = running_holder(runtime, STOP_ANSWERS + NO_STATUS_DIRECTORY + [("SELECT last_archived_wal", lambda: next(archived))])
 
     answer = holder.stop(wait_for_archive=True, archive_timeout=10)
 
@@ -860,11 +935,56 @@ def test_stop_waits_for_the_stop_segment_and_records_the_result(runtime):
     assert stored["state"] == "stopped"
     assert stored["result"]["lsn"] == "0/2000100" and stored["result"]["labelfile"] == LABEL
     assert stored["result"]["archived"] is True and stored["result"]["stop_walfile"] == "000000010000000000000002"
+    assert stored["result"]["archive_check"] == "pg_stat_archiver"
     assert holder.finished and holder.conn is None
 
 
+def test_stop_sees_the_stop_segment_done_although_the_backup_history_file_was_archived_last(runtime):
+    polls = iter([("ready", "000000010000000000000001", None, None),
+                  ("done", "000000010000000000000001.00000028.backup", None, None)])
+    holder = running_holder(runtime, STOP_ANSWERS + STATUS_BY_FILE + [("SELECT CASE WHEN", lambda: next(polls))])
+
+    answer = holder.stop(wait_for_archive=True, archive_timeout=10)
+
+    assert answer["ok"] is True
+    result = SessionStore(runtime, "b1").read_state()["result"]
+    assert result["archived"] is True and result["archive_check"] == "archive_status"
+
+
+def test_stop_by_listing_needs_two_polls_without_the_segment_to_call_it_recycled(runtime):
+    polls = iter([([], False, None, None, None), ([], False, None, None, None)])
+    holder = running_holder(runtime, STOP_ANSWERS + STATUS_BY_LISTING + [("SELECT ARRAY(", lambda: next(polls))])
+    connection = holder.conn
+
+    answer = holder.stop(wait_for_archive=True, archive_timeout=10)
+
+    assert answer["ok"] is True
+    assert sum(1 for sql in connection.executed if sql.startswith("SELECT ARRAY(")) == 2
+
+
+def test_stop_times_out_on_a_ready_stop_segment_and_says_so(runtime):
+    holder = running_holder(runtime, STOP_ANSWERS + STATUS_BY_FILE + [("SELECT CASE WHEN", ("ready", "000000010000000000000009", None, None))])
+
+    answer = holder.stop(wait_for_archive=True, archive_timeout=0)
+
+    assert answer["ok"] is False
+    reason = SessionStore(runtime, "b1").read_state()["reason"]
+    assert "pg_wal/archive_status/000000010000000000000002.ready is still there" in reason
+
+
+def test_stop_without_the_status_directory_says_which_grant_makes_the_check_exact(runtime):
+    holder = running_holder(runtime, STOP_ANSWERS + NO_STATUS_DIRECTORY + [("SELECT last_archived_wal", ("00000002.history", None, None))])
+    holder.spec["preflight"] = {"current_user": "backup"}
+
+    holder.stop(wait_for_archive=True, archive_timeout=0)
+
+    reason = SessionStore(runtime, "b1").read_state()["reason"]
+    assert "role backup may not read pg_wal/archive_status" in reason and "GRANT pg_monitor TO backup" in reason
+
+
 def test_stop_fails_naming_the_segment_when_it_is_not_archived_within_archive_timeout(runtime):
-    holder = running_holder(runtime, STOP_ANSWERS + [("SELECT last_archived_wal", ("000000010000000000000001", "000000010000000000000002", None))])
+    holder = running_holder(runtime, STOP_ANSWERS + NO_STATUS_DIRECTORY
+                            + [("SELECT last_archived_wal", ("000000010000000000000001", "000000010000000000000002", None))])
 
     answer = holder.stop(wait_for_archive=True, archive_timeout=0)
 

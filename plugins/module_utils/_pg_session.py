@@ -1419,7 +1419,8 @@ class PgBackupSession:
         }
         report = spawn_holder(spec)
         if not report.get("ok"):
-            raise SessionError("PostgreSQL backup %s did not start on %s: %s (the holder's record is %s)"
+            raise SessionError("PostgreSQL backup %s did not start on %s: %s. The server did not enter backup mode for it; fix "
+                               "the cause (the holder's record is %s) and run the backup again"
                                % (self.backup_id, describe_target(base_kwargs), report.get("error"), self.store.state_path),
                                retryable=report.get("retryable", True), preflight=preflight, queries=queries)
         state = report["state"]

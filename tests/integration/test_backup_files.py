@@ -134,9 +134,22 @@ def test_pre_failing_three_times_skips_copy_runs_post_and_fails(tmp_path, fakedb
     assert "pre failed" in report["failure"]
 
 
-def test_copy_filling_the_medium_runs_post_fails_and_leaves_the_set_incomplete(tmp_path, fakedb, tmpfs_factory):
+def test_a_medium_too_small_for_the_plan_stops_the_job_before_pre(tmp_path, fakedb, tmpfs_factory):
     media = tmpfs_factory("tiny", size="2m")
     run = run_playbook("backup.yml", one_host(tmp_path), job_vars(fakedb, media.path, backup_id="b1"))
+    assert run.rc != 0, run
+    assert fakedb.calls() == []
+    assert "not enough free space on %s (dest) for the copy" % media.path in run.out, run
+
+
+def test_copy_filling_the_medium_is_tried_once_runs_post_fails_and_leaves_the_set_incomplete(tmp_path, fakedb, tmpfs_factory):
+    media = tmpfs_factory("small", size="8m")
+    # The database grows by 8 MiB between the preflight (which it passed) and the copy: pre writes it, then quiesces.
+    grow_then_pre = [PYTHON, "-c", "import os, subprocess, sys; open(sys.argv[1], 'ab').write(os.urandom(8 << 20)); "
+                     "sys.exit(subprocess.call(sys.argv[2:]))",
+                     os.path.join(fakedb.data_dir, "tables", "accounts.dat"), PYTHON, FAKEDB, fakedb.state_dir, "pre"]
+    run = run_playbook("backup.yml", one_host(tmp_path), job_vars(fakedb, media.path, backup_id="b1",
+                                                                  backup_files_pre_command=grow_then_pre))
     assert run.rc != 0, run
     assert fakedb.calls()[-1] == "post ok"
     assert fakedb.calls().count("pre ok") == 1
@@ -144,11 +157,11 @@ def test_copy_filling_the_medium_runs_post_fails_and_leaves_the_set_incomplete(t
     assert not os.path.exists(os.path.join(set_dir, "COMPLETE"))
     report = load_json(os.path.join(set_dir, "report.json"))
     assert report["phases"]["copy"]["result"] == "failed"
-    assert report["phases"]["copy"]["attempts"] == 3
+    assert report["phases"]["copy"]["attempts"] == 1  # no space left: a retry cannot help
     assert report["phases"]["post"]["result"] == "ok"
     assert report["verdict"] == "failed"
     assert "copy failed" in report["failure"]
-    assert "space" in report["failure"].lower()
+    assert "no space left" in report["failure"].lower()
 
 
 def test_post_failing_once_is_retried_and_the_backup_succeeds(tmp_path, fakedb, tmpfs_factory):

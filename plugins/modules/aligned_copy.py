@@ -533,7 +533,11 @@ def main() -> None:
         read_size = parse_size(params["read_size"], "read_size")
     except ValueError as exc:
         module.fail_json(msg=str(exc), retryable=False)
+    # The guard's lease is only kept by a real copy; check mode (the preflight before pre) has none to keep.
+    lease = Lease(params["lease_file"]) if params["lease_file"] and not module.check_mode else None
     try:
+        if lease is not None:
+            lease.check()  # renewed before the listing too, and a guard that already released the database stops us here
         validate_block_sizes(params["block_size"], read_size)
         sources = normalize_sources(params["sources"])
         set_path = validate_request(dest, backup_id, sources, params["create_dirs"])
@@ -553,10 +557,9 @@ def main() -> None:
             vanished=list(plan.vanished), seconds=0.0, read_size=read_size, block_size=params["block_size"],
             direct=params["direct"], phases=[], changed_during_copy=[],
         )
-    lease = Lease(params["lease_file"]) if params["lease_file"] else None
     try:
         if lease is not None:
-            lease.check()  # a guard that already released the database: do not start copying
+            lease.check()
         result = run_copy(
             plan, dest, backup_id, block_size=params["block_size"], read_size=read_size, direct=params["direct"],
             engine=params["engine"], facts=params["facts"], preserve_owner=params["preserve_owner"],

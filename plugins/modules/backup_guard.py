@@ -154,7 +154,7 @@ post_what:
 previous:
   description:
     - What the guard of an earlier run did that nobody has reported yet (it ran post because the controller's post
-      did not come): run, backup, when, why, and each post attempt with its return code and output tails.
+      did not come) - run, backup, when, why, and each post attempt with its return code and output tails.
   returned: when state is armed or status
   type: dict
 took_over:

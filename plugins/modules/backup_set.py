@@ -71,7 +71,7 @@ options:
     type: int
   owner_pid:
     description:
-      - For O(state=open), the process that owns this run on the host: the run's guard (M(consistent.backup.backup_guard)'s
+      - For O(state=open), the process that owns this run on the host, the run's guard (M(consistent.backup.backup_guard)'s
         RV(consistent.backup.backup_guard#module:pid)). The lock records it with the host, boot id and process start
         time; when that process is provably gone (same host, process gone or host rebooted), a later run takes the
         lock over and reports it in RV(broke_stale_lock).

@@ -981,7 +981,7 @@ def _change_record(item: Item, before: os.stat_result, after: os.stat_result, by
 
 def describe_change(change: t.Dict[str, t.Any]) -> str:
     """``/src/f (size 268435456 -> 104857600 bytes, 104857600 bytes read of 268435456 at open, mtime ... -> ...)``."""
-    parts = []
+    parts = ["between the listing and its copy"] if change.get("since") == "listed" else []
     if change["size_after"] != change["size_before"]:
         parts.append("size %d -> %d bytes" % (change["size_before"], change["size_after"]))
     if change["bytes_read"] != change["size_before"]:
@@ -1225,6 +1225,7 @@ class _Copier:
             if not stat.S_ISREG(st.st_mode):
                 raise CopyError("source %s is no longer a regular file (now %s); quiesce the database and run again"
                                 % (item.src, stat.filemode(st.st_mode)), retryable=False)
+            self._check_listed(item, st)
             # The metadata recorded is the one seen at open: a later change gives a newer mtime,
             # so the next run copies the file again rather than trusting this copy.
             item.size, item.mtime_ns, item.atime_ns = st.st_size, st.st_mtime_ns, st.st_atime_ns
@@ -1251,7 +1252,18 @@ class _Copier:
 
     def _check_change(self, fd: int, item: Item, before: os.stat_result, bytes_read: int) -> None:
         """Record a change of the source during its read; with changes=fail, fail the copy (the copy is not renamed)."""
-        change = _change_record(item, before, os.fstat(fd), bytes_read)
+        self._note_change(_change_record(item, before, os.fstat(fd), bytes_read))
+
+    def _check_listed(self, item: Item, at_open: os.stat_result) -> None:
+        """A file whose size or mtime at open differs from the listing (or the first attempt's recorded list) changed
+        during the copy too: a file truncated from 256 MiB to 100 MiB before its turn came is not a 100 MiB file."""
+        if item.mtime_ns and (item.size, item.mtime_ns) != (at_open.st_size, at_open.st_mtime_ns):
+            self._note_change({"path": item.rel, "source": item.src, "size_before": item.size, "size_after": at_open.st_size,
+                               "bytes_read": item.size, "mtime_before": item.mtime_ns / 1e9,
+                               "mtime_after": at_open.st_mtime_ns / 1e9, "mtime_ns_before": item.mtime_ns,
+                               "mtime_ns_after": at_open.st_mtime_ns, "since": "listed"})
+
+    def _note_change(self, change: t.Optional[t.Dict[str, t.Any]]) -> None:
         if change is None:
             return
         self.changed.append(change)

@@ -247,6 +247,27 @@ def test_a_file_truncated_during_the_copy_is_recorded_in_the_result_manifest_and
     assert str(path) in result.warnings[0]
 
 
+def test_a_file_truncated_after_the_listing_before_its_turn_fails_the_copy(src, dest):
+    path = write(src / "big", os.urandom(8 * READ))
+    plan = plan_copy(normalize_sources([{"path": str(path), "dest": "f"}]))
+    os.truncate(str(path), 3 * READ)  # between the listing and the copy of this file
+    with pytest.raises(CopyError) as caught:
+        run_copy(plan, str(dest), SET, block_size=BLOCK, read_size=READ)
+    assert str(caught.value).startswith("source file %s (between the listing and its copy, size %d -> %d bytes"
+                                        % (path, 8 * READ, 3 * READ))
+    assert not os.path.exists(str(dest / SET / "data" / "f"))
+
+
+def test_a_file_truncated_after_the_listing_is_a_warning_with_changes_warn(src, dest):
+    path = write(src / "big", os.urandom(8 * READ))
+    plan = plan_copy(normalize_sources([{"path": str(path), "dest": "f"}]))
+    os.truncate(str(path), 3 * READ)
+    result = run_copy(plan, str(dest), SET, block_size=BLOCK, read_size=READ, changes="warn")
+    change = result.changed_during_copy[0]
+    assert (change["since"], change["size_before"], change["size_after"]) == ("listed", 8 * READ, 3 * READ)
+    assert manifest(dest)["changed_during_copy"] == [change]
+
+
 def test_an_mtime_change_during_the_read_is_detected_although_the_size_did_not_move(src, dest):
     path = write(src / "f", os.urandom(4 * READ))
     before = os.stat(str(path)).st_mtime_ns

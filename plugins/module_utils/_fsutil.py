@@ -10,8 +10,12 @@ public API and may change without notice.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import re
+import stat
 import tempfile
 import typing as t
 
@@ -86,3 +90,38 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, owner: t.Optional[t.
             pass
         raise
     fsync_dir(directory)
+
+
+def write_json(path: str, document: t.Any, mode: int = 0o600) -> None:
+    """A state file: JSON, atomically written (see atomic_write), private by default."""
+    atomic_write(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8"), mode)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str) -> t.Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created 0600) for the ``with`` block; it ends with the process too."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def private_dir_problem(path: str) -> str:
+    """Create ``path`` (0700) if it is missing; '' when it is a real directory of ours that nobody else can write,
+    else what is wrong with it. An existing directory is never chmod'ed (a runtime_dir of /tmp must not turn /tmp
+    private): it is refused instead."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        return "%s is not a directory (or is a symlink)" % path
+    if info.st_uid != os.geteuid():
+        return "%s belongs to uid %d, not to us (uid %d)" % (path, info.st_uid, os.geteuid())
+    if info.st_mode & 0o022:
+        return "%s is writable by group or others (mode %04o): another user could replace what is kept there" % (
+            path, stat.S_IMODE(info.st_mode))
+    return ""

@@ -28,20 +28,18 @@ gone) is taken over: its post is run first, and the takeover is reported.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shlex
 import signal
-import stat
 import subprocess
 import time
 import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils import _detach
 from ansible_collections.consistent.backup.plugins.module_utils import _pg_session
-from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write
+from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, exclusive_lock, private_dir_problem, write_json
 from ansible_collections.consistent.backup.plugins.module_utils._layout import default_runtime_dir
 
 GUARDS_DIR = "guards"
@@ -104,16 +102,9 @@ def database_key(engine: str, database: str) -> str:
 
 def _ensure_private_dir(path: str) -> None:
     """Create ``path`` 0700 or accept an existing real directory of ours that nobody else can write."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
-        raise GuardError("guard directory %s must be a directory of uid %d that only it can write (found mode %04o, uid %d, "
-                         "%s); remove it or set backup_runtime_dir to a private directory"
-                         % (path, os.geteuid(), stat.S_IMODE(info.st_mode), info.st_uid,
-                            "a directory" if stat.S_ISDIR(info.st_mode) else "not a directory"))
+    problem = private_dir_problem(path)
+    if problem:
+        raise GuardError("guard directory %s; remove it or set backup_runtime_dir to a private directory" % problem)
 
 
 def _read_json(path: str) -> t.Optional[t.Dict[str, t.Any]]:
@@ -151,19 +142,11 @@ class GuardDir:
         return _read_json(self.state_path)
 
     def write_state(self, state: t.Dict[str, t.Any]) -> None:
-        state = dict(state)
-        state["updated_at"] = iso(now())
-        atomic_write(self.state_path, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode("utf-8"), mode=0o600)
+        write_json(self.state_path, dict(state, updated_at=iso(now())))
 
-    @contextlib.contextmanager
-    def locked(self) -> t.Iterator[None]:
+    def locked(self) -> t.ContextManager[None]:
         """Serialise module runs on one database (two runs arming at the same moment)."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return exclusive_lock(self.lock_path)
 
     def archive(self, state: t.Dict[str, t.Any]) -> str:
         """Move a finished guard's record to history/ (it has been reported) and clear the working files."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
-import fcntl
 import hashlib
 import importlib
 import importlib.util
@@ -37,12 +36,11 @@ import re
 import select
 import signal
 import socket
-import stat
 import struct
 import time
 import typing as t
 
-from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write
+from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, exclusive_lock, private_dir_problem, write_json
 from ansible_collections.consistent.backup.plugins.module_utils import _detach, _layout, _pg_manifest
 from ansible_collections.consistent.backup.plugins.module_utils._layout import default_runtime_dir
 
@@ -603,25 +601,11 @@ def stop_queries(server_version_num: int, wait_for_archive: bool) -> t.List[str]
 # ---------------------------------------------------------------------------------------------------------
 
 def _ensure_private_dir(path: str) -> None:
-    """Create ``path`` (mode 0700) or check an existing one is a real directory of ours that nobody else can write.
-
-    An existing directory is never chmod'ed (runtime_dir=/tmp must not turn /tmp private): it is refused instead.
-    """
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode):
-        raise SessionError("runtime directory %s is not a directory (or is a symlink); remove it or set runtime_dir" % path,
-                           retryable=False)
-    if info.st_uid != os.geteuid():
-        raise SessionError("runtime directory %s belongs to uid %d, not to us (uid %d); set runtime_dir to a directory of "
-                           "our own or remove it" % (path, info.st_uid, os.geteuid()), retryable=False)
-    if info.st_mode & 0o022:
-        raise SessionError("runtime directory %s is writable by group or others (mode %04o): another user could replace the "
-                           "holder's socket; use a private directory (chmod 0700) or a new runtime_dir"
-                           % (path, stat.S_IMODE(info.st_mode)), retryable=False)
+    """Create ``path`` (0700) or accept an existing real directory of ours that nobody else can write."""
+    problem = private_dir_problem(path)
+    if problem:
+        raise SessionError("runtime directory %s; the holder's socket must live in a private directory: set runtime_dir to a "
+                           "directory of our own (chmod 0700) or remove it" % problem, retryable=False)
 
 
 class SessionStore:
@@ -665,19 +649,11 @@ class SessionStore:
                                "pg_stat_activity and remove %s" % (self.state_path, exc, self.path), retryable=False)
 
     def write_state(self, state: t.Dict[str, t.Any]) -> None:
-        state = dict(state)
-        state["updated_at"] = iso(utc_now())
-        atomic_write(self.state_path, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode("utf-8"), mode=0o600)
+        write_json(self.state_path, dict(state, updated_at=iso(utc_now())))
 
-    @contextlib.contextmanager
-    def lock(self) -> t.Iterator[None]:
+    def lock(self) -> t.ContextManager[None]:
         """Serialise module runs on one session (two tasks starting or stopping the same backup)."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return exclusive_lock(self.lock_path)
 
 
 def aborted_message(backup_id: str, state: t.Dict[str, t.Any]) -> str:

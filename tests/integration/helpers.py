@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import typing as t
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -93,3 +94,83 @@ class Tmpfs:
 def load_json(path: str) -> t.Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def wait_until(predicate: t.Callable[[], t.Any], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+def module_processes(module: str) -> t.List[int]:
+    """Pids of live processes running ``module`` (its AnsiballZ wrapper, or a detached child of it such as a guard)."""
+    needle = ("AnsiballZ_%s" % module).encode()
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                    if needle in handle.read() and pid_alive(int(pid)):
+                        found.append(int(pid))
+            except OSError:
+                pass
+    return found
+
+
+def fill_files(directory: str, files: int, mib: int) -> None:
+    """``files`` files of ``mib`` MiB of incompressible data each (table00.dat, ...), sorted in copy order."""
+    block = os.urandom(1024 * 1024)
+    for number in range(files):
+        with open(os.path.join(directory, "table%02d.dat" % number), "wb") as handle:
+            for _mib in range(mib):
+                handle.write(block)
+
+
+def big_source(tmpfs_factory: t.Callable[..., "Tmpfs"], files: int = 12, mib: int = 96) -> "Tmpfs":
+    """A copy source that takes a second or more: ``files`` x ``mib`` MiB of incompressible data on a real tmpfs."""
+    source = tmpfs_factory("source", size="%dm" % (files * mib + 64))
+    fill_files(source.path, files, mib)
+    return source
+
+
+def start_playbook(playbook: str, inventory_path: str, extra_vars: t.Dict[str, t.Any], log_path: str) -> subprocess.Popen:
+    """ansible-playbook in the background, in a session of its own (so a test can kill the controller alone)."""
+    cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", inventory_path, os.path.join(ROOT, "playbooks", playbook),
+           "-e", json.dumps(extra_vars)]
+    with open(log_path, "w", encoding="utf-8") as log:
+        return subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def inventory(tmp_path: t.Any, **host_vars: t.Any) -> str:
+    """One local host, db1."""
+    return write_inventory(str(tmp_path / "inventory.yml"), {"db1": host_vars})
+
+
+def pg_job(cluster: t.Any, media_path: str, backup_id: str, **more: t.Any) -> t.Dict[str, t.Any]:
+    """backup.yml's variables for a backup of ``cluster`` (scripts/pgcluster.py) to ``media_path``."""
+    values = {
+        "backup_engine": "postgresql",
+        "backup_dest": media_path,
+        "backup_id": backup_id,
+        "backup_retry_delay": 0,
+        "backup_postgresql_host": cluster.run_dir,
+        "backup_postgresql_port": cluster.port,
+        "backup_postgresql_user": "postgres",
+        "backup_postgresql_runtime_dir": os.path.join(cluster.base_dir, "holders"),
+        "backup_postgresql_archive_timeout": 60,
+    }
+    values.update(more)
+    return values

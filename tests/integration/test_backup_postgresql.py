@@ -23,52 +23,10 @@ import time
 
 import pytest
 
-from helpers import ROOT, load_json, run_playbook, write_inventory
+from helpers import ROOT, inventory, load_json, pg_job, run_playbook
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from pgcluster import PGBENCH_INVARIANT_SQL as INVARIANT, Cluster, free_port  # noqa: E402  pylint: disable=wrong-import-position
-
-BASE = "/var/tmp/consistent-backup/tests"
-
-
-@pytest.fixture
-def cluster(request):
-    """A fresh cluster of the requested version with WAL archiving, pgbench data, stopped and removed at the end."""
-    version = request.param if hasattr(request, "param") else 18
-    port = free_port()
-    while os.path.exists(os.path.join(BASE, "pg%d-%d" % (version, port))):  # another run's cluster
-        port = free_port(port + 1)
-    made = Cluster(version, os.path.join(BASE, "pg%d-%d" % (version, port)), port)
-    made.init(archive=True)
-    made.start()
-    made.pgbench(["-i", "-q", "-s", "5"])
-    yield made
-    made.destroy()
-
-
-@pytest.fixture
-def media(tmpfs_factory):
-    return tmpfs_factory("backup", size="1g")
-
-
-def pg_job(cluster, media_path, backup_id, **more):
-    values = {
-        "backup_engine": "postgresql",
-        "backup_dest": media_path,
-        "backup_id": backup_id,
-        "backup_retry_delay": 0,
-        "backup_postgresql_host": cluster.run_dir,
-        "backup_postgresql_port": cluster.port,
-        "backup_postgresql_user": "postgres",
-        "backup_postgresql_runtime_dir": os.path.join(cluster.base_dir, "holders"),
-        "backup_postgresql_archive_timeout": 60,
-    }
-    values.update(more)
-    return values
-
-
-def inventory(tmp_path):
-    return write_inventory(str(tmp_path / "inventory.yml"), {"db1": {}})
+from pgcluster import PGBENCH_INVARIANT_SQL as INVARIANT, free_port  # noqa: E402  pylint: disable=wrong-import-position
 
 
 class Background:

@@ -6,47 +6,17 @@ against one database, checks before pre, and a failing command's reason in the v
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 
-from helpers import FAKEDB, PYTHON, VENV_BIN, ROOT, ansible_env, load_json, run_playbook, write_inventory
+from helpers import (FAKEDB, PYTHON, big_source, inventory, load_json, module_processes, run_playbook, start_playbook, wait_until,
+                     write_inventory)
 
 # Short, so the tests see the guard act soon; long enough for the tasks between arming and the copy on a busy machine.
 GUARD_LEASE = 5
-
-
-@pytest.fixture
-def fakedb(tmp_path):
-    state = tmp_path / "fakedb-state"
-    state.mkdir()
-    data = tmp_path / "db"
-    data.mkdir()
-    (data / "table.dat").write_bytes(os.urandom(300_000))
-
-    class FakeDb:
-        state_dir = str(state)
-        data_dir = str(data)
-
-        def calls(self):
-            log = state / "calls.log"
-            return log.read_text().split("\n")[:-1] if log.exists() else []
-
-        def db_state(self):
-            path = state / "state"
-            return path.read_text() if path.exists() else "open"
-
-        def fail_next(self, action, times):
-            (state / ("fail-" + action)).write_text(str(times))
-
-        def sleep(self, action, seconds):
-            (state / ("sleep-" + action)).write_text(str(seconds))
-
-    return FakeDb()
 
 
 def job_vars(fakedb, dest, **more):
@@ -58,48 +28,10 @@ def job_vars(fakedb, dest, **more):
         "backup_files_pre_command": [PYTHON, FAKEDB, fakedb.state_dir, "pre"],
         "backup_files_post_command": [PYTHON, FAKEDB, fakedb.state_dir, "post"],
         "backup_files_paths": [fakedb.data_dir],
-        "backup_runtime_dir": fakedb.state_dir + "/run",
+        "backup_runtime_dir": fakedb.runtime_dir,
     }
     values.update(more)
     return values
-
-
-def one_host(tmp_path, **host_vars):
-    return write_inventory(str(tmp_path / "inventory.yml"), {"db1": host_vars})
-
-
-def guard_processes():
-    """Pids of guard processes still alive (their command line is the backup_guard module's)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open("/proc/%s/cmdline" % pid, "rb") as handle:
-                    if b"AnsiballZ_backup_guard" in handle.read():
-                        found.append(int(pid))
-            except OSError:
-                pass
-    return found
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
-
-
-def big_source(tmpfs_factory, files=12, mib=96):
-    """A source that takes a second or more to copy: many MiB of incompressible data on a real tmpfs."""
-    source = tmpfs_factory("source", size="%dm" % (files * mib + 64))
-    block = os.urandom(1024 * 1024)
-    for number in range(files):
-        with open(os.path.join(source.path, "table%02d.dat" % number), "wb") as handle:
-            for _mib in range(mib):
-                handle.write(block)
-    return source
 
 
 # --- the controller dies during the copy --------------------------------------------------------------------
@@ -109,11 +41,7 @@ def test_controller_killed_during_copy_the_guard_runs_post_and_the_next_run_repo
     source = big_source(tmpfs_factory)
     media = tmpfs_factory("backup", size="2600m")  # room for the killed set and the next one
     variables = job_vars(fakedb, media.path, backup_id="killed", backup_files_paths=[source.path])
-    cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", one_host(tmp_path), os.path.join(ROOT, "playbooks", "backup.yml"),
-           "-e", json.dumps(variables)]
-    log = open(str(tmp_path / "controller.log"), "w", encoding="utf-8")
-    controller = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(), stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+    controller = start_playbook("backup.yml", inventory(tmp_path), variables, str(tmp_path / "controller.log"))
     data_dir = os.path.join(media.path, "killed", "data")
     wait_until(lambda: os.path.isdir(data_dir) and os.listdir(data_dir), 60, "the copy to start")
     assert fakedb.db_state() == "quiesced"
@@ -126,9 +54,9 @@ def test_controller_killed_during_copy_the_guard_runs_post_and_the_next_run_repo
     assert not os.path.exists(os.path.join(media.path, "killed", "COMPLETE"))
     # The bound: the copy's last progress plus the lease (plus the guard's poll); the orphaned copy may run to its end.
     assert released_after < GUARD_LEASE + 25, released_after
-    wait_until(lambda: not guard_processes(), 10, "the guard to exit")
+    wait_until(lambda: not module_processes("backup_guard"), 10, "the guard to exit")
 
-    rerun = run_playbook("backup.yml", one_host(tmp_path), dict(variables, backup_id="after-kill"))
+    rerun = run_playbook("backup.yml", inventory(tmp_path), dict(variables, backup_id="after-kill"))
     assert rerun.rc == 0, rerun
     assert "the guard of run" in rerun.out and "ran post itself" in rerun.out, rerun
     report = load_json(os.path.join(media.path, "after-kill", "report.json"))
@@ -141,9 +69,9 @@ def test_controller_killed_during_copy_the_guard_runs_post_and_the_next_run_repo
 
 def test_normal_run_leaves_no_guard_process_and_records_the_disarm(tmp_path, fakedb, tmpfs_factory):
     media = tmpfs_factory()
-    run = run_playbook("backup.yml", one_host(tmp_path), job_vars(fakedb, media.path, backup_id="b1"))
+    run = run_playbook("backup.yml", inventory(tmp_path), job_vars(fakedb, media.path, backup_id="b1"))
     assert run.rc == 0, run
-    assert guard_processes() == []
+    assert module_processes("backup_guard") == []
     assert fakedb.calls() == ["pre ok", "post ok"]
     report = load_json(os.path.join(media.path, "b1", "report.json"))
     assert report["guard"]["fired"] is None and report["guard"]["previous"] is None
@@ -157,17 +85,14 @@ def test_second_run_against_the_same_database_fails_before_pre_and_the_first_suc
     fakedb.sleep("pre", 15)  # the first run holds the database long enough for the second to try
     # Two controllers share two cores here: a long lease, so only the lock is under test.
     first_vars = job_vars(fakedb, media.path, backup_id="first", backup_guard_lease=60)
-    cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", one_host(tmp_path), os.path.join(ROOT, "playbooks", "backup.yml"),
-           "-e", json.dumps(first_vars)]
-    first = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, text=True)
+    first = start_playbook("backup.yml", inventory(tmp_path), first_vars, str(tmp_path / "first.log"))
     wait_until(lambda: os.path.isdir(os.path.join(media.path, "first")), 60, "the first run to arm its guard and open its set")
     second_inventory = write_inventory(str(tmp_path / "second.yml"), {"db1": {}})
     second = run_playbook("backup.yml", second_inventory, dict(first_vars, backup_id="second"))
-    first_out, _err = first.communicate(timeout=300)
+    first.wait(timeout=300)
     assert second.rc != 0, second
     assert "is being backed up by run" in second.out and "backup_id first" in second.out, second
-    assert first.returncode == 0, first_out[-3000:]
+    assert first.returncode == 0, (tmp_path / "first.log").read_text()[-3000:]
     # The second run never ran pre or post: the first run's calls are the only ones.
     assert fakedb.calls() == ["pre ok", "post ok"]
     assert os.path.exists(os.path.join(media.path, "first", "COMPLETE"))
@@ -186,18 +111,18 @@ def test_second_run_against_the_same_database_fails_before_pre_and_the_first_suc
 ])
 def test_input_that_can_be_known_before_pre_is_refused_before_pre(tmp_path, fakedb, tmpfs_factory, overrides, named):
     media = tmpfs_factory()
-    run = run_playbook("backup.yml", one_host(tmp_path), job_vars(fakedb, media.path, **dict({"backup_id": "b1"}, **overrides)))
+    run = run_playbook("backup.yml", inventory(tmp_path), job_vars(fakedb, media.path, **dict({"backup_id": "b1"}, **overrides)))
     assert run.rc != 0, run
     assert named in run.out, run
     assert fakedb.calls() == [], "pre or post ran: %s" % fakedb.calls()
-    assert guard_processes() == []
+    assert module_processes("backup_guard") == []
 
 
 def test_destination_inside_the_source_is_refused_before_pre(tmp_path, fakedb, tmpfs_factory):
     media = tmpfs_factory()
     inside = os.path.join(media.path, "sets")
     os.mkdir(inside)
-    run = run_playbook("backup.yml", one_host(tmp_path),
+    run = run_playbook("backup.yml", inventory(tmp_path),
                        job_vars(fakedb, inside, backup_id="b1", backup_files_paths=[media.path], backup_media_mountpoint=media.path))
     assert run.rc != 0, run
     assert "inside" in run.out, run
@@ -209,7 +134,7 @@ def test_medium_too_small_for_the_plan_is_refused_before_pre(tmp_path, fakedb, t
     source.mkdir()
     (source / "table.dat").write_bytes(os.urandom(3 * 1024 * 1024))
     media = tmpfs_factory("backup", size="2m")
-    run = run_playbook("backup.yml", one_host(tmp_path), job_vars(fakedb, media.path, backup_id="b1", backup_files_paths=[str(source)]))
+    run = run_playbook("backup.yml", inventory(tmp_path), job_vars(fakedb, media.path, backup_id="b1", backup_files_paths=[str(source)]))
     assert run.rc != 0, run
     assert "free" in run.out and "free_space_margin" in run.out, run
     assert fakedb.calls() == []
@@ -220,7 +145,7 @@ def test_medium_too_small_for_the_plan_is_refused_before_pre(tmp_path, fakedb, t
 def test_failing_pre_command_reason_is_in_the_failure_and_in_report_json(tmp_path, fakedb, tmpfs_factory):
     media = tmpfs_factory()
     fakedb.fail_next("pre", 3)
-    run = run_playbook("backup.yml", one_host(tmp_path), job_vars(fakedb, media.path, backup_id="b1"))
+    run = run_playbook("backup.yml", inventory(tmp_path), job_vars(fakedb, media.path, backup_id="b1"))
     assert run.rc != 0, run
     assert "fakedb: pre failed on demand (0 more failures queued)" in run.out, run
     report = load_json(os.path.join(media.path, "b1", "report.json"))

@@ -6,49 +6,15 @@ the next run says what the guard did. A real PostgreSQL 18 server with WAL archi
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 
-from helpers import ROOT, VENV_BIN, ansible_env, load_json, run_playbook
-from test_backup_postgresql import cluster, inventory, media, pg_job  # noqa: F401  pylint: disable=unused-import
+from helpers import inventory, load_json, module_processes, pg_job, pid_alive, run_playbook, start_playbook, wait_until
 
 GUARD_LEASE = 5
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
-
-
-def pid_alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
-
-
-def copy_processes():
-    """Pids of running aligned_copy module processes."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open("/proc/%s/cmdline" % pid, "rb") as handle:
-                    if b"AnsiballZ_aligned_copy" in handle.read():
-                        found.append(int(pid))
-            except OSError:
-                pass
-    return found
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
@@ -57,11 +23,7 @@ def test_controller_killed_during_copy_leaves_no_backup_session_and_the_next_run
     variables = pg_job(cluster, media.path, "killed", backup_guard_lease=GUARD_LEASE,
                        backup_runtime_dir=os.path.join(cluster.base_dir, "guards"),
                        backup_postgresql_read_size="8192")  # one page per read: a copy slow enough to be caught
-    cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", inventory(tmp_path), os.path.join(ROOT, "playbooks", "backup.yml"),
-           "-e", json.dumps(variables)]
-    log = open(str(tmp_path / "controller.log"), "w", encoding="utf-8")  # pylint: disable=consider-using-with
-    controller = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(), stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+    controller = start_playbook("backup.yml", inventory(tmp_path), variables, str(tmp_path / "controller.log"))
     state_file = os.path.join(holders, "killed", "state.json")
     wait_until(lambda: os.path.isdir(os.path.join(media.path, "killed", "data")) and os.path.exists(state_file), 120,
                "the copy to start")
@@ -71,7 +33,6 @@ def test_controller_killed_during_copy_leaves_no_backup_session_and_the_next_run
     killed_at = time.monotonic()
     os.kill(controller.pid, sig)
     controller.wait(timeout=30)
-    log.close()
 
     wait_until(lambda: not pid_alive(holder["holder_pid"]), 120, "the guard to end the holder's session")
     released_after = time.monotonic() - killed_at
@@ -101,12 +62,9 @@ def test_controller_killed_during_copy_leaves_no_backup_session_and_the_next_run
 def test_second_backup_of_the_same_cluster_is_refused_before_pre(tmp_path, cluster, media):
     variables = pg_job(cluster, media.path, "first", backup_guard_lease=120,
                        backup_runtime_dir=os.path.join(cluster.base_dir, "guards"), backup_postgresql_read_size="8192")
-    cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", inventory(tmp_path), os.path.join(ROOT, "playbooks", "backup.yml"),
-           "-e", json.dumps(variables)]
-    first = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, text=True)
-    wait_until(lambda: os.path.isdir(os.path.join(media.path, "first", "data")) and copy_processes(), 120, "the first run's copy")
-    paused = copy_processes()
+    first = start_playbook("backup.yml", inventory(tmp_path), variables, str(tmp_path / "first.log"))
+    wait_until(lambda: os.path.isdir(os.path.join(media.path, "first", "data")) and module_processes("aligned_copy"), 120, "the first run's copy")
+    paused = module_processes("aligned_copy")
     for pid in paused:  # hold the first run in its copy while the second one tries
         os.kill(pid, signal.SIGSTOP)
     try:
@@ -114,9 +72,9 @@ def test_second_backup_of_the_same_cluster_is_refused_before_pre(tmp_path, clust
     finally:
         for pid in paused:
             os.kill(pid, signal.SIGCONT)
-    first_out, _err = first.communicate(timeout=600)
+    first.wait(timeout=600)
     assert second.rc != 0, second
     assert "is being backed up by run" in second.out and "backup_id first" in second.out, second
     assert not os.path.exists(os.path.join(cluster.base_dir, "holders", "second")), "the second run started a backup"
-    assert first.returncode == 0, first_out[-3000:]
+    assert first.returncode == 0, (tmp_path / "first.log").read_text()[-3000:]
     assert os.path.exists(os.path.join(media.path, "first", "COMPLETE"))

@@ -587,6 +587,13 @@ def plan_attempt(sources: t.Sequence[Source], create_dirs: t.Sequence[str], set_
     if recorded is None:
         return plan
     plan.resumed = True
+    # A file listed again is held to what the first attempt listed: a file truncated between two attempts changed
+    # during this copy, so the copy checks it against the first listing, not against a fresh one.
+    first = dict((item.rel, item) for item in recorded.items)
+    for item in plan.items:
+        was = first.get(item.rel)
+        if was is not None and was.kind == item.kind == "file":
+            item.size, item.mtime_ns = was.size, was.mtime_ns
     listed = set(item.rel for item in plan.items)
     gone = []
     for item in recorded.items:

@@ -28,13 +28,13 @@ def files_job(fakedb, dest, source, backup_id):
 
 
 def when_copy_starts(set_dir, action):
-    """Run ``action`` in a thread as soon as the copy has created the set's data directory."""
+    """Run ``action`` in a thread as soon as the copy has listed its sources (it records the list, then copies)."""
     done = {}
 
     def watch():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if os.path.isdir(os.path.join(set_dir, "data")):
+            if os.path.exists(os.path.join(set_dir, ".copy-plan.json")):
                 action()
                 done["at"] = time.time()
                 return

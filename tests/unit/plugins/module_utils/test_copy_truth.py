@@ -268,6 +268,17 @@ def test_a_file_truncated_after_the_listing_is_a_warning_with_changes_warn(src, 
     assert manifest(dest)["changed_during_copy"] == [change]
 
 
+def test_a_file_truncated_between_attempts_fails_every_later_attempt(src, dest):
+    path = write(src / "big", os.urandom(8 * READ))
+    write(src / "small", os.urandom(READ))
+    with pytest.raises(CopyError):
+        attempt(src, dest, reader=truncating_reader(path, 2 * READ, 3 * READ))  # attempt 1 sees it shrink
+    with pytest.raises(CopyError) as caught:
+        attempt(src, dest)  # attempt 2 lists 3 READ but the first listing said 8 READ
+    assert "between the listing and its copy, size %d -> %d bytes" % (8 * READ, 3 * READ) in str(caught.value)
+    assert not os.path.exists(str(dest / SET / "COMPLETE"))
+
+
 def test_an_mtime_change_during_the_read_is_detected_although_the_size_did_not_move(src, dest):
     path = write(src / "f", os.urandom(4 * READ))
     before = os.stat(str(path)).st_mtime_ns

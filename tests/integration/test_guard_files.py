@@ -56,6 +56,9 @@ def test_controller_killed_during_copy_the_guard_runs_post_and_the_next_run_repo
     assert released_after < GUARD_LEASE + 25, released_after
     wait_until(lambda: not module_processes("backup_guard"), 10, "the guard to exit")
 
+    audit = run_playbook("backup.yml", inventory(tmp_path), dict(variables, backup_id="after-kill"), check=True)
+    assert audit.rc == 0, audit
+    assert "an earlier guard: " in audit.out and '"backup_id": "killed"' in audit.out, audit
     rerun = run_playbook("backup.yml", inventory(tmp_path), dict(variables, backup_id="after-kill"))
     assert rerun.rc == 0, rerun
     assert "the guard of run" in rerun.out and "ran post itself" in rerun.out, rerun

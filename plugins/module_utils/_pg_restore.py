@@ -28,12 +28,14 @@ import stat
 import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
-from ansible_collections.consistent.backup.plugins.module_utils._layout import backup_id_problem
+from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, backup_id_problem
 from ansible_collections.consistent.backup.plugins.module_utils._manifest import load_manifest
+from ansible_collections.consistent.backup.plugins.module_utils._pg_manifest import SERVER_WRITTEN
 
 DATA_PREFIX = "pgdata"
-# Written by the restore itself (byte-exact from the label store) or meaningless in a restored cluster.
-NOT_COPIED = {"backup_label", "tablespace_map", "backup_manifest"}
+# The server-written files (_pg_manifest.SERVER_WRITTEN): the restore writes the labels itself (byte-exact from
+# the label store) and backup_manifest is meaningless in a restored cluster.
+NOT_COPIED = frozenset(SERVER_WRITTEN)
 COPY_CHUNK = 1024 * 1024
 LABEL_LINE = re.compile(r"^([A-Z ]+): (.*)$")
 
@@ -108,10 +110,10 @@ def resolve_set(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Opti
     if backup_id == "latest":
         if not backup_dest or not os.path.isdir(backup_dest):
             raise RestoreError("backup_dest %s is not a directory; give the backup destination that holds the sets" % backup_dest)
-        complete = [name for name in os.listdir(backup_dest) if os.path.isfile(os.path.join(backup_dest, name, "COMPLETE"))]
+        complete = [name for name in os.listdir(backup_dest) if os.path.isfile(os.path.join(backup_dest, name, COMPLETE_NAME))]
         if not complete:
             raise RestoreError("no COMPLETE backup set in %s; run playbooks/backup.yml first or give backup_id" % backup_dest)
-        backup_id = max(complete, key=lambda name: os.stat(os.path.join(backup_dest, name, "COMPLETE")).st_mtime)
+        backup_id = max(complete, key=lambda name: os.stat(os.path.join(backup_dest, name, COMPLETE_NAME)).st_mtime)
     if backup_dest:
         set_path = os.path.join(backup_dest, backup_id)
     elif label_json.get("set_path"):
@@ -120,7 +122,7 @@ def resolve_set(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Opti
         raise RestoreError("backup set %s: give backup_dest (where the sets are), or a label store that names the set" % backup_id)
     if not os.path.isdir(set_path):
         raise RestoreError("backup set %s does not exist; check backup_dest and backup_id (or use backup_id=latest)" % set_path)
-    if not os.path.isfile(os.path.join(set_path, "COMPLETE")):
+    if not os.path.isfile(os.path.join(set_path, COMPLETE_NAME)):
         raise RestoreError(
             "backup set %s is not marked COMPLETE (its copy, label or manifest did not all reach the medium); "
             "refusing to restore it. Restore an earlier COMPLETE set" % set_path)

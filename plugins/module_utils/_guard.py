@@ -40,7 +40,7 @@ import typing as t
 from ansible_collections.consistent.backup.plugins.module_utils import _detach
 from ansible_collections.consistent.backup.plugins.module_utils import _pg_session
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, exclusive_lock, private_dir_problem, write_json
-from ansible_collections.consistent.backup.plugins.module_utils._layout import default_runtime_dir
+from ansible_collections.consistent.backup.plugins.module_utils._layout import default_runtime_dir, utc_iso
 
 GUARDS_DIR = "guards"
 STATE_NAME = "state.json"
@@ -78,12 +78,6 @@ def now() -> float:
     return time.time()
 
 
-def iso(epoch: t.Optional[float]) -> t.Optional[str]:
-    if epoch is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + ".%06dZ" % int((epoch % 1) * 1e6)
-
-
 def tail(text: t.Union[str, bytes, None], limit: int = TAIL_CHARS) -> str:
     """The end of a command's output: where its reason usually is."""
     if text is None:
@@ -104,7 +98,7 @@ def _ensure_private_dir(path: str) -> None:
     """Create ``path`` 0700 or accept an existing real directory of ours that nobody else can write."""
     problem = private_dir_problem(path)
     if problem:
-        raise GuardError("guard directory %s; remove it or set backup_runtime_dir to a private directory" % problem)
+        raise GuardError("guard directory %s; remove it or give runtime_dir a private directory" % problem)
 
 
 def _read_json(path: str) -> t.Optional[t.Dict[str, t.Any]]:
@@ -142,7 +136,7 @@ class GuardDir:
         return _read_json(self.state_path)
 
     def write_state(self, state: t.Dict[str, t.Any]) -> None:
-        write_json(self.state_path, dict(state, updated_at=iso(now())))
+        write_json(self.state_path, dict(state, updated_at=utc_iso(now())))
 
     def locked(self) -> t.ContextManager[None]:
         """Serialise module runs on one database (two runs arming at the same moment)."""
@@ -249,7 +243,7 @@ def run_post(post: t.Dict[str, t.Any], retries: int, retry_delay: float, timeout
             outcome = _end_pg_session(post["pg_session"], reason)
         else:
             outcome = {"ok": True, "rc": 0, "stdout": "nothing to undo", "stderr": ""}
-        outcome.update({"attempt": number, "start": iso(began), "seconds": round(now() - began, 3)})
+        outcome.update({"attempt": number, "start": utc_iso(began), "seconds": round(now() - began, 3)})
         attempts.append(outcome)
         if outcome["ok"]:
             break
@@ -294,7 +288,7 @@ class Guard:
         except _Terminate as exc:
             reason = "the guard received %s (the host is shutting down or someone stopped it)" % exc
         if reason is None:
-            self.state.update({"state": DISARMED, "disarmed_at": iso(now())})
+            self.state.update({"state": DISARMED, "disarmed_at": utc_iso(now())})
             self.gdir.write_state(self.state)
             return
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # post must not be cut short
@@ -310,7 +304,7 @@ class Guard:
                 return None
             moment = now()
             if moment >= hard_end:
-                return "backup_max_quiesce (%d s) reached: the database was out of its normal state since %s" % (
+                return "max_quiesce (%d s) reached: the database was out of its normal state since %s" % (
                     self.spec["max_quiesce"], self.spec["armed_at"])
             if lease > 0:
                 try:
@@ -319,18 +313,18 @@ class Guard:
                     renewed = self.spec["armed_epoch"]
                 if moment - renewed > lease:
                     return ("no progress for %.0f s (lease %d s, last renewed %s): the controller's run is taken as gone"
-                            % (moment - renewed, lease, iso(renewed)))
+                            % (moment - renewed, lease, utc_iso(renewed)))
             time.sleep(POLL_SECONDS)
 
     def fire(self, reason: str) -> None:
         with contextlib.suppress(OSError):
-            atomic_write(self.gdir.fired_path, (json.dumps({"reason": reason, "at": iso(now())}) + "\n").encode("utf-8"), 0o600)
-        self.state.update({"state": FIRING, "fired_at": iso(now()), "reason": reason})
+            atomic_write(self.gdir.fired_path, (json.dumps({"reason": reason, "at": utc_iso(now())}) + "\n").encode("utf-8"), 0o600)
+        self.state.update({"state": FIRING, "fired_at": utc_iso(now()), "reason": reason})
         self.gdir.write_state(self.state)
         outcome = run_post(self.spec["post"], self.spec["retries"], self.spec["retry_delay"], self.spec["post_timeout"],
                            "released by the guard: %s" % reason)
         self.state.update({"state": FIRED if outcome["ok"] else POST_FAILED, "post_result": outcome,
-                           "post_ended_at": iso(now())})
+                           "post_ended_at": utc_iso(now())})
         self.gdir.write_state(self.state)
 
 
@@ -423,7 +417,7 @@ def arm(gdir: GuardDir, spec: t.Dict[str, t.Any], check_mode: bool) -> t.Dict[st
             outcome = run_post(normalize_post(stale.get("post") or {"none": True}), stale.get("retries", 3),
                                stale.get("retry_delay", 5), stale.get("post_timeout", 600),
                                "taken over by run %s: the earlier guard is gone (%s)" % (spec["run_id"], found["stale"]))
-            stale = dict(stale, state=FIRED if outcome["ok"] else POST_FAILED, post_result=outcome, fired_at=iso(now()),
+            stale = dict(stale, state=FIRED if outcome["ok"] else POST_FAILED, post_result=outcome, fired_at=utc_iso(now()),
                          reason="its guard is gone (%s); run %s took over and ran post" % (found["stale"], spec["run_id"]))
             gdir.write_state(stale)
             result["took_over"] = summary(stale)
@@ -438,7 +432,7 @@ def arm(gdir: GuardDir, spec: t.Dict[str, t.Any], check_mode: bool) -> t.Dict[st
             gdir.archive(found["state"])
         armed_epoch = now()
         full = dict(spec, post=post, post_what=describe_post(post), engine=gdir.engine, database=gdir.database,
-                    key=gdir.key, armed_epoch=armed_epoch, armed_at=iso(armed_epoch))
+                    key=gdir.key, armed_epoch=armed_epoch, armed_at=utc_iso(armed_epoch))
         with open(gdir.lease_path, "wb") as handle:
             os.fchmod(handle.fileno(), 0o600)
         report = _detach.spawn(lambda fd: Guard(gdir, full).run(fd))
@@ -476,7 +470,7 @@ def disarm(gdir: GuardDir, run_id: str, check_mode: bool, wait: float = 10.0) ->
     result["changed"] = True
     if check_mode:
         return result
-    atomic_write(gdir.disarm_path, (json.dumps({"run_id": run_id, "at": iso(now())}) + "\n").encode("utf-8"), 0o600)
+    atomic_write(gdir.disarm_path, (json.dumps({"run_id": run_id, "at": utc_iso(now())}) + "\n").encode("utf-8"), 0o600)
     deadline = time.monotonic() + wait
     pid = state.get("pid")
     while _detach.pid_alive(pid) and time.monotonic() < deadline:

@@ -36,6 +36,8 @@ import json
 import os
 import typing as t
 
+from ansible_collections.consistent.backup.plugins.module_utils._layout import DATA_DIR, parse_utc_iso
+
 MANIFEST_NAME = "backup_manifest"
 # Files the server itself adds to a backup: the label and map written by the stop, and the manifest itself.
 SERVER_WRITTEN = ("backup_label", "tablespace_map", MANIFEST_NAME)
@@ -136,9 +138,9 @@ def _entry_mtime(entry: t.Dict[str, t.Any], on_disk: str) -> float:
     mtime = entry.get("mtime")
     if isinstance(mtime, (int, float)) and not isinstance(mtime, bool):
         return float(mtime)
-    if isinstance(mtime, str):
+    if isinstance(mtime, str) and mtime:
         try:
-            return datetime.datetime.fromisoformat(mtime.replace("Z", "+00:00")).timestamp()
+            return parse_utc_iso(mtime).timestamp()  # type: ignore[union-attr]
         except ValueError:
             pass
     try:
@@ -156,7 +158,7 @@ def copy_entries(set_manifest: t.Dict[str, t.Any], set_path: str, data_prefix: s
     label and map it wrote, and the manifest does not list itself.
     """
     prefix = data_prefix.strip("/") + "/"
-    data_root = os.path.join(set_path, "data")
+    data_root = os.path.join(set_path, DATA_DIR)
     result = []
     for entry in set_manifest.get("files", []):
         path = entry.get("path", "")

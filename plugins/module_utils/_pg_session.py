@@ -42,12 +42,9 @@ import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, exclusive_lock, private_dir_problem, write_json
 from ansible_collections.consistent.backup.plugins.module_utils import _detach, _layout, _pg_manifest
-from ansible_collections.consistent.backup.plugins.module_utils._layout import default_runtime_dir
-
-try:
-    from ansible_collections.consistent.backup.plugins.module_utils._manifest import load_manifest as _load_set_manifest
-except ImportError:  # pragma: no cover - the copy engine's manifest module ships with the collection
-    _load_set_manifest = None
+from ansible_collections.consistent.backup.plugins.module_utils._layout import (
+    DATA_DIR, default_runtime_dir, parse_utc_iso, utc_iso)
+from ansible_collections.consistent.backup.plugins.module_utils._manifest import load_manifest
 
 # psycopg is imported on first use, not here: the stop path only talks to the holder over its socket, and
 # importing psycopg (about 0.1 s) would otherwise sit inside the database's quiesce window.
@@ -297,26 +294,6 @@ def retryable_connect_error(text: str) -> bool:
     return not any(marker in lowered for marker in _PERMANENT_CONNECT_ERRORS)
 
 
-def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def iso(moment: t.Optional[datetime.datetime]) -> t.Optional[str]:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.astimezone(datetime.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def parse_iso(text: t.Optional[str]) -> t.Optional[datetime.datetime]:
-    """The inverse of iso() (also accepts other ISO 8601 forms with an offset or Z)."""
-    if not text:
-        return None
-    moment = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
-
-
 def setting_bytes(setting: t.Optional[str], unit: t.Optional[str]) -> t.Optional[int]:
     """pg_settings setting * unit in bytes (``'16777216', 'B'`` or ``'2048', '8kB'``)."""
     if setting is None:
@@ -438,10 +415,10 @@ def archive_poll(walfile: str, stat_file: bool, listing: bool) -> t.Tuple[str, s
 
 def archiver_failing(archiver: t.Dict[str, t.Any]) -> bool:
     """pg_stat_archiver says archiving is failing: its last failure is newer than its last success."""
-    failed = parse_iso(archiver.get("last_failed_time"))
+    failed = parse_utc_iso(archiver.get("last_failed_time"))
     if failed is None:
         return False
-    archived = parse_iso(archiver.get("last_archived_time"))
+    archived = parse_utc_iso(archiver.get("last_archived_time"))
     return archived is None or failed > archived
 
 
@@ -537,7 +514,7 @@ def run_preflight(conn: t.Any, backup_id: str, require_archiving: bool,
     archiver = dict(zip(("archived_count", "last_archived_wal", "last_archived_time", "failed_count", "last_failed_wal",
                          "last_failed_time"), archiver_row))
     for key in ("last_archived_time", "last_failed_time"):
-        archiver[key] = iso(archiver[key])
+        archiver[key] = utc_iso(archiver[key]) if archiver[key] is not None else None
     can_start, can_stop = run(SQL_PRIVILEGES, [functions.start_signature, functions.stop_signature]).fetchone()
     tablespaces = [{"oid": int(oid), "name": name, "location": location}
                    for oid, name, location in run(SQL_TABLESPACES).fetchall()]
@@ -550,7 +527,7 @@ def run_preflight(conn: t.Any, backup_id: str, require_archiving: bool,
         "backup_id": backup_id,
         "server_version_num": version_num,
         "in_recovery": bool(in_recovery),
-        "postmaster_start_time": iso(postmaster_start),
+        "postmaster_start_time": utc_iso(postmaster_start),
         "current_user": current_user,
         "superuser": bool(superuser),
         "privileges": {"start": bool(can_start), "stop": bool(can_stop),
@@ -649,7 +626,7 @@ class SessionStore:
                                "pg_stat_activity and remove %s" % (self.state_path, exc, self.path), retryable=False)
 
     def write_state(self, state: t.Dict[str, t.Any]) -> None:
-        write_json(self.state_path, dict(state, updated_at=iso(utc_now())))
+        write_json(self.state_path, dict(state, updated_at=utc_iso()))
 
     def lock(self) -> t.ContextManager[None]:
         """Serialise module runs on one session (two tasks starting or stopping the same backup)."""
@@ -711,14 +688,14 @@ class Holder:
         self.listener = None  # type: t.Optional[socket.socket]
         self.finished = False
         self.deadline = time.monotonic() + spec["max_duration"]
-        started = utc_now()
+        started = datetime.datetime.now(datetime.timezone.utc)
         self.state = {
             "backup_id": spec["backup_id"],
             "state": STARTING,
             "holder_pid": os.getpid(),
             "backend_pid": None,
-            "started_at": iso(started),
-            "expires_at": iso(started + datetime.timedelta(seconds=spec["max_duration"])),
+            "started_at": utc_iso(started),
+            "expires_at": utc_iso(started + datetime.timedelta(seconds=spec["max_duration"])),
             "max_duration": spec["max_duration"],
             "keepalive_interval": spec["keepalive_interval"],
             "socket": self.store.socket_path,
@@ -814,7 +791,7 @@ class Holder:
             "backend_pid": backend_pid,
             "holder_pid": os.getpid(),
             "server_version_num": spec["server_version_num"],
-            "postmaster_start_time": iso(postmaster_start),
+            "postmaster_start_time": utc_iso(postmaster_start),
             "system_identifier": preflight.get("system_identifier"),
             "data_directory": preflight.get("data_directory"),
             "tablespaces": preflight.get("tablespaces") or [],
@@ -835,7 +812,7 @@ class Holder:
             now = time.monotonic()
             if now >= self.deadline:
                 self.end(EXPIRED, "max_duration of %d s reached at %s; the holder closed its connection, so the server "
-                         "aborted backup mode" % (self.spec["max_duration"], iso(utc_now())))
+                         "aborted backup mode" % (self.spec["max_duration"], utc_iso()))
                 return
             if now >= next_keepalive:
                 self.keepalive()
@@ -900,9 +877,9 @@ class Holder:
         facts = self.state["facts"]
         try:
             pid, postmaster_start = run(SQL_VERIFY_SESSION).fetchone()
-            if pid != self.state["backend_pid"] or iso(postmaster_start) != facts["postmaster_start_time"]:
+            if pid != self.state["backend_pid"] or utc_iso(postmaster_start) != facts["postmaster_start_time"]:
                 self.end(ABORTED, "the session changed under the holder (backend pid %s -> %s, postmaster start %s -> %s)"
-                         % (self.state["backend_pid"], pid, facts["postmaster_start_time"], iso(postmaster_start)))
+                         % (self.state["backend_pid"], pid, facts["postmaster_start_time"], utc_iso(postmaster_start)))
                 return {"ok": False, "error": "aborted", "state": self.state}
             lsn, labelfile, spcmapfile = run(self.functions.stop_sql).fetchone()
             stop_walfile = run(SQL_WALFILE, [lsn]).fetchone()[0]
@@ -927,7 +904,7 @@ class Holder:
             "archive_check": None,
             "system_identifier": facts.get("system_identifier"),
             "server_version_num": facts["server_version_num"],
-            "stopped_at": iso(utc_now()),
+            "stopped_at": utc_iso(),
             "backup_stop_epoch": backup_stop_epoch,
             "backup_mode_seconds": None,
             "queries": queries,
@@ -988,7 +965,7 @@ class Holder:
                         "pg_stat_archiver last_archived_wal is %s, last_failed_wal %s at %s; check archive_command and the "
                         "server log, then run the backup again"
                         % (walfile, result["lsn"], timeout, self.archive_finding(walfile, status), last_archived, last_failed,
-                           iso(failed_at)))
+                           utc_iso(failed_at) if failed_at else None))
             time.sleep(_ARCHIVE_POLL_SECONDS)
 
     def archive_finding(self, walfile: str, status: t.Optional[str]) -> str:
@@ -1154,18 +1131,6 @@ class _OutputWriter:
         return True
 
 
-def load_set_manifest(set_path: str) -> t.Dict[str, t.Any]:
-    """The set's manifest.json, read by the copy engine's reader (the one reader of that file)."""
-    if _load_set_manifest is not None:
-        return _load_set_manifest(set_path)
-    path = os.path.join(set_path, "manifest.json")
-    try:
-        with open(path, "rb") as handle:
-            return json.loads(handle.read().decode("utf-8"))
-    except FileNotFoundError:
-        return {"files": []}
-
-
 def write_outputs(result: t.Dict[str, t.Any], backup_id: str, set_path: t.Optional[str], label_dest: t.Optional[str],
                   data_prefix: str, warn: t.Callable[[str], None], check_mode: bool = False) -> t.Dict[str, t.Any]:
     """Write backup_label/tablespace_map (+ label.json, + backup_manifest) where asked; idempotent.
@@ -1192,7 +1157,7 @@ def write_outputs(result: t.Dict[str, t.Any], backup_id: str, set_path: t.Option
                                "copy; the label is kept in the session state, run stopped again once the set exists"
                                % (set_path, backup_id), retryable=False)
         put_labels(set_path)
-        copy_dir = os.path.join(set_path, "data", data_prefix)
+        copy_dir = os.path.join(set_path, DATA_DIR, data_prefix)
         if os.path.isdir(copy_dir):
             labels_changed = put_labels(copy_dir)
             if check_mode and labels_changed:
@@ -1234,7 +1199,7 @@ def _write_backup_manifest(result: t.Dict[str, t.Any], set_path: str, data_prefi
         warn("PostgreSQL %d has no backup_manifest format; none was written" % version_num)
         return None
     try:
-        entries = _pg_manifest.copy_entries(load_set_manifest(set_path), set_path, data_prefix)
+        entries = _pg_manifest.copy_entries(load_manifest(set_path), set_path, data_prefix)
     except ValueError as exc:
         raise SessionError("cannot write backup_manifest for %s: %s; check manifest.json of %s (written by the copy) and run "
                            "stopped again" % (copy_dir, exc, set_path), retryable=False)

@@ -103,7 +103,7 @@ def test_max_quiesce_fires_even_while_the_lease_is_renewed(gdir, tmp_path):
     while (guard.read_state() or {}).get("state") != g.FIRED and time.monotonic() < deadline:
         os.utime(guard.lease_path)
         time.sleep(0.1)
-    assert "backup_max_quiesce (1 s) reached" in guard.read_state()["reason"]
+    assert "max_quiesce (1 s) reached" in guard.read_state()["reason"]
     assert marker.read_text() == "post\n"
 
 

@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from ansible_collections.consistent.backup.plugins.module_utils import _pg_session
+from ansible_collections.consistent.backup.plugins.module_utils import _layout, _pg_session
 from ansible_collections.consistent.backup.plugins.module_utils._pg_session import (
     ALIVE,
     GONE,
@@ -872,7 +872,7 @@ class FakeConnection:
         self.closed = True
 
 
-POSTMASTER_START = _pg_session.parse_iso("2024-05-01T09:00:00Z")
+POSTMASTER_START = _layout.parse_utc_iso("2024-05-01T09:00:00Z")
 
 
 def running_holder(runtime, answers):
@@ -882,7 +882,7 @@ def running_holder(runtime, answers):
     holder.conn = FakeConnection(answers)
     holder.state.update(state="running", backend_pid=4242, facts={
         "start_lsn": "0/2000028", "timeline": 1, "server_version_num": 180000, "system_identifier": 1,
-        "postmaster_start_time": _pg_session.iso(POSTMASTER_START)})
+        "postmaster_start_time": _layout.utc_iso(POSTMASTER_START)})
     return holder
 
 
@@ -1007,7 +1007,7 @@ def test_stop_does_not_wait_when_the_server_does_not_archive(runtime):
 
 def test_stop_aborts_when_the_server_restarted_under_the_holder(runtime):
     answers = [("SELECT pg_catalog.pg_backend_pid(), pg_catalog.pg_postmaster_start_time()",
-                (4242, _pg_session.parse_iso("2024-05-01T11:00:00Z")))] + STOP_ANSWERS[1:]
+                (4242, _layout.parse_utc_iso("2024-05-01T11:00:00Z")))] + STOP_ANSWERS[1:]
     holder = running_holder(runtime, answers)
     connection = holder.conn
 

@@ -144,20 +144,20 @@ def resolve_set(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Opti
 
 def check_target(target: str) -> None:
     if not os.path.isabs(target):
-        raise RestoreError("restore_target must be an absolute path; found %r" % target)
+        raise RestoreError("target must be an absolute path; found %r" % target)
     if os.path.exists(target):
         if not os.path.isdir(target):
-            raise RestoreError("restore_target %s exists and is not a directory; give an empty directory or a new path" % target)
+            raise RestoreError("target %s exists and is not a directory; give an empty directory or a new path" % target)
         if os.listdir(target):
             raise RestoreError(
-                "restore_target %s is not empty; a restore never overwrites a directory. Give an empty directory or a new path" % target)
+                "target %s is not empty; a restore never overwrites a directory. Give an empty directory or a new path" % target)
 
 
 def _owner_ids(owner: str) -> t.Tuple[int, int]:
     try:
         entry = pwd.getpwnam(owner)
     except KeyError:
-        raise RestoreError("server user %s does not exist on this host; create it or set restore_owner" % owner) from None
+        raise RestoreError("server user %s does not exist on this host; create it or set owner" % owner) from None
     return entry.pw_uid, entry.pw_gid
 
 
@@ -320,7 +320,7 @@ def plan_restore(set_path: str, manifest: t.Dict[str, t.Any], spcmap: t.Optional
                                              "a set holds its tablespaces' files, and a restore never follows a link"
                                    % (source, link))
             raise _set_problem(set_path, "%s is a symlink to %s; expected no symlink in the set's data tree except "
-                                         "pg_tblspc/<oid> tablespaces (restored to restore_tablespace_dir): a link in a "
+                                         "pg_tblspc/<oid> tablespaces (restored to tablespace_dir): a link in a "
                                          "restored data directory would make the server read and write outside %s"
                                % (source, link, target))
         if entry is None:
@@ -381,11 +381,11 @@ def _plan_tablespaces(set_path: str, spcmap: t.Optional[bytes], set_dirs: t.Set[
     except UnicodeDecodeError as exc:
         raise _set_problem(set_path, "tablespace_map is not UTF-8 text (%s)" % exc) from None
     if not os.path.isabs(tablespace_dir):
-        raise RestoreError("restore_tablespace_dir must be an absolute path; found %r" % tablespace_dir)
+        raise RestoreError("tablespace_dir must be an absolute path; found %r" % tablespace_dir)
     inside = os.path.normpath(tablespace_dir) + "/"
     if inside.startswith(os.path.normpath(target) + "/") or os.path.normpath(tablespace_dir) == os.path.normpath(target):
-        raise RestoreError("restore_tablespace_dir %s is inside restore_target %s; expected a directory outside the data "
-                           "directory (the default is <restore_target>_tablespaces)" % (tablespace_dir, target))
+        raise RestoreError("tablespace_dir %s is inside target %s; expected a directory outside the data "
+                           "directory (the playbook's default is <target>_tablespaces)" % (tablespace_dir, target))
     planned = []
     for oid, original in pairs:
         if not TABLESPACE_OID.match(oid):
@@ -399,7 +399,7 @@ def _plan_tablespaces(set_path: str, spcmap: t.Optional[bytes], set_dirs: t.Set[
                                          "data/%s in the set, found none" % (oid, original, rel))
         location = os.path.join(tablespace_dir, oid)
         if os.path.lexists(location):
-            raise RestoreError("tablespace location %s already exists; give an empty restore_tablespace_dir (or remove %s)"
+            raise RestoreError("tablespace location %s already exists; give an empty tablespace_dir (or remove %s)"
                                % (location, location))
         planned.append({"oid": oid, "original": original, "location": location})
     return planned

@@ -384,7 +384,7 @@ def test_a_tablespace_in_the_map_without_its_copy_is_refused(dest, tmp_path, out
 def test_a_tablespace_dir_inside_the_target_is_refused(dest, tmp_path):
     build_set(str(dest), files=TABLESPACE_FILES, spcmap=b"16400 /srv/ts\n")
     target = tmp_path / "target"
-    refused(dest, target, "is inside restore_target", tablespace_dir=target / "spc")
+    refused(dest, target, "is inside target", tablespace_dir=target / "spc")
 
 
 # -- the backup id -------------------------------------------------------------------------------------------------

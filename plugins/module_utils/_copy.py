@@ -40,16 +40,19 @@ buffers, so the two workers really run beside the reader.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import errno
 import fnmatch
 import hashlib
+import itertools
 import json
 import mmap
 import os
 import queue
+import re
 import stat
-import tempfile
 import threading
 import time
 import typing as t
@@ -1003,61 +1006,140 @@ def _iso_ns(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%09dZ" % rest
 
 
-class _Copier:
-    def __init__(self, plan: CopyPlan, dest: str, set_path: str, block_size: int, read_size: int, direct: bool,
-                 preserve_owner: bool, reader: Reader, writer: Writer, opener: Opener, result: CopyResult,
-                 changes: str = CHANGES_FAIL, progress: t.Optional[Progress] = None) -> None:
-        self.plan = plan
-        self.dest = dest
-        self.set_path = set_path
-        self.data_root = os.path.join(set_path, DATA_DIR)
-        self.block_size = block_size
-        self.read_size = read_size
-        self.direct = direct
-        self.chown = preserve_owner and hasattr(os, "geteuid") and os.geteuid() == 0
-        self.reader = reader
-        self.writer = writer
-        self.opener = opener
-        self.result = result
-        self.ring = None  # type: t.Optional[_Ring]
-        self.known = {}  # type: t.Dict[str, t.Dict[str, t.Any]]
-        self.entries = []  # type: t.List[t.Dict[str, t.Any]]
-        self.vanished = list(plan.vanished)
+# --------------------------------------------------------------------------------------------
+# Durability: start writeback early, make a whole batch durable at once
+# --------------------------------------------------------------------------------------------
+
+# sync_file_range(2) flag: start writing the range's dirty pages back, without waiting.
+SYNC_FILE_RANGE_WRITE = 2
+# How a batch is made durable: "syncfs" (one syncfs(2) per destination filesystem, falling back to "fsync" where
+# there is none) or "fsync" (fsync of every file of the batch, then of every directory that gained a name).
+BARRIER_SYNCFS = "syncfs"
+BARRIER_FSYNC = "fsync"
+BARRIER = BARRIER_SYNCFS
+
+_LIBC_FUNCTIONS = {}  # type: t.Dict[str, t.Any]
+
+
+def _libc_function(name: str, argtypes: t.Sequence[t.Any]) -> t.Any:
+    """A libc function through ctypes (None where this libc has none); ctypes releases the GIL around the call."""
+    if name not in _LIBC_FUNCTIONS:
+        function = None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            function = getattr(libc, name, None)
+        except (OSError, AttributeError):
+            function = None
+        if function is not None:
+            function.argtypes = list(argtypes)
+            function.restype = ctypes.c_int
+        _LIBC_FUNCTIONS[name] = function
+    return _LIBC_FUNCTIONS[name]
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing ``fd``'s dirty pages to the disk now, without waiting for them.
+
+    The batch's barrier then only waits for I/O that is already under way. An error here is not lost: the
+    barrier's syncfs or fsync reports a failed writeback.
+    """
+    function = _libc_function("sync_file_range", (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint))
+    if function is not None:
+        function(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+
+
+def syncfs(fd: int) -> bool:
+    """syncfs(2) of the filesystem holding ``fd``: True once it is durable, False where there is no syncfs.
+
+    Raises OSError when the filesystem reports a failed writeback (Linux 5.8 and later report it to syncfs).
+    """
+    if BARRIER != BARRIER_SYNCFS:
+        return False
+    function = _libc_function("syncfs", (ctypes.c_int,))
+    if function is None:
+        return False
+    if function(fd) != 0:
+        code = ctypes.get_errno()
+        if code in (errno.ENOSYS, errno.EOPNOTSUPP):
+            return False
+        raise OSError(code, os.strerror(code))
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Sinks: where copied files go
+# --------------------------------------------------------------------------------------------
+
+# Temporary names of files being written: hidden, marked as ours, swept by the next run after a crash.
+TEMP_PATTERN = re.compile(r"^\..+\.cb-[0-9]+-[0-9]+\.partial\Z")
+
+
+class SinkFile:
+    """A file being written to a sink: ``fd`` receives the bytes; ``written``/``kicked``/``dropped`` are the ring's."""
+
+    __slots__ = ("fd", "temp", "target", "written", "kicked", "dropped")
+
+    def __init__(self, fd: int, temp: str, target: str) -> None:
+        self.fd = fd
+        self.temp = temp
+        self.target = target
+        self.written = 0
+        self.kicked = 0
+        self.dropped = 0
+
+
+@dataclass
+class FileMeta:
+    """What a committed file gets besides its bytes (from the source's fstat at open)."""
+
+    mode: int
+    uid: int = -1
+    gid: int = -1
+    atime_ns: int = 0
+    mtime_ns: int = 0
+
+
+class DirectorySink:
+    """The directory destination of the copy engine: a file is written under a temporary name and renamed.
+
+    The engine talks to its destination only through these calls, so another destination (a tar stream with a fixed
+    record size, for tape) is a second sink beside this one, not a second engine:
+
+    * ``ensure_dir(path)``, ``make_symlink(path, target, uid, gid)``: the tree's directories and links;
+    * ``open_file(path) -> SinkFile``: a new file, its bytes go to ``SinkFile.fd``; ``commit(file, meta)`` names it
+      (metadata set first), ``abort(file)`` forgets it; ``has_copy(path, size)`` lets a resumed copy skip it;
+    * ``barrier()``: everything committed so far is durable when it returns (the engine calls it before a later phase
+      writes and before the manifest vouches for the files); ``sweep(keep)``: remove what a crashed run left.
+
+    Durability is batched: a file is named once its bytes are written and its writeback started, and the barrier makes
+    the whole batch durable with one syncfs(2) per filesystem (or, without syncfs, one fsync per file and per directory
+    that gained a name). Nothing vouches for a file before its barrier: the manifest and the resume journal are written
+    after it, so a crash can leave named files nobody vouches for (copied again by the next run) but never a vouched-for
+    file that is not on the medium. ``durable_each`` fsyncs every file before its rename instead (one-off copies).
+    """
+
+    def __init__(self, root: str, dest_label: str, chown: bool, writer: Writer = None, durable_each: bool = False) -> None:
+        self.root = root
+        self.dest_label = dest_label
+        self.chown = chown
+        self.durable_each = durable_each
+        self.lock = threading.Lock()
+        self.pending = []  # type: t.List[str]
         self.dirty_dirs = set()  # type: t.Set[str]
         self.existing_dirs = set()  # type: t.Set[str]
-        self.dir_modes = []  # type: t.List[t.Tuple[str, Item]]
-        self.rows = {}  # type: t.Dict[int, t.Dict[str, t.Any]]
-        self.changes = changes
-        self.changed = []  # type: t.List[t.Dict[str, t.Any]]
-        self.progress = progress
-        self.bytes_done = 0
-        self.progress_due = time.monotonic() + PROGRESS_INTERVAL
-        self.tick = self._tick if progress is not None else None
+        self.dirs_created = 0
+        self.changed = False
+        self.counter = itertools.count()
+        self.barriers = 0
 
-    # -- helpers -------------------------------------------------------------------------
-
-    def _get_ring(self) -> _Ring:
-        if self.ring is None:
-            self.ring = _Ring(self.read_size, self.reader, self.writer)
-        return self.ring
-
-    def close(self) -> None:
-        if self.ring is not None:
-            self.ring.close()
-            self.ring = None
-
-    def _dest_error(self, exc: OSError, what: str, path: str) -> CopyError:
+    def _error(self, exc: OSError, what: str, path: str) -> CopyError:
         return CopyError("%s %s on %s failed: [Errno %s] %s; check the medium (mounted read-write? space left?) and run again"
-                         % (what, path, self.dest, exc.errno, exc.strerror), retryable=retryable_errno(exc))
+                         % (what, path, self.dest_label, exc.errno, exc.strerror), retryable=retryable_errno(exc))
 
-    def _tick(self, in_file: int = 0) -> None:
-        """Call the progress hook when PROGRESS_INTERVAL has passed since the last call."""
-        now = time.monotonic()
-        if now >= self.progress_due:
-            self.progress_due = now + PROGRESS_INTERVAL
-            self.progress(self.bytes_done + in_file)  # type: ignore[misc]
+    def _temp_name(self, target: str) -> str:
+        return os.path.join(os.path.dirname(target), ".%s.cb-%d-%d.partial" % (os.path.basename(target), os.getpid(), next(self.counter)))
 
-    def _ensure_dir(self, path: str) -> None:
+    def ensure_dir(self, path: str) -> None:
         """Create ``path`` and its missing parents with mode 0700 (final modes are set at the end)."""
         if path in self.existing_dirs:
             return
@@ -1078,11 +1160,387 @@ class _Copier:
                                     % directory, retryable=False)
                 continue
             except OSError as exc:
-                raise self._dest_error(exc, "creating directory", directory)
-            self.result.dirs_created += 1
-            self.result.changed = True
+                raise self._error(exc, "creating directory", directory)
+            self.dirs_created += 1
+            self.changed = True
             self.dirty_dirs.add(os.path.dirname(directory))
         self.existing_dirs.add(path)
+
+    def make_symlink(self, path: str, link_target: str, uid: int, gid: int) -> None:
+        """``path`` becomes a symlink to ``link_target`` (replacing what is there atomically); nothing when it already is."""
+        if os.path.islink(path) and os.readlink(path) == link_target:
+            return
+        temp = self._temp_name(path)
+        try:
+            os.symlink(link_target, temp)
+            if self.chown:
+                os.lchown(temp, uid, gid)
+            os.rename(temp, path)
+        except OSError as exc:
+            _unlink_quietly(temp)
+            raise self._error(exc, "creating symlink", path)
+        with self.lock:
+            self.dirty_dirs.add(os.path.dirname(path))
+            self.changed = True
+
+    def has_copy(self, path: str, size: int) -> bool:
+        return _target_has_size(path, size)
+
+    def open_file(self, path: str) -> SinkFile:
+        temp = self._temp_name(path)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
+        return SinkFile(fd, temp, path)
+
+    def commit(self, sink_file: SinkFile, meta: FileMeta, no_replace: bool = False) -> None:
+        """Set owner, mode and mtime, start the writeback (or fsync with durable_each), then name the file."""
+        try:
+            if self.chown:
+                os.fchown(sink_file.fd, meta.uid, meta.gid)
+            os.fchmod(sink_file.fd, meta.mode)
+            os.utime(sink_file.fd, ns=(meta.atime_ns, meta.mtime_ns))
+            if self.durable_each:
+                os.fsync(sink_file.fd)
+            else:
+                start_writeback(sink_file.fd)
+        finally:
+            os.close(sink_file.fd)
+            sink_file.fd = -1
+        if no_replace and os.path.lexists(sink_file.target):
+            raise FileExistsError(errno.EEXIST, "a file of that name is already there (never replaced)", sink_file.target)
+        os.rename(sink_file.temp, sink_file.target)
+        with self.lock:
+            self.pending.append(sink_file.target)
+            self.dirty_dirs.add(os.path.dirname(sink_file.target))
+
+    def abort(self, sink_file: SinkFile) -> None:
+        if sink_file.fd >= 0:
+            try:
+                os.close(sink_file.fd)
+            except OSError:
+                pass
+            sink_file.fd = -1
+        _unlink_quietly(sink_file.temp)
+
+    def barrier(self, directories: bool = True) -> int:
+        """Make every file committed so far (and, with ``directories``, every new name) durable; returns files covered.
+
+        Files committed by other threads while this runs may be covered too; they stay pending until the next barrier.
+        """
+        with self.lock:
+            files, self.pending = self.pending, []
+            dirs = set(self.dirty_dirs) if directories else set()
+            if directories:
+                self.dirty_dirs.clear()
+        places = {}  # type: t.Dict[int, str]
+        for path in [self.root] + [os.path.dirname(f) for f in files] + sorted(dirs):
+            try:
+                places.setdefault(os.stat(path).st_dev, path)
+            except OSError as exc:
+                raise self._error(exc, "syncing", path)
+        synced = set()
+        for device, path in places.items():
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+            try:
+                if syncfs(fd):
+                    synced.add(device)
+            except OSError as exc:
+                raise self._error(exc, "syncing the filesystem of", path)
+            finally:
+                os.close(fd)
+        # Without syncfs: each file, then each directory that gained a name (deepest first, so parents come last).
+        for path in files:
+            if os.stat(os.path.dirname(path)).st_dev not in synced:
+                try:
+                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                except OSError as exc:
+                    raise self._error(exc, "syncing", path)
+        for directory in sorted(dirs, key=len, reverse=True):
+            try:
+                if os.stat(directory).st_dev not in synced:
+                    fsync_dir(directory)
+            except OSError as exc:
+                raise self._error(exc, "syncing directory", directory)
+        self.barriers += 1
+        return len(files)
+
+    def sweep(self, keep: t.Container[str] = ()) -> t.List[str]:
+        """Remove the temporary files a killed run left below the root (never a path in ``keep``); the paths removed."""
+        removed = []
+        for directory, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                path = os.path.join(directory, name)
+                if TEMP_PATTERN.match(name) and path not in keep:
+                    _unlink_quietly(path)
+                    removed.append(path)
+        return removed
+
+
+def stream_file(src_fd: int, out_fd: t.Optional[int], view: memoryview, reader: Reader, writer: Writer,
+                direct: bool = False) -> t.Tuple[str, int]:
+    """Read ``src_fd`` to its end in requests of ``len(view)`` bytes from aligned offsets, hashing each and writing it to ``out_fd``.
+
+    The loop of one worker (files that fit in a few reads: most of a database's files). Returns (sha256 hex, bytes).
+    OSError from reading propagates (``_DirectIORefused`` for an O_DIRECT read the filesystem refused); a write error is
+    raised as ``_WriteFailed``.
+    """
+    hasher = hashlib.sha256()
+    offset = 0
+    size = len(view)
+    while True:
+        try:
+            length = reader(src_fd, view, offset)
+        except OSError as exc:
+            if direct and offset == 0 and exc.errno == errno.EINVAL:
+                raise _DirectIORefused()
+            raise
+        if length <= 0:
+            break
+        with view[:length] as chunk:
+            hasher.update(chunk)
+            if out_fd is not None:
+                done = 0
+                while done < length:
+                    try:
+                        count = writer(out_fd, chunk[done:])
+                    except OSError as exc:
+                        raise _WriteFailed(exc.with_traceback(None))
+                    except Exception as exc:  # pylint: disable=broad-exception-caught
+                        raise CopyError("the copy worker failed: %r; the partial copy was removed; run again" % exc.with_traceback(None))
+                    if count <= 0:
+                        raise _WriteFailed(OSError(errno.EIO, "write returned %r" % count))
+                    done += count
+        offset += length
+        if length < size:
+            break
+    return hasher.hexdigest(), offset
+
+
+def copy_file(src_fd: int, destination: str, meta: FileMeta, read_size: int = DEFAULT_READ_SIZE, chown: bool = True,
+              check: t.Optional[t.Callable[[int, str], None]] = None, sink: t.Optional[DirectorySink] = None) -> t.Tuple[int, str]:
+    """Copy the open regular file ``src_fd`` to the new name ``destination`` through a directory sink; (bytes, sha256).
+
+    The one-file entry of the engine (the restore uses it): temporary name, SHA-256 in the same pass, ``check(size,
+    sha256)`` before the file is named (it raises to refuse the copy, which is then removed), owner, mode and mtime from
+    ``meta``, never onto an existing name. With a ``sink`` the file joins that sink's batch (call its ``barrier``);
+    without, it is fsynced before its rename.
+    """
+    sink = sink or DirectorySink(os.path.dirname(destination), os.path.dirname(destination), chown, durable_each=True)
+    buffer = mmap.mmap(-1, read_size)
+    view = memoryview(buffer)
+    sink_file = sink.open_file(destination)
+    try:
+        try:
+            digest, size = stream_file(src_fd, sink_file.fd, view, default_reader, default_writer)
+        except _WriteFailed as exc:
+            raise exc.error from None
+        if check is not None:
+            check(size, digest)
+        sink.commit(sink_file, meta, no_replace=True)
+    except BaseException:
+        sink.abort(sink_file)
+        raise
+    finally:
+        view.release()
+        buffer.close()
+    return size, digest
+
+
+def hash_file(src_fd: int, read_size: int = DEFAULT_READ_SIZE) -> t.Tuple[str, int]:
+    """(sha256 hex, bytes) of the open file ``src_fd``, read the engine's way (aligned requests of ``read_size``)."""
+    buffer = mmap.mmap(-1, read_size)
+    view = memoryview(buffer)
+    try:
+        return stream_file(src_fd, None, view, default_reader, default_writer)
+    finally:
+        view.release()
+        buffer.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Workers: files copied beside each other
+# --------------------------------------------------------------------------------------------
+
+# Files copied at once: hashlib, preadv and os.write release the GIL, so two workers keep two cores busy on a tree of
+# small files (a file larger than one read goes through the ring, which has its own hashing and writing threads).
+COPY_WORKERS = 2
+# The resume journal: file entries vouched for by a barrier, appended after it, so a killed copy resumes without
+# copying those files again. A barrier and a journal entry come at least every JOURNAL_INTERVAL seconds or
+# JOURNAL_BYTES copied bytes, and at the end of every phase.
+JOURNAL_NAME = ".copy-journal"
+JOURNAL_INTERVAL = 2.0
+JOURNAL_BYTES = 512 * 1024 * 1024
+
+
+@dataclass
+class _FileTask:
+    item: Item
+    target: str
+    fd: int
+    direct: bool
+    at_open: os.stat_result
+
+
+class _Workers:
+    """A small pool with a bounded queue (memory: one buffer of ``read_size`` per worker); the first failure stops it."""
+
+    def __init__(self, count: int, read_size: int, handler: t.Callable[[_FileTask, memoryview], None]) -> None:
+        self.tasks = queue.Queue(maxsize=count * 2)  # type: queue.Queue
+        self.handler = handler
+        self.read_size = read_size
+        self.failure = None  # type: t.Optional[BaseException]
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._loop, name="aligned_copy-worker-%d" % n, daemon=True) for n in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def _loop(self) -> None:
+        buffer = mmap.mmap(-1, self.read_size)  # page-aligned, as O_DIRECT needs
+        view = memoryview(buffer)
+        try:
+            while True:
+                task = self.tasks.get()
+                try:
+                    if task is None:
+                        return
+                    if self.failure is not None:
+                        _close_quietly(task.fd)
+                        continue
+                    try:
+                        self.handler(task, view)
+                    except BaseException as exc:  # pylint: disable=broad-exception-caught
+                        with self.lock:
+                            if self.failure is None:
+                                self.failure = exc
+                finally:
+                    self.tasks.task_done()
+        finally:
+            view.release()
+            try:
+                buffer.close()
+            except BufferError:
+                pass
+
+    def submit(self, task: _FileTask) -> None:
+        self.tasks.put(task)
+
+    def wait(self) -> None:
+        """Until every submitted file is done (committed, skipped or failed)."""
+        self.tasks.join()
+
+    def close(self) -> None:
+        for _thread in self.threads:
+            self.tasks.put(None)
+        for thread in self.threads:
+            thread.join()
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def journal_path(set_path: str) -> str:
+    return os.path.join(set_path, JOURNAL_NAME)
+
+
+def load_journal(set_path: str) -> t.Tuple[bool, t.Dict[str, t.Dict[str, t.Any]]]:
+    """(whether a journal is there, its file entries by path). A torn last line (a crash while appending) is ignored."""
+    try:
+        with open(journal_path(set_path), "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        return False, {}
+    except OSError as exc:
+        raise CopyError("the copy journal %s cannot be read (%s); remove it to copy every file again" % (journal_path(set_path), exc),
+                        retryable=False)
+    entries = {}
+    for line in raw.split(b"\n"):
+        try:
+            entry = json.loads(line.decode("utf-8"))
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("type") == "file" and isinstance(entry.get("path"), str) \
+                and isinstance(entry.get("sha256"), str) and isinstance(entry.get("size"), int):
+            entries[entry["path"]] = entry
+    return True, entries
+
+
+class _Copier:
+    def __init__(self, plan: CopyPlan, dest: str, set_path: str, block_size: int, read_size: int, direct: bool,
+                 preserve_owner: bool, reader: Reader, writer: Writer, opener: Opener, result: CopyResult,
+                 changes: str = CHANGES_FAIL, progress: t.Optional[Progress] = None, workers: int = COPY_WORKERS) -> None:
+        self.plan = plan
+        self.dest = dest
+        self.set_path = set_path
+        self.data_root = os.path.join(set_path, DATA_DIR)
+        self.block_size = block_size
+        self.read_size = read_size
+        self.direct = direct
+        self.chown = preserve_owner and hasattr(os, "geteuid") and os.geteuid() == 0
+        self.reader = reader
+        self.writer = writer
+        self.opener = opener
+        self.result = result
+        self.sink = DirectorySink(self.data_root, dest, self.chown)
+        self.ring = None  # type: t.Optional[_Ring]
+        self.ring_lock = threading.Lock()
+        self.pool = None  # type: t.Optional[_Workers]
+        self.workers = max(1, workers)
+        self.lock = threading.RLock()
+        self.known = {}  # type: t.Dict[str, t.Dict[str, t.Any]]
+        self.entries = []  # type: t.List[t.Dict[str, t.Any]]
+        self.unjournaled = []  # type: t.List[t.Dict[str, t.Any]]
+        self.unjournaled_bytes = 0
+        self.journal_fd = -1
+        self.journaled_at = time.monotonic()
+        self.vanished = list(plan.vanished)
+        self.dir_modes = []  # type: t.List[t.Tuple[str, Item]]
+        self.rows = {}  # type: t.Dict[int, t.Dict[str, t.Any]]
+        self.changes = changes
+        self.changed = []  # type: t.List[t.Dict[str, t.Any]]
+        self.progress = progress
+        self.bytes_done = 0
+        self.reported = 0
+        self.progress_due = time.monotonic() + PROGRESS_INTERVAL
+        self.tick = self._tick if progress is not None else None
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _get_ring(self) -> _Ring:
+        if self.ring is None:
+            self.ring = _Ring(self.read_size, self.reader, self.writer)
+        return self.ring
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        if self.journal_fd >= 0:
+            _close_quietly(self.journal_fd)
+            self.journal_fd = -1
+
+    def _dest_error(self, exc: OSError, what: str, path: str) -> CopyError:
+        return self.sink._error(exc, what, path)  # pylint: disable=protected-access
+
+    def _tick(self, in_file: int = 0) -> None:
+        """Call the progress hook when PROGRESS_INTERVAL has passed since the last call (from any worker)."""
+        with self.lock:
+            now = time.monotonic()
+            if now < self.progress_due:
+                return
+            self.progress_due = now + PROGRESS_INTERVAL
+            # Workers finish files out of order: never report less than before.
+            self.reported = max(self.reported, self.bytes_done + in_file)
+            self.progress(self.reported)  # type: ignore[misc]
 
     def _row(self, phase: int) -> t.Dict[str, t.Any]:
         return _phase_row(self.rows, phase, {"files": 0, "bytes": 0, "copied": 0, "skipped_identical": 0, "bytes_copied": 0})
@@ -1099,33 +1557,86 @@ class _Copier:
         return self.opener(path, flags), False
 
     def _direct_refused(self, path: str) -> None:
-        self.direct = False
-        self.result.direct = False
-        self.result.warnings.append(
-            "the filesystem of %s refused O_DIRECT (e.g. tmpfs); copying through the page cache instead" % path)
+        with self.lock:
+            if not self.direct:
+                return
+            self.direct = False
+            self.result.direct = False
+            self.result.warnings.append(
+                "the filesystem of %s refused O_DIRECT (e.g. tmpfs); copying through the page cache instead" % path)
+
+    # -- the journal ------------------------------------------------------------------------
+
+    def open_journal(self) -> None:
+        """Take over what a killed run vouched for, sweep its temporary files, and start this run's journal."""
+        existed, journaled = load_journal(self.set_path)
+        self.known.update(journaled)
+        self.sink.ensure_dir(self.data_root)
+        if existed:
+            self.sink.sweep()
+        try:
+            self.journal_fd = os.open(journal_path(self.set_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as exc:
+            raise self._dest_error(exc, "opening the copy journal", journal_path(self.set_path))
+
+    def _barrier(self, journal: bool = True) -> None:
+        """Make every committed file durable, then journal them (a journal line vouches only for a durable file)."""
+        with self.lock:
+            batch, self.unjournaled, self.unjournaled_bytes = self.unjournaled, [], 0
+        self.journaled_at = time.monotonic()
+        self.sink.barrier()
+        if journal and batch and self.journal_fd >= 0:
+            lines = b"".join(json.dumps(entry, sort_keys=True).encode("utf-8") + b"\n" for entry in batch)
+            try:
+                os.write(self.journal_fd, lines)
+            except OSError as exc:
+                raise self._dest_error(exc, "appending to the copy journal", journal_path(self.set_path))
+
+    def _barrier_when_due(self) -> None:
+        if self.unjournaled and (self.unjournaled_bytes >= JOURNAL_BYTES or time.monotonic() - self.journaled_at >= JOURNAL_INTERVAL):
+            self._barrier()
 
     # -- items ----------------------------------------------------------------------------
 
+    def _check_workers(self) -> None:
+        if self.pool is not None and self.pool.failure is not None:
+            failure = self.pool.failure
+            self.pool.wait()
+            raise failure
+
     def run(self) -> None:
-        self._ensure_dir(self.data_root)
+        self.sink.ensure_dir(self.data_root)
         if self.plan.key is not None:
             # Recorded before the first byte is copied: a retry must copy at least this list.
             try:
                 record_plan(self.plan, self.set_path)
             except OSError as exc:
                 raise self._dest_error(exc, "recording the copy plan", plan_path(self.set_path))
+        self.pool = _Workers(self.workers, self.read_size, self._copy_open_file)
+        phase = None
         for item in self.plan.items:
+            if phase is not None and item.phase != phase:
+                # A later phase (pg_control, a database's logs) is written only once the earlier phases are durable.
+                self.pool.wait()
+                self._check_workers()
+                self._barrier()
+            phase = item.phase
+            self._check_workers()
             target = os.path.join(self.data_root, item.rel)
-            if item.kind == "dir":
-                self._copy_dir(item, target)
-            elif item.kind == "symlink":
-                self._copy_symlink(item, target)
+            if item.kind == "file":
+                self._dispatch_file(item, target)  # its worker calls the progress hook
             else:
-                self._copy_file(item, target)
-            if self.tick is not None:
-                self.tick()
+                if item.kind == "dir":
+                    self._copy_dir(item, target)
+                else:
+                    self._copy_symlink(item, target)
+                if self.tick is not None:
+                    self.tick()
+            self._barrier_when_due()
+        self.pool.wait()
+        self._check_workers()
         for rel in self.plan.create_dirs:
-            self._ensure_dir(os.path.join(self.data_root, rel))
+            self.sink.ensure_dir(os.path.join(self.data_root, rel))
         # Recorded once all of them exist, so a parent's mtime does not move after it was recorded.
         walked = set(entry["path"] for entry in self.entries if entry["type"] == "dir")
         for rel in self.plan.create_dirs:
@@ -1134,12 +1645,8 @@ class _Copier:
         # Directory modes last: a read-only source directory must not stop us filling its copy.
         for target, item in self.dir_modes:
             self._set_dir_mode(target, item)
-        # One fsync per directory that gained entries, before the manifest declares them present.
-        for directory in sorted(self.dirty_dirs, key=len, reverse=True):
-            try:
-                fsync_dir(directory)
-            except OSError as exc:
-                raise self._dest_error(exc, "syncing directory", directory)
+        # Every file and every new name is durable before the manifest declares them present.
+        self._barrier(journal=False)
 
     def _copy_dir(self, item: Item, target: str) -> None:
         if os.path.islink(target) or (os.path.lexists(target) and not os.path.isdir(target)):
@@ -1147,11 +1654,12 @@ class _Copier:
                 os.unlink(target)
             except OSError as exc:
                 raise self._dest_error(exc, "replacing non-directory", target)
-        self._ensure_dir(target)
+        self.sink.ensure_dir(target)
         self.dir_modes.append((target, item))
-        self._row(item.phase)
-        self.entries.append({"path": item.rel, "type": "dir", "size": 0, "mtime": item.mtime_ns / 1e9,
-                             "mtime_ns": item.mtime_ns, "mode": mode_string(item.mode), "phase": item.phase})
+        with self.lock:
+            self._row(item.phase)
+            self.entries.append({"path": item.rel, "type": "dir", "size": 0, "mtime": item.mtime_ns / 1e9,
+                                 "mtime_ns": item.mtime_ns, "mode": mode_string(item.mode), "phase": item.phase})
 
     def _set_dir_mode(self, target: str, item: Item) -> None:
         try:
@@ -1171,30 +1679,13 @@ class _Copier:
                              "mode": mode_string(st.st_mode), "phase": 0})
 
     def _copy_symlink(self, item: Item, target: str) -> None:
-        parent = os.path.dirname(target)
-        self._ensure_dir(parent)
-        self.result.symlinks += 1
-        self._row(item.phase)
-        entry = {"path": item.rel, "type": "symlink", "size": item.size, "mtime": item.mtime_ns / 1e9,
-                 "mtime_ns": item.mtime_ns, "mode": mode_string(item.mode), "phase": item.phase, "target": item.target}
-        if not (os.path.islink(target) and os.readlink(target) == item.target):
-            temp = os.path.join(parent, ".%s.%d.symlink" % (os.path.basename(target), os.getpid()))
-            try:
-                if os.path.lexists(temp):
-                    os.unlink(temp)
-                os.symlink(item.target, temp)
-                if self.chown:
-                    os.lchown(temp, item.uid, item.gid)
-                os.rename(temp, target)
-            except OSError as exc:
-                try:
-                    os.unlink(temp)
-                except OSError:
-                    pass
-                raise self._dest_error(exc, "creating symlink", target)
-            self.dirty_dirs.add(parent)
-            self.result.changed = True
-        self.entries.append(entry)
+        self.sink.ensure_dir(os.path.dirname(target))
+        self.sink.make_symlink(target, item.target, item.uid, item.gid)
+        with self.lock:
+            self.result.symlinks += 1
+            self._row(item.phase)
+            self.entries.append({"path": item.rel, "type": "symlink", "size": item.size, "mtime": item.mtime_ns / 1e9,
+                                 "mtime_ns": item.mtime_ns, "mode": mode_string(item.mode), "phase": item.phase, "target": item.target})
 
     def _file_entry(self, item: Item, size: int, digest: str) -> t.Dict[str, t.Any]:
         return {"path": item.rel, "type": "file", "size": size, "sha256": digest, "mtime": item.mtime_ns / 1e9,
@@ -1206,24 +1697,16 @@ class _Copier:
                 "source file %s vanished before it could be copied; the source is changing under the copy: set "
                 "allow_vanished: true for this source if files may disappear (e.g. dropped relations), or quiesce the "
                 "database first" % item.src, retryable=False)
-        self.vanished.append(item.rel)
+        with self.lock:
+            self.vanished.append(item.rel)
 
-    def _copy_file(self, item: Item, target: str) -> None:
-        while True:
-            try:
-                self._copy_file_once(item, target)
-                return
-            except _DirectIORefused:
-                self._direct_refused(item.src)
-
-    def _copy_file_once(self, item: Item, target: str) -> None:
-        parent = os.path.dirname(target)
-        self._ensure_dir(parent)
+    def _open_checked(self, item: Item) -> t.Optional[t.Tuple[int, bool, os.stat_result]]:
+        """Open a source in plan order, check it against its listing; None when it vanished (and may)."""
         try:
             fd, direct = self._open_source(item.src)
         except FileNotFoundError:
             self._vanished(item)
-            return
+            return None
         except OSError as exc:
             raise CopyError("cannot open source file %s: [Errno %s] %s; check that it is a regular file readable by this user"
                             % (item.src, exc.errno, exc.strerror), retryable=retryable_errno(exc))
@@ -1233,29 +1716,73 @@ class _Copier:
                 raise CopyError("source %s is no longer a regular file (now %s); quiesce the database and run again"
                                 % (item.src, stat.filemode(st.st_mode)), retryable=False)
             self._check_listed(item, st)
-            # The metadata recorded is the one seen at open: a later change gives a newer mtime,
-            # so the next run copies the file again rather than trusting this copy.
-            item.size, item.mtime_ns, item.atime_ns = st.st_size, st.st_mtime_ns, st.st_atime_ns
-            item.mode, item.uid, item.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
             try:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             except (OSError, AttributeError):
                 pass
-            old = self.known.get(item.rel)
-            if _entry_matches_item(old, item) and _target_has_size(target, item.size):
-                digest, size = self._read_source(fd, item, direct, None)
-                self.bytes_done += size
-                if old is not None and digest == old.get("sha256") and size == old.get("size") \
-                        and _change_record(item, st, os.fstat(fd), size) is None:
+        except BaseException:
+            os.close(fd)
+            raise
+        # The metadata recorded is the one seen at open: a later change gives a newer mtime,
+        # so the next run copies the file again rather than trusting this copy.
+        item.size, item.mtime_ns, item.atime_ns = st.st_size, st.st_mtime_ns, st.st_atime_ns
+        item.mode, item.uid, item.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+        return fd, direct, st
+
+    def _dispatch_file(self, item: Item, target: str) -> None:
+        """Open the source here (sources are opened in plan order), then hand it to a worker."""
+        self.sink.ensure_dir(os.path.dirname(target))
+        opened = self._open_checked(item)
+        if opened is None:
+            return
+        fd, direct, st = opened
+        self.pool.submit(_FileTask(item, target, fd, direct, st))  # type: ignore[union-attr]
+
+    def _copy_open_file(self, task: _FileTask, view: memoryview) -> None:
+        """A worker's part: hash (and, unless the set's copy is identical, write) one opened source; always closes it."""
+        try:
+            while True:
+                try:
+                    self._copy_or_skip(task, view)
+                    return
+                except _DirectIORefused:
+                    self._direct_refused(task.item.src)
+                    _close_quietly(task.fd)
+                    task.fd = -1
+                    opened = self._open_checked(task.item)
+                    if opened is None:
+                        return
+                    task.fd, task.direct, task.at_open = opened
+        finally:
+            if task.fd >= 0:
+                _close_quietly(task.fd)
+
+    def _copy_or_skip(self, task: _FileTask, view: memoryview) -> None:
+        item, target, fd = task.item, task.target, task.fd
+        old = self.known.get(item.rel)
+        if _entry_matches_item(old, item) and self.sink.has_copy(target, item.size):
+            digest, size = self._read_source(fd, item, task.direct, None, view)
+            if old is not None and digest == old.get("sha256") and size == old.get("size") \
+                    and _change_record(item, task.at_open, os.fstat(fd), size) is None:
+                with self.lock:
+                    self.bytes_done += size
                     self._count(item, size, copied=False)
                     self.entries.append(dict(old, phase=item.phase))
-                    return
-            digest, size = self._write_target(fd, item, target, direct, st)
+                if self.tick is not None:
+                    self.tick()
+                return
+            with self.lock:
+                self.bytes_done += size
+        digest, size = self._write_target(fd, item, target, task.direct, task.at_open, view)
+        entry = self._file_entry(item, size, digest)
+        with self.lock:
             self.bytes_done += size
             self._count(item, size, copied=True)
-            self.entries.append(self._file_entry(item, size, digest))
-        finally:
-            os.close(fd)
+            self.entries.append(entry)
+            self.unjournaled.append(entry)
+            self.unjournaled_bytes += size
+        if self.tick is not None:
+            self.tick()
 
     def _check_change(self, fd: int, item: Item, before: os.stat_result, bytes_read: int) -> None:
         """Record a change of the source during its read; with changes=fail, fail the copy (the copy is not renamed)."""
@@ -1273,13 +1800,14 @@ class _Copier:
     def _note_change(self, change: t.Optional[t.Dict[str, t.Any]]) -> None:
         if change is None:
             return
-        self.changed.append(change)
+        with self.lock:
+            self.changed.append(change)
+            facts = {"changed_during_copy": [dict(c) for c in self.changed]}
         if self.changes == CHANGES_FAIL:
             raise CopyError(
                 "source file %s changed while it was copied; the copy of a changing file is not consistent: check that pre "
                 "quiesces the database and run again (changes: warn is only for engines whose recovery repairs such changes "
-                "from their log, such as PostgreSQL and Berkeley DB)" % describe_change(change),
-                facts={"changed_during_copy": [dict(c) for c in self.changed]})
+                "from their log, such as PostgreSQL and Berkeley DB)" % describe_change(change), facts=facts)
 
     def _count(self, item: Item, size: int, copied: bool) -> None:
         row = self._row(item.phase)
@@ -1297,41 +1825,37 @@ class _Copier:
             row["skipped_identical"] += 1
             self.result.skipped_identical += 1
 
-    def _read_source(self, fd: int, item: Item, direct: bool, out_fd: t.Optional[int]) -> t.Tuple[str, int]:
+    def _read_source(self, fd: int, item: Item, direct: bool, out_fd: t.Optional[int], view: memoryview) -> t.Tuple[str, int]:
+        """Stream one source: a file that fits in the worker's buffer is read, hashed and written by the worker itself;
+        a larger one goes through the ring (read, hash and write overlapped; one such file at a time)."""
         try:
-            return self._get_ring().stream(fd, out_fd, direct, self.tick)
+            if item.size < self.read_size:
+                return stream_file(fd, out_fd, view, self.reader, self.writer, direct)
+            with self.ring_lock:
+                return self._get_ring().stream(fd, out_fd, direct, self.tick)
         except OSError as exc:
             raise CopyError("reading source file %s failed: [Errno %s] %s; check the source device and run again"
                             % (item.src, exc.errno, exc.strerror), retryable=retryable_errno(exc))
 
-    def _write_target(self, fd: int, item: Item, target: str, direct: bool, before: os.stat_result) -> t.Tuple[str, int]:
-        parent = os.path.dirname(target)
+    def _write_target(self, fd: int, item: Item, target: str, direct: bool, before: os.stat_result,
+                      view: memoryview) -> t.Tuple[str, int]:
         try:
-            out_fd, temp = tempfile.mkstemp(prefix=".%s." % os.path.basename(target), suffix=".partial", dir=parent)
+            sink_file = self.sink.open_file(target)
         except OSError as exc:
             raise _write_error(exc, item.src, target, self.dest)
         try:
-            try:
-                digest, size = self._read_source(fd, item, direct, out_fd)
-                self._check_change(fd, item, before, size)
-                if self.chown:
-                    os.fchown(out_fd, item.uid, item.gid)
-                os.fchmod(out_fd, item.mode)
-                os.utime(out_fd, ns=(item.atime_ns, item.mtime_ns))
-                os.fsync(out_fd)
-            finally:
-                os.close(out_fd)
-            os.rename(temp, target)
+            digest, size = self._read_source(fd, item, direct, sink_file.fd, view)
+            self._check_change(fd, item, before, size)
+            self.sink.commit(sink_file, FileMeta(item.mode, item.uid, item.gid, item.atime_ns, item.mtime_ns))
         except _WriteFailed as exc:
-            _unlink_quietly(temp)
+            self.sink.abort(sink_file)
             raise _write_error(exc.error, item.src, target, self.dest)
         except OSError as exc:
-            _unlink_quietly(temp)
+            self.sink.abort(sink_file)
             raise _write_error(exc, item.src, target, self.dest)
         except BaseException:
-            _unlink_quietly(temp)
+            self.sink.abort(sink_file)
             raise
-        self.dirty_dirs.add(parent)
         return digest, size
 
 
@@ -1357,6 +1881,7 @@ def run_copy(
     opener: t.Optional[Opener] = None,
     changes: str = CHANGES_FAIL,
     progress: t.Optional[Progress] = None,
+    workers: int = COPY_WORKERS,
 ) -> CopyResult:
     """Copy ``plan`` into ``<dest>/<backup_id>/data/`` and merge it into the set's manifest.
 
@@ -1365,15 +1890,16 @@ def run_copy(
 
     ``reader(fd, buffer, offset)``, ``writer(fd, buffer)`` and ``opener(path, flags)`` replace the
     os primitives (tests use them to check alignment, order and write failures). Raises CopyError.
-    Files copied before a failure are still recorded in the manifest (best effort), so a retry
-    skips them when they are unchanged.
+    Files copied before a failure are made durable and recorded in the manifest (best effort), so a
+    retry skips them when they are unchanged; a copy killed outright leaves ``.copy-journal``, from
+    which the next run skips the files it vouches for.
 
     ``changes`` says what a source that changed while it was read does: ``fail`` (the default) fails the
     copy naming it, ``warn`` records it in ``result.changed_during_copy``, the manifest and the warnings.
     ``progress(bytes_done)`` is called at least every PROGRESS_INTERVAL seconds while the copy makes
     progress (bytes read from the sources so far) and once at the end, before the manifest is written; an
     exception it raises stops the copy. A plan with a ``key`` (``plan_attempt``) is recorded in the set
-    before anything is copied and removed once the manifest is written.
+    before anything is copied and removed once the manifest is written. ``workers`` files are copied at once.
     """
     validate_block_sizes(block_size, read_size)
     validate_changes(changes)
@@ -1382,7 +1908,7 @@ def run_copy(
                         block_size=block_size, direct=bool(direct))
     copier = _Copier(plan, dest, set_path, block_size, read_size, bool(direct), preserve_owner,
                      reader or default_reader, writer or default_writer, opener or default_opener, result,
-                     changes=changes, progress=progress)
+                     changes=changes, progress=progress, workers=workers)
     try:
         copier.known = _manifest.entries_by_path(_manifest.load_manifest(set_path))
     except ValueError as exc:
@@ -1391,19 +1917,26 @@ def run_copy(
     meta = {"backup_id": backup_id, "engine": engine, "block_size": block_size, "facts": facts or {}}
     started = time.monotonic()
     try:
+        copier.open_journal()
         copier.run()
         if progress is not None:
             progress(copier.bytes_done)
     except BaseException:
+        if copier.pool is not None:
+            copier.pool.wait()  # files in flight are finished or removed before anything is recorded
         copier.close()
         if copier.entries or copier.changed:
             try:
+                copier.sink.barrier()  # what the manifest lists is durable first
                 _manifest.merge_and_write(set_path, copier.entries, copier.vanished, meta, changed=copier.changed)
-            except (OSError, ValueError):
-                pass  # the copy error is the one to report; a retry rebuilds the manifest
+                _unlink_quietly(journal_path(set_path))
+            except (OSError, ValueError, CopyError):
+                pass  # the copy error is the one to report; a retry rebuilds the manifest from the journal
         raise
     copier.close()
     result.seconds = time.monotonic() - started
+    result.dirs_created = copier.sink.dirs_created
+    result.changed = result.changed or copier.sink.changed
     result.vanished = list(copier.vanished)
     result.phases = [copier.rows[p] for p in sorted(copier.rows)]
     result.changed_during_copy = list(copier.changed)
@@ -1424,6 +1957,8 @@ def run_copy(
         raise CopyError(str(exc), retryable=False)
     result.manifest_written = written
     result.changed = result.changed or written
+    # The manifest is the truth now: the journal and the recorded list have done their work.
+    _unlink_quietly(journal_path(set_path))
     if plan.key is not None:
         discard_plan(set_path)
     return result

@@ -18,7 +18,6 @@ undone (_undo), so a refused restore leaves the target as it was found.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pwd
@@ -27,6 +26,7 @@ import shutil
 import stat
 import typing as t
 
+from ansible_collections.consistent.backup.plugins.module_utils._copy import CopyError, DirectorySink, FileMeta, copy_file, hash_file
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
 from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, backup_id_problem
 from ansible_collections.consistent.backup.plugins.module_utils._manifest import load_manifest
@@ -36,7 +36,6 @@ DATA_PREFIX = "pgdata"
 # The server-written files (_pg_manifest.SERVER_WRITTEN): the restore writes the labels itself (byte-exact from
 # the label store) and backup_manifest is meaningless in a restored cluster.
 NOT_COPIED = frozenset(SERVER_WRITTEN)
-COPY_CHUNK = 1024 * 1024
 LABEL_LINE = re.compile(r"^([A-Z ]+): (.*)$")
 
 
@@ -261,17 +260,12 @@ def _open_regular(path: str) -> int:
 
 
 def _checksum(path: str) -> t.Tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
     fd = _open_regular(path)
-    with os.fdopen(fd, "rb") as handle:
-        while True:
-            chunk = handle.read(COPY_CHUNK)
-            if not chunk:
-                break
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+    try:
+        checksum, size = hash_file(fd)
+    finally:
+        os.close(fd)
+    return size, checksum
 
 
 def plan_restore(set_path: str, manifest: t.Dict[str, t.Any], spcmap: t.Optional[bytes], target: str, tablespace_dir: str,
@@ -414,36 +408,28 @@ def _destination(rel: str, target: str, tablespaces: t.List[t.Dict[str, str]]) -
     return os.path.join(target, rel[len(DATA_PREFIX) + 1:])
 
 
-def _copy_file(source: str, destination: str, expected: t.Dict[str, t.Any], verify: bool, uid: int, gid: int) -> int:
-    """Copy one file of the set (never through a link, never onto an existing name), checking it again while copying."""
-    digest = hashlib.sha256()
-    size = 0
+def _copy_file(source: str, destination: str, expected: t.Dict[str, t.Any], verify: bool, uid: int, gid: int,
+               sink: t.Optional[DirectorySink] = None) -> int:
+    """Copy one file of the set through the copy engine (never through a link, never onto an existing name).
+
+    The file is written under a temporary name and checked again (size, and with verify its SHA-256, computed in the
+    same pass as the copy) before it gets its name: a file that changed since the check is never named in the target.
+    """
     src_fd = _open_regular(source)
     try:
-        dst_fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
-    except OSError:
+        info = os.fstat(src_fd)
+
+        def check(size: int, checksum: str) -> None:
+            if size != expected["size"] or (verify and checksum != expected["sha256"]):
+                raise RestoreError(
+                    "%s changed while it was restored: expected %d bytes with sha256 %s (manifest.json, checked before the "
+                    "copy), found %d bytes with sha256 %s. Something writes into the set: stop it, then restore again"
+                    % (source, expected["size"], expected["sha256"], size, checksum))
+
+        size, _checksum = copy_file(src_fd, destination, FileMeta(stat.S_IMODE(info.st_mode), uid, gid, info.st_atime_ns,
+                                                                 info.st_mtime_ns), check=check, sink=sink)
+    finally:
         os.close(src_fd)
-        raise
-    with os.fdopen(src_fd, "rb") as src, os.fdopen(dst_fd, "wb") as dst:
-        while True:
-            chunk = src.read(COPY_CHUNK)
-            if not chunk:
-                break
-            digest.update(chunk)
-            dst.write(chunk)
-            size += len(chunk)
-        dst.flush()
-        info = os.fstat(src.fileno())
-        os.fchmod(dst.fileno(), stat.S_IMODE(info.st_mode))
-        os.fchown(dst.fileno(), uid, gid)
-        os.utime(dst.fileno(), ns=(info.st_atime_ns, info.st_mtime_ns))
-        os.fsync(dst.fileno())
-    checksum = digest.hexdigest()
-    if size != expected["size"] or (verify and checksum != expected["sha256"]):
-        raise RestoreError(
-            "%s changed while it was restored: expected %d bytes with sha256 %s (manifest.json, checked before the copy), "
-            "found %d bytes with sha256 %s. Something writes into the set: stop it, then restore again"
-            % (source, expected["size"], expected["sha256"], size, checksum))
     return size
 
 
@@ -471,12 +457,19 @@ def write_restore(plan: t.Dict[str, t.Any], target: str, tablespace_dir: str, ui
         os.symlink(tablespace["location"], link)
         os.lchown(link, uid, gid)
     files = bytes_total = 0
+    # One sink for the whole restore: each file is named once written and checked, and one barrier at the end makes all
+    # of them (and every new name, in the target and the tablespace locations) durable before the label is written.
+    sink = DirectorySink(target, target, chown=True)
     for rel, _size in plan["files"]:
         if rel[len(DATA_PREFIX) + 1:] in NOT_COPIED:
             continue
         bytes_total += _copy_file(os.path.join(plan["data_root"], rel), _destination(rel, target, tablespaces),
-                                  plan["entries"][rel], plan["verified"], uid, gid)
+                                  plan["entries"][rel], plan["verified"], uid, gid, sink)
         files += 1
+    try:
+        sink.barrier()
+    except CopyError as exc:
+        raise RestoreError(str(exc)) from None
     if tablespaces:
         atomic_write(os.path.join(target, "tablespace_map"),
                      format_tablespace_map([(item["oid"], item["location"]) for item in tablespaces]).encode("utf-8"),

@@ -310,6 +310,20 @@ def setting_bytes(setting: t.Optional[str], unit: t.Optional[str]) -> t.Optional
 # Connection helper and preflight
 # ---------------------------------------------------------------------------------------------------------
 
+def connection_argument_spec() -> t.Dict[str, t.Any]:
+    """The PostgreSQL connection options of every module that connects (documented by the doc fragment
+    consistent.backup._postgres), named as community.postgresql names them; the old names are aliases."""
+    return dict(
+        login_host=dict(type="str", aliases=["host"]),
+        login_port=dict(type="int", aliases=["port"]),
+        login_user=dict(type="str"),
+        login_password=dict(type="str", no_log=True),
+        login_db=dict(type="str", aliases=["db"]),
+        login_unix_socket=dict(type="str"),
+        connect_params=dict(type="dict", default={}),
+    )
+
+
 def connection_kwargs(params: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
     """libpq keywords from the module options: only what is set, so PGHOST/PGPORT/PGUSER/PGSERVICE still apply.
 
@@ -321,7 +335,7 @@ def connection_kwargs(params: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
     unix_socket = params.get("login_unix_socket")
     if unix_socket and (not host or host == "localhost"):
         host = unix_socket
-    for key, value in (("host", host), ("port", params.get("port")), ("user", params.get("login_user")),
+    for key, value in (("host", host), ("port", params.get("login_port")), ("user", params.get("login_user")),
                        ("password", params.get("login_password")), ("dbname", params.get("login_db"))):
         if value is not None and value != "":
             kwargs[key] = str(value)
@@ -361,7 +375,7 @@ def connect(kwargs: t.Dict[str, t.Any], application_name: str = "consistent.back
     except _psycopg().Error as exc:
         text = str(exc).strip()
         raise SessionError(
-            "could not connect to PostgreSQL at %s: %s. Check login_host/port/login_user/login_password or the "
+            "could not connect to PostgreSQL at %s: %s. Check login_host, login_port, login_user, login_password or the "
             "PG* environment and that the server is running" % (describe_target(kwargs), text),
             retryable=retryable_connect_error(text) and retryable_sqlstate(getattr(exc, "sqlstate", None)))
 

@@ -51,11 +51,6 @@ options:
     type: path
     required: true
   backup_id:
-    description:
-      - Name of the backup set directory under O(dest), 1-128 characters from letters, digits and C(._:@+-), not
-        starting with C(.) (the one backup id rule of the collection).
-      - The module refuses a set that already holds a C(COMPLETE) file.
-    type: str
     required: true
   sources:
     description:
@@ -176,22 +171,24 @@ options:
         run the backup again'."
       - Not used in check mode.
     type: path
+extends_documentation_fragment:
+  - consistent.backup._attributes
+  - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._set
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Walks the sources and returns RV(plan) (files, bytes, free space needed) without writing anything.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: The manifest and the per-phase counts describe the change; there is no diff of file contents.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details: >-
       A file already in the set's manifest with the source's size, mtime and mode, whose copy has that size and
       whose source still has the recorded SHA-256, is not copied again.
 notes:
+  - The module refuses a set that already holds a C(COMPLETE) file.
   - Reads use C(preadv) of exactly O(read_size) bytes; only the last read of a file returns short.
   - Option errors that Ansible itself reports (a wrong type, a value outside O(changes)) carry no RV(retryable) and
     are retried by a role that defaults it to true.

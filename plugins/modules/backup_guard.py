@@ -43,9 +43,6 @@ options:
         engine, C(host:port) for PostgreSQL). Two runs with the same O(engine) and O(database) exclude each other.
     type: str
     required: true
-  backup_id:
-    description: The backup this guard protects (C(backup_id)); recorded and reported.
-    type: str
   run_id:
     description: Identity of the run; arming again with the same run while its guard lives is not a change.
     type: str
@@ -87,17 +84,18 @@ options:
     description:
       - Directory for the guards; defaults to C(/run/consistent-backup) as root, else C(/tmp/consistent-backup-<uid>).
     type: path
+extends_documentation_fragment:
+  - consistent.backup._attributes
+  - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._set.identity
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: In check mode nothing is started or written; O(state=armed) reports what an earlier guard did, whether
       another run holds the database (a failure, as it would be for real) and what post the guard would hold.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details: Arming again with the same O(run_id) while its guard lives, or disarming a guard that is gone, is not a change.
 notes:

@@ -78,17 +78,17 @@ options:
       - Set to V(false) for a destination that is only read, such as the source of a restore.
     type: bool
     default: true
+extends_documentation_fragment:
+  - consistent.backup._attributes
+  - consistent.backup._attributes.actiongroup_all
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Runs the same checks without the write probe; a read-only mount still fails the writable need.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: The module changes nothing, so there is nothing to show a difference of.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details: The module only reads facts and never reports changed; the write probe removes its file before returning.
 notes:

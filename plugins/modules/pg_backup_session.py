@@ -44,13 +44,12 @@ options:
   backup_id:
     description:
       - The backup's identity and its PostgreSQL backup label. Also names the session directory, the label store
-        directory and (by convention) the backup set C(<backup_dest>/<backup_id>).
-      - "1 to 128 characters from letters, digits and C(. _ : @ + -), not starting with C(.) (the collection's one
-        backup id rule). An id that breaks it is refused at once, in check mode too, with RV(retryable=false)."
+        directory and (by convention) the backup set C(<backup_dest>/<backup_id>). Required for V(started),
+        V(stopped) and V(aborted).
+      - "The collection's one backup id rule applies (1 to 128 characters from letters, digits and C(. _ : @ + -), not
+        starting with C(.)); an id that breaks it is refused at once, in check mode too, with RV(retryable=false)."
       - With the default O(runtime_dir) the holder's socket path C(<runtime_dir>/<backup_id>/holder.sock) must fit the
         107 bytes of a Unix socket path; V(started) refuses a longer one and says how long the id may be.
-      - Required for V(started), V(stopped) and V(aborted).
-    type: str
   run_id:
     description:
       - The identity of the job run that owns the session (the playbooks pass C(backup_run_id)). V(started) records it
@@ -59,38 +58,15 @@ options:
         same O(backup_id), when this run's pre was refused) change nothing, write no file, succeed and say so in RV(msg).
       - Not set means any session of O(backup_id) is this run's (the behaviour without run ids).
     type: str
-  login_host:
-    description:
-      - Host name or address of the server, or a Unix socket directory. Not set means libpq's default (C(PGHOST), a
-        service file, the local socket).
-    type: str
-    aliases: [host]
-  port:
-    description: Server port. Not set means libpq's default (C(PGPORT), 5432).
-    type: int
-    aliases: [login_port]
-  login_user:
-    description: Role to connect as. Not set means libpq's default (C(PGUSER), the OS user).
-    type: str
-  login_password:
-    description: Password. Not set means libpq's default (C(PGPASSWORD), C(~/.pgpass)).
-    type: str
   login_db:
     description: Database to connect to (any database will do). Not set means libpq's default (C(PGDATABASE)).
-    type: str
-    aliases: [db]
-  login_unix_socket:
-    description: Unix socket directory; used as the host unless O(login_host) names a host other than C(localhost).
-    type: str
   connect_params:
     description:
       - Further libpq connection parameters, for example C(sslmode), C(service), C(connect_timeout), C(keepalives_idle).
-        The named options above take precedence.
+        The named options take precedence.
       - The holder adds TCP keepalives (C(keepalives=1), C(keepalives_idle=30), C(keepalives_interval=10),
         C(keepalives_count=6)) and C(connect_timeout=10) unless given here, and always sets C(application_name) to
         C(consistent.backup:<backup_id>).
-    type: dict
-    default: {}
   fast:
     description: Request an immediate checkpoint at the start (V(false) spreads it over C(checkpoint_completion_target)).
     type: bool
@@ -151,19 +127,21 @@ options:
       - Default C(/run/consistent-backup), or C(/tmp/consistent-backup-<uid>) when C(/run) is not writable. All tasks of
         one backup must use the same value.
     type: path
+extends_documentation_fragment:
+  - consistent.backup._attributes
+  - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._set.identity
+  - consistent.backup._postgres
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - V(started) connects and runs the read-only preflight, V(stopped) and V(aborted) read the session state; none of
         them starts a holder, stops or aborts a backup or writes a file. RV(queries) lists what would run.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: The module starts and stops a server-side backup; there is no file content to show a difference of.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details:
       - V(started) with the O(backup_id) of a running session returns its facts unchanged; V(stopped) of a stopped
@@ -447,34 +425,30 @@ from ansible_collections.consistent.backup.plugins.module_utils._pg_session impo
     PSYCOPG_IMPORT_ERROR,
     PgBackupSession,
     SessionError,
+    connection_argument_spec,
     validate_backup_id,
 )
 
 
 def main() -> None:
+    argument_spec = connection_argument_spec()
+    argument_spec.update(
+        state=dict(type='str', default='status', choices=['started', 'stopped', 'aborted', 'status']),
+        backup_id=dict(type='str'),
+        run_id=dict(type='str'),
+        fast=dict(type='bool', default=True),
+        max_duration=dict(type='int', default=21600),
+        keepalive_interval=dict(type='int', default=10),
+        archive_timeout=dict(type='int', default=300),
+        wait_for_archive=dict(type='bool', default=True),
+        require_archiving=dict(type='bool', default=True),
+        set_path=dict(type='path'),
+        data_prefix=dict(type='str', default='pgdata'),
+        label_dest=dict(type='path'),
+        runtime_dir=dict(type='path'),
+    )
     module = AnsibleModule(
-        argument_spec=dict(
-            state=dict(type='str', default='status', choices=['started', 'stopped', 'aborted', 'status']),
-            backup_id=dict(type='str'),
-            run_id=dict(type='str'),
-            login_host=dict(type='str', aliases=['host']),
-            port=dict(type='int', aliases=['login_port']),
-            login_user=dict(type='str'),
-            login_password=dict(type='str', no_log=True),
-            login_db=dict(type='str', aliases=['db']),
-            login_unix_socket=dict(type='str'),
-            connect_params=dict(type='dict', default={}),
-            fast=dict(type='bool', default=True),
-            max_duration=dict(type='int', default=21600),
-            keepalive_interval=dict(type='int', default=10),
-            archive_timeout=dict(type='int', default=300),
-            wait_for_archive=dict(type='bool', default=True),
-            require_archiving=dict(type='bool', default=True),
-            set_path=dict(type='path'),
-            data_prefix=dict(type='str', default='pgdata'),
-            label_dest=dict(type='path'),
-            runtime_dir=dict(type='path'),
-        ),
+        argument_spec=argument_spec,
         required_if=[
             ('state', 'started', ['backup_id']),
             ('state', 'stopped', ['backup_id']),

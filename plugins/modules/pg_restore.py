@@ -104,18 +104,19 @@ options:
         put in place. Tablespaces stay where the backup software restored them (the paths in C(tablespace_map)).
     type: bool
     default: false
+extends_documentation_fragment:
+  - consistent.backup._attributes
+  - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._set.backup_id
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Check mode finds the set and its label, checks the target and checks the whole set as a restore does
       (with O(verify), every listed file is read); nothing is copied or written.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: A restore writes a whole data directory; there is no useful diff.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: none
     details: A second run finds the target no longer empty and refuses, rather than overwrite it.
 notes:

@@ -311,12 +311,12 @@ def test_settings_with_units_convert_to_bytes(setting, unit, expected):
 # -- connection parameters -----------------------------------------------------------------------------------------
 
 def test_unset_connection_options_are_not_passed_so_libpq_environment_applies():
-    assert connection_kwargs({"login_host": None, "port": None, "login_user": None, "login_password": None,
+    assert connection_kwargs({"login_host": None, "login_port": None, "login_user": None, "login_password": None,
                               "login_db": None, "login_unix_socket": None, "connect_params": {}}) == {}
 
 
 def test_set_connection_options_become_libpq_keywords():
-    kwargs = connection_kwargs({"login_host": "db1", "port": 5433, "login_user": "backup", "login_password": "pw",
+    kwargs = connection_kwargs({"login_host": "db1", "login_port": 5433, "login_user": "backup", "login_password": "pw",
                                 "login_db": "postgres", "connect_params": {"sslmode": "require", "port": "1"}})
 
     assert kwargs == {"host": "db1", "port": "5433", "user": "backup", "password": "pw", "dbname": "postgres",

@@ -1,0 +1,39 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# This doc fragment is PRIVATE to consistent.backup: it may change at any time. Do not use it from other
+# collections or standalone modules.
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    """The base descriptions of the attributes every module of the collection documents.
+
+    A module adds only what is its own (``support`` and ``details``); ansible-doc merges the two.
+    """
+
+    DOCUMENTATION = r'''
+options: {}
+attributes:
+  check_mode:
+    description: Can run in C(check_mode) and return changed status prediction without modifying target.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in C(check_mode)), when in diff mode.
+  idempotent:
+    description:
+      - When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
+      - This assumes that the system controlled/queried by the module has not changed in a relevant way.
+'''
+
+    # Together with DOCUMENTATION: every module of the collection is in the action group all (meta/runtime.yml).
+    ACTIONGROUP_ALL = r'''
+options: {}
+attributes:
+  action_group:
+    description: Use C(group/consistent.backup.all) in C(module_defaults) to set defaults for this module.
+    support: full
+    membership:
+      - consistent.backup.all
+'''

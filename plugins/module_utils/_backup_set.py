@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import socket
+import time
 import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils import _detach
@@ -28,6 +29,9 @@ from ansible_collections.consistent.backup.plugins.module_utils._layout import b
 from ansible_collections.consistent.backup.plugins.module_utils._manifest import MANIFEST_NAME, load_manifest, manifest_path
 
 LOCK_NAME = "LOCK"
+# The phase ledger: one JSON line per attempt of pre, copy or post, appended by the module that made the attempt.
+LEDGER_NAME = "phases.jsonl"
+TAIL_CHARS = 1500
 COMPLETE_NAME = "COMPLETE"
 REPORT_NAME = "report.json"
 PHASE_ORDER = ("media", "pre", "copy", "post")
@@ -132,6 +136,7 @@ def open_set(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int
             stale = lock_is_stale(held, stale_after, now) if broke is None else None
             if stale:
                 broke = dict(held, taken_over_because=stale)
+                lock["took_over"] = broke  # report.json says so when the set is closed
                 os.unlink(lock_file)
                 continue
             raise BackupSetError(
@@ -147,6 +152,115 @@ def open_set(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int
         fsync_dir(path)
         return {"set_path": path, "changed": True, "lock": lock, "broke_stale_lock": broke}
     raise BackupSetError("backup set %s: could not take the lock %s; remove it if no run is using the set" % (path, lock_file))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The phase ledger
+# ---------------------------------------------------------------------------------------------------------
+#
+# Each attempt of a phase is recorded by the module that makes it (backup_command for operator commands,
+# pg_backup_session, aligned_copy), when it ends, in <set>/phases.jsonl: one line per attempt, appended and fsynced.
+# Ansible's until/retries keeps only the last attempt's result; the ledger keeps every attempt, with its message.
+# close_set reads it back into report.json's phases.
+
+def _tail(text: t.Any) -> t.Optional[str]:
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = str(text).strip()
+    if not text:
+        return None
+    return text if len(text) <= TAIL_CHARS else "..." + text[-TAIL_CHARS:]
+
+
+def record_attempt(set_dir: str, run_id: str, phase: str, record: t.Dict[str, t.Any]) -> bool:
+    """Append one attempt to the set's ledger. False (nothing written) when the set does not exist: a run that was
+    refused before it opened its set has no ledger."""
+    if not os.path.isdir(set_dir):
+        return False
+    line = dict(record, phase=phase, run_id=run_id)
+    fd = os.open(os.path.join(set_dir, LEDGER_NAME), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+def read_ledger(set_dir: str, run_id: str) -> t.List[t.Dict[str, t.Any]]:
+    """This run's attempts, in the order they ended (a torn last line, from a crash, is skipped)."""
+    attempts = []
+    try:
+        with open(os.path.join(set_dir, LEDGER_NAME), "r", encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("run_id") == run_id:
+                    attempts.append(record)
+    except FileNotFoundError:
+        pass
+    return attempts
+
+
+def phases_from_ledger(attempts: t.List[t.Dict[str, t.Any]]) -> t.Dict[str, t.Dict[str, t.Any]]:
+    """report.json's phases: per phase, start of the first attempt, end of the last, attempts, the last result,
+    every failed attempt's message, and the facts of the last attempt (bytes, quiesce times, ...)."""
+    phases = {}  # type: t.Dict[str, t.Dict[str, t.Any]]
+    for record in attempts:
+        phase = phases.setdefault(record["phase"], {"start": record.get("start"), "attempts": 0, "messages": []})
+        phase["attempts"] += 1
+        phase["end"] = record.get("end")
+        phase["result"] = record.get("result")
+        for key in ("msg", "rc", "stdout_tail", "stderr_tail"):
+            phase[key] = record.get(key)
+        if record.get("result") == "failed":
+            phase["messages"].append({"attempt": phase["attempts"], "msg": record.get("msg"), "rc": record.get("rc"),
+                                      "stderr_tail": record.get("stderr_tail")})
+        phase.update(record.get("facts") or {})
+    return phases
+
+
+class PhaseLedger:
+    """Records the attempt a module makes when the module exits, whether it succeeds or fails.
+
+    ``ledger`` is the module option ``{set_path, run_id, phase}``; ``facts`` picks from the module's result what the
+    report needs (bytes, quiesce times). Nothing is recorded in check mode or without a ledger option.
+    """
+
+    def __init__(self, module: t.Any, ledger: t.Optional[t.Dict[str, t.Any]],
+                 facts: t.Optional[t.Callable[[t.Dict[str, t.Any]], t.Dict[str, t.Any]]] = None) -> None:
+        self.ledger = ledger if ledger and not module.check_mode else None
+        self.facts = facts or (lambda result: {})
+        self.start = time.time()
+        if self.ledger is None:
+            return
+        exit_json, fail_json = module.exit_json, module.fail_json
+
+        def exit_recorded(**result: t.Any) -> None:
+            self.record("ok", result)
+            exit_json(**result)
+
+        def fail_recorded(msg: str, **result: t.Any) -> None:
+            self.record("failed", dict(result, msg=msg))
+            fail_json(msg=msg, **result)
+
+        module.exit_json, module.fail_json = exit_recorded, fail_recorded
+
+    def record(self, outcome: str, result: t.Dict[str, t.Any]) -> None:
+        try:
+            record_attempt(self.ledger["set_path"], self.ledger["run_id"], self.ledger["phase"], {
+                "start": self.start, "end": time.time(), "result": outcome,
+                "msg": result.get("msg") if outcome == "failed" else None, "rc": result.get("rc"),
+                "stdout_tail": _tail(result.get("stdout")) if outcome == "failed" else None,
+                "stderr_tail": _tail(result.get("stderr")) if outcome == "failed" else None,
+                "facts": self.facts(result) if outcome == "ok" else {},
+            })
+        except (OSError, KeyError, TypeError):
+            pass  # the ledger is a record, never the reason a phase fails; close_set says what is missing
 
 
 def _as_float(value: t.Any) -> t.Optional[float]:
@@ -233,6 +347,13 @@ def missing_for_complete(path: str, require: t.List[str], manifest_problem: t.Op
     return missing
 
 
+def guard_section(armed: t.Optional[t.Dict[str, t.Any]], disarmed: t.Optional[t.Dict[str, t.Any]]) -> t.Dict[str, t.Any]:
+    """report.json's record of the on-host guard: this run's guard, what an earlier one did, whether ours fired."""
+    armed, disarmed = armed or {}, disarmed or {}
+    return {"pid": armed.get("pid"), "post": armed.get("post_what"), "previous": armed.get("previous"),
+            "took_over": armed.get("took_over"), "fired": disarmed.get("fired")}
+
+
 def close_set(path: str, backup_id: str, run_id: str, engine: str, phases: t.Dict[str, t.Dict[str, t.Any]],
               failure: t.Optional[str], require: t.List[str], extra: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
     """Write report.json, then COMPLETE (only on success, last), then drop our lock."""
@@ -245,6 +366,11 @@ def close_set(path: str, backup_id: str, run_id: str, engine: str, phases: t.Dic
             % (path, lock.get("run_id"), lock.get("host"), run_id)
         )
     manifest, manifest_problem = read_manifest(path)
+    phases = dict(phases_from_ledger(read_ledger(path, run_id)), **phases)
+    if failure is None:
+        failure = "; ".join("%s failed after %d attempt%s: %s" % (name, phase["attempts"], "" if phase["attempts"] == 1 else "s",
+                                                                 phase.get("msg"))
+                            for name, phase in phases.items() if phase.get("result") == "failed") or None
     report = build_report(backup_id, engine, phases, manifest, failure, check_mode=False)
     if report["verdict"] == "success":
         missing = missing_for_complete(path, require, manifest_problem)
@@ -252,6 +378,7 @@ def close_set(path: str, backup_id: str, run_id: str, engine: str, phases: t.Dic
             report["verdict"] = "failed"
             report["failure"] = "the set lacks %s, so it is not marked COMPLETE" % ", ".join(missing)
     report.update(extra)
+    report["lock_taken_over"] = (lock or {}).get("took_over")
     report["complete"] = report["verdict"] == "success"
     atomic_write(os.path.join(path, REPORT_NAME), (json.dumps(report, indent=2, sort_keys=False) + "\n").encode("utf-8"), 0o640)
     if report["complete"]:

@@ -171,6 +171,12 @@ options:
         run the backup again'."
       - Not used in check mode.
     type: path
+  ledger:
+    description:
+      - Record this attempt in the set's phase ledger, C({set_path, run_id, phase}) (see M(consistent.backup.backup_set)) -
+        its start, end, result, message, and on success the bytes copied and the changes seen during the copy.
+      - Not used in check mode.
+    type: dict
 extends_documentation_fragment:
   - consistent.backup._attributes
   - consistent.backup._attributes.actiongroup_all
@@ -471,6 +477,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
 from ansible_collections.consistent.backup.plugins.module_utils._copy import (
     CHANGES_CHOICES,
     CHANGES_FAIL,
@@ -517,12 +524,20 @@ def argument_spec() -> dict:
         run_id=dict(type="str", default=""),
         free_space_margin=dict(type="int", default=DEFAULT_FREE_SPACE_MARGIN),
         lease_file=dict(type="path"),
+        ledger=dict(type="dict"),
     )
+
+
+def ledger_facts(result: dict) -> dict:
+    """What report.json's copy phase keeps of a successful attempt."""
+    return {"bytes": result.get("bytes_total"), "copy_seconds": result.get("seconds"),
+            "copy_engine_seconds": result.get("engine_seconds"), "changed_during_copy": result.get("changed_during_copy") or []}
 
 
 def main() -> None:
     began = time.monotonic()
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    PhaseLedger(module, module.params["ledger"], ledger_facts)
     params = module.params
     dest = params["dest"]
     backup_id = params["backup_id"]

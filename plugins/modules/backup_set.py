@@ -13,6 +13,11 @@ description:
   - Manages the life of one backup set C(<backup_dest>/<backup_id>/) on a disk medium.
   - O(state=open) creates the set directory and takes its C(LOCK) (created exclusively), so two runs never write
     one set. A set already marked C(COMPLETE) is refused.
+  - Each attempt of pre, copy and post is recorded in the set's phase ledger C(phases.jsonl) by the module that makes
+    it (M(consistent.backup.backup_command), M(consistent.backup.pg_backup_session), M(consistent.backup.aligned_copy),
+    given their C(ledger) option). O(state=closed) reads this run's attempts back - per phase the first start, the
+    last end, the number of attempts, the last result and every failed attempt's message - so C(report.json) has the
+    same shape for every engine.
   - O(state=closed) writes C(report.json) (phases with start and end times, attempts, results, C(quiesce_seconds),
     bytes, verdict) and then, only when the verdict is a success and the set's C(manifest.json) and every file in
     O(require) are present, writes C(COMPLETE) last. The lock is released in every case.
@@ -44,9 +49,23 @@ options:
     default: files
   phases:
     description:
-      - For O(state=closed), what happened in each phase, keyed by phase name (C(media), C(pre), C(copy), C(post)).
+      - For O(state=closed), phases to add to or override the ledger's, keyed by phase name.
       - Each value is a dict with C(start) and C(end) (epoch seconds), C(attempts), C(result) (C(ok), C(failed),
         C(skipped) or C(not run)) and C(msg).
+    type: dict
+    default: {}
+  guard:
+    description: For O(state=closed), the result of M(consistent.backup.backup_guard) O(consistent.backup.backup_guard#module:state=armed), for the report.
+    type: dict
+    default: {}
+  guard_disarmed:
+    description: For O(state=closed), the result of M(consistent.backup.backup_guard) O(consistent.backup.backup_guard#module:state=disarmed).
+    type: dict
+    default: {}
+  would:
+    description:
+      - For O(state=closed) in check mode, what the engine says pre, copy and post would do (its declaration), for
+        RV(readiness).
     type: dict
     default: {}
   failure:
@@ -158,9 +177,23 @@ released:
   description: Whether this run's lock was removed.
   returned: when state is closed or released
   type: bool
+summary:
+  description: The run in a few facts (backup id, verdict, bytes, files, quiesce seconds, set, failure), for set_stats.
+  returned: when state is closed
+  type: dict
+failure_message:
+  description: The verdict of a failed run in one sentence, naming the set and report.json.
+  returned: when state is closed
+  type: str
+readiness:
+  description: In check mode, what the run would do, one line per step.
+  returned: when state is closed in check mode
+  type: list
+  elements: str
 '''
 
 
+import json
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -169,6 +202,7 @@ from ansible_collections.consistent.backup.plugins.module_utils._backup_set impo
     BackupSetError,
     build_report,
     close_set,
+    guard_section,
     lock_is_stale,
     open_set,
     plan_open,
@@ -177,6 +211,18 @@ from ansible_collections.consistent.backup.plugins.module_utils._backup_set impo
     release_lock,
     set_path,
 )
+
+
+def summary(report: dict, path: str) -> dict:
+    return {'backup_id': report['backup_id'], 'verdict': report['verdict'], 'bytes': report['bytes'], 'files': report['files'],
+            'quiesce_seconds': report['quiesce_seconds'], 'set': path, 'failure': report['failure']}
+
+
+def failure_message(report: dict, path: str) -> str:
+    if report['verdict'] != 'failed':
+        return ''
+    return ('backup %s of %s FAILED and is not marked COMPLETE: %s. Details are in %s/report.json.'
+            % (report['backup_id'], report['host'], report['failure'], path))
 
 
 def main() -> None:
@@ -191,6 +237,9 @@ def main() -> None:
             failure=dict(type='str'),
             require=dict(type='list', elements='str', default=[]),
             extra=dict(type='dict', default={}),
+            guard=dict(type='dict', default={}),
+            guard_disarmed=dict(type='dict', default={}),
+            would=dict(type='dict', default={}),
             stale_lock_after=dict(type='int'),
             owner_pid=dict(type='int'),
         ),
@@ -220,18 +269,29 @@ def main() -> None:
         if params['state'] == 'released':
             released = False if module.check_mode else release_lock(path, params['run_id'])
             module.exit_json(changed=released, set_path=path, released=released)
+        guard = guard_section(params['guard'], params['guard_disarmed'])
         if module.check_mode:
             manifest, _problem = read_manifest(path)
             report = build_report(params['backup_id'], params['engine'], params['phases'], manifest,
                                   params['failure'], check_mode=True)
+            report['guard'] = guard
+            readiness = ['the medium %s passed its checks; set %s could be opened' % (params['dest'], path),
+                         'the guard would hold: %s' % (params['guard'].get('post_what') or 'nothing')]
+            readiness += ['%s would: %s' % (name, what) for name, what in params['would'].items()]
+            if guard['previous']:
+                readiness.append('an earlier guard: %s' % json.dumps(guard['previous'], sort_keys=True))
+            if guard['took_over']:
+                readiness.append('a dead guard would be taken over: %s' % json.dumps(guard['took_over'], sort_keys=True))
             module.exit_json(changed=False, set_path=path, report=report, verdict=report['verdict'], complete=False,
-                             quiesce_seconds=report['quiesce_seconds'], released=False)
+                             quiesce_seconds=report['quiesce_seconds'], released=False, readiness=readiness,
+                             summary=summary(report, path), failure_message=failure_message(report, path))
         held_before = read_lock(path)
         report = close_set(path, params['backup_id'], params['run_id'], params['engine'], params['phases'],
-                           params['failure'], params['require'], params['extra'])
+                           params['failure'], params['require'], dict(params['extra'], guard=guard))
         module.exit_json(changed=True, set_path=path, report=report, verdict=report['verdict'],
                          complete=report['complete'], quiesce_seconds=report['quiesce_seconds'],
-                         released=bool(held_before and held_before.get('run_id') == params['run_id']))
+                         released=bool(held_before and held_before.get('run_id') == params['run_id']),
+                         summary=summary(report, path), failure_message=failure_message(report, path))
     except BackupSetError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

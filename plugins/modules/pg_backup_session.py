@@ -58,6 +58,13 @@ options:
         same O(backup_id), when this run's pre was refused) change nothing, write no file, succeed and say so in RV(msg).
       - Not set means any session of O(backup_id) is this run's (the behaviour without run ids).
     type: str
+  ledger:
+    description:
+      - Record this attempt in the backup set's phase ledger, C({set_path, run_id, phase}) (see
+        M(consistent.backup.backup_set)); a successful V(started) records when backup mode began and a successful
+        V(stopped) when it ended, so C(report.json) measures the quiesce window from the server's side.
+      - Not used in check mode.
+    type: dict
   login_db:
     description: Database to connect to (any database will do). Not set means libpq's default (C(PGDATABASE)).
   connect_params:
@@ -421,6 +428,8 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
+
 from ansible_collections.consistent.backup.plugins.module_utils._pg_session import (
     PSYCOPG_IMPORT_ERROR,
     PgBackupSession,
@@ -428,6 +437,16 @@ from ansible_collections.consistent.backup.plugins.module_utils._pg_session impo
     connection_argument_spec,
     validate_backup_id,
 )
+
+
+def ledger_facts(result: dict) -> dict:
+    """When the database left and re-entered its normal state, as the holder measured it."""
+    facts = {}
+    if result.get('backup_start_epoch') is not None:
+        facts['quiesce_start'] = result['backup_start_epoch']
+    if result.get('backup_stop_epoch') is not None:
+        facts['quiesce_end'] = result['backup_stop_epoch']
+    return facts
 
 
 def main() -> None:
@@ -446,6 +465,7 @@ def main() -> None:
         data_prefix=dict(type='str', default='pgdata'),
         label_dest=dict(type='path'),
         runtime_dir=dict(type='path'),
+        ledger=dict(type='dict'),
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -456,6 +476,7 @@ def main() -> None:
         ],
         supports_check_mode=True,
     )
+    PhaseLedger(module, module.params['ledger'], ledger_facts)
     params = module.params
     # Wrong input is refused before anything is touched, in check mode too, and never retried.
     if params['backup_id'] is not None:

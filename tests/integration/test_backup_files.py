@@ -194,7 +194,7 @@ def test_success_writes_manifest_report_and_complete(tmp_path, fakedb, tmpfs_fac
     run = run_playbook("backup.yml", one_host(tmp_path), job_vars(fakedb, media.path, backup_id="b1"))
     assert run.rc == 0, run
     set_dir = os.path.join(media.path, "b1")
-    assert sorted(os.listdir(set_dir)) == ["COMPLETE", "data", "manifest.json", "report.json"]
+    assert sorted(os.listdir(set_dir)) == ["COMPLETE", "data", "manifest.json", "phases.jsonl", "report.json"]
     manifest = load_json(os.path.join(set_dir, "manifest.json"))
     files = [entry for entry in manifest["files"] if entry["type"] == "file"]
     assert len(files) == 4
@@ -270,3 +270,16 @@ def test_three_hosts_in_one_run_make_three_sets(tmp_path, tmpfs_factory):
         assert os.path.exists(os.path.join(media.path, name, "COMPLETE"))
         manifest = load_json(os.path.join(media.path, name, "manifest.json"))
         assert [e["path"] for e in manifest["files"] if e["type"] == "file"][0].endswith(name.split("-")[0] + "/table.dat")
+
+
+def test_the_ledger_records_every_attempt_of_a_phase_with_its_message(tmp_path, fakedb, tmpfs_factory):
+    media = tmpfs_factory()
+    fakedb.fail_next("pre", 2)
+    run = run_playbook("backup.yml", one_host(tmp_path), job_vars(fakedb, media.path, backup_id="b1"))
+    assert run.rc == 0, run
+    pre = load_json(os.path.join(media.path, "b1", "report.json"))["phases"]["pre"]
+    assert (pre["attempts"], pre["result"]) == (3, "ok")
+    assert [m["attempt"] for m in pre["messages"]] == [1, 2]
+    assert [m["stderr_tail"] for m in pre["messages"]] == ["fakedb: pre failed on demand (1 more failures queued)",
+                                                          "fakedb: pre failed on demand (0 more failures queued)"]
+    assert all(m["rc"] == 1 for m in pre["messages"])

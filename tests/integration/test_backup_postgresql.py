@@ -266,3 +266,22 @@ def test_restore_to_a_named_restore_point_stops_there(tmp_path, cluster, media):
         assert restored_psql(cluster, port, "SELECT pg_is_in_recovery()") == "f"
     finally:
         stop_restored(cluster, target)
+
+
+def test_report_json_has_the_same_shape_for_every_engine(tmp_path, cluster, media, fakedb):
+    pg_run = run_playbook("backup.yml", inventory(tmp_path), pg_job(cluster, media.path, "shape-pg"))
+    assert pg_run.rc == 0, pg_run
+    files_run = run_playbook("backup.yml", inventory(tmp_path), {
+        "backup_engine": "files", "backup_dest": media.path, "backup_id": "shape-files", "backup_retry_delay": 0,
+        "backup_files_paths": [fakedb.data_dir], "backup_runtime_dir": fakedb.runtime_dir})
+    assert files_run.rc == 0, files_run
+    pg = load_json(os.path.join(media.path, "shape-pg", "report.json"))
+    files = load_json(os.path.join(media.path, "shape-files", "report.json"))
+    engine_facts = {"start_lsn", "stop_lsn", "timeline", "stop_walfile", "archived"}  # PostgreSQL's WAL range on top
+    assert set(pg) - engine_facts == set(files)
+    assert list(pg["phases"]) == list(files["phases"]) == ["pre", "copy", "post"]
+    common = {"start", "end", "seconds", "attempts", "result", "messages", "msg", "rc", "stdout_tail", "stderr_tail"}
+    for phase in ("pre", "copy", "post"):
+        assert common <= set(pg["phases"][phase]) and common <= set(files["phases"][phase]), phase
+    assert set(pg["guard"]) == set(files["guard"])
+    assert pg["quiesce_source"] == "engine" and files["quiesce_source"] == "controller"

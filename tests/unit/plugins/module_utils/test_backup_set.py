@@ -189,3 +189,76 @@ def test_close_with_an_unreadable_manifest_is_not_complete(tmp_path):
     report = bs.close_set(path, "b1", "run-1", "files", PHASES_OK, None, [], {})
     assert report["verdict"] == "failed" and "not valid JSON" in report["failure"]
     assert not (tmp_path / "b1" / "COMPLETE").exists()
+
+
+# --- the phase ledger -------------------------------------------------------------------------------------------
+
+def attempt(path, phase, result, start, msg=None, rc=None, facts=None, run_id="run-1"):
+    bs.record_attempt(path, run_id, phase, {"start": start, "end": start + 1, "result": result, "msg": msg, "rc": rc,
+                                            "stderr_tail": msg, "facts": facts or {}})
+
+
+def test_a_phase_that_failed_twice_and_passed_on_its_third_attempt_has_three_attempts_and_both_messages(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    attempt(path, "pre", "failed", 100.0, msg="appdb: busy", rc=1)
+    attempt(path, "pre", "failed", 105.0, msg="appdb: still busy", rc=1)
+    attempt(path, "pre", "ok", 110.0)
+    [pre] = bs.phases_from_ledger(bs.read_ledger(path, "run-1")).values()
+    assert (pre["start"], pre["end"], pre["attempts"], pre["result"]) == (100.0, 111.0, 3, "ok")
+    assert [m["msg"] for m in pre["messages"]] == ["appdb: busy", "appdb: still busy"]
+    assert [m["attempt"] for m in pre["messages"]] == [1, 2]
+
+
+def test_close_builds_report_phases_from_the_ledger_of_this_run_only(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    write_manifest(path)
+    attempt(path, "pre", "ok", 100.0, run_id="an-earlier-run")
+    attempt(path, "pre", "ok", 100.0, facts={"quiesce_start": 100.2})
+    attempt(path, "copy", "ok", 101.0, facts={"bytes": 5})
+    attempt(path, "post", "ok", 110.0, facts={"quiesce_end": 110.7})
+    report = bs.close_set(path, "b1", "run-1", "files", {}, None, [], {})
+    assert report["verdict"] == "success" and report["complete"] is True
+    assert [report["phases"][name]["attempts"] for name in ("pre", "copy", "post")] == [1, 1, 1]
+    assert report["phases"]["copy"]["bytes"] == 5
+    assert report["quiesce_seconds"] == 10.5 and report["quiesce_source"] == "engine"
+
+
+def test_close_fails_a_run_whose_ledger_lacks_a_phase(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    write_manifest(path)
+    attempt(path, "pre", "ok", 100.0)
+    attempt(path, "post", "ok", 110.0)
+    report = bs.close_set(path, "b1", "run-1", "files", {}, None, [], {})
+    assert report["verdict"] == "failed" and report["failure"] == "phases copy did not run to the end"
+    assert not os.path.exists(os.path.join(path, "COMPLETE"))
+
+
+def test_the_failure_names_the_phase_its_attempts_and_its_last_message(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    attempt(path, "pre", "ok", 100.0)
+    attempt(path, "copy", "failed", 101.0, msg="no space left on /backup")
+    attempt(path, "post", "ok", 110.0)
+    report = bs.close_set(path, "b1", "run-1", "files", {}, None, [], {})
+    assert report["failure"] == "copy failed after 1 attempt: no space left on /backup"
+
+
+def test_a_torn_last_ledger_line_from_a_crash_is_skipped(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    attempt(path, "pre", "ok", 100.0)
+    with open(os.path.join(path, bs.LEDGER_NAME), "a", encoding="utf-8") as handle:
+        handle.write('{"phase": "copy", "run_')
+    assert [r["phase"] for r in bs.read_ledger(path, "run-1")] == ["pre"]
+
+
+def test_no_ledger_is_written_for_a_set_that_was_never_opened(tmp_path):
+    assert bs.record_attempt(str(tmp_path / "missing"), "run-1", "pre", {"result": "ok"}) is False
+    assert not os.path.exists(str(tmp_path / "missing"))
+
+
+def test_a_lock_taken_over_is_in_report_json(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    bs.open_set(str(tmp_path), "b1", "run-dead", None, owner_pid=dead.pid)
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None, owner_pid=os.getpid())["set_path"]
+    report = bs.close_set(path, "b1", "run-1", "files", {}, None, [], {})
+    assert report["lock_taken_over"]["run_id"] == "run-dead"

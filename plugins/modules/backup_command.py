@@ -1,0 +1,156 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: backup_command
+short_description: Run an operator's pre or post command and record the attempt in the backup set's phase ledger
+version_added: 0.2.0
+description:
+  - Runs one command without a shell (an argv list, or a string split like a command line), with C(LANG=C), and
+    records the attempt - start, end, result, return code and the tails of stderr and stdout - in the set's phase
+    ledger (O(ledger)), so C(report.json) shows every attempt of a retried phase with its reason.
+  - A failure says which command failed, its return code and the end of its stderr, which usually holds the reason.
+  - An empty O(argv) runs nothing and records a successful attempt (an engine whose pre or post has nothing to do).
+options:
+  argv:
+    description:
+      - The command. A list is passed as argv; a string is split like a command line (quotes respected, no shell).
+      - Empty runs nothing.
+    type: raw
+    required: true
+  ledger:
+    description:
+      - Where to record the attempt, C({set_path, run_id, phase}); the set must exist (opened by
+        M(consistent.backup.backup_set)). Leave out to record nothing.
+    type: dict
+  timeout:
+    description: Seconds the command may take before it is killed (and the attempt fails). C(0) waits for ever.
+    type: int
+    default: 0
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: In check mode the command is not run; RV(cmd) and C(msg) say what would run.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
+    support: none
+    details: An operator command is run each time; its own effect decides (a post command must succeed when the
+      database is already open).
+seealso:
+  - module: consistent.backup.backup_set
+author: consistent.backup developers (@consistent-backup)
+'''
+
+EXAMPLES = r'''
+- name: Run the operator's pre command and record the attempt
+  consistent.backup.backup_command:
+    argv: [/usr/local/sbin/appdb, suspend-writes]
+    ledger:
+      set_path: /backup/db1-20261122T0200Z
+      run_id: "{{ backup_run_id }}"
+      phase: pre
+  register: pre
+  retries: 2
+  until: pre is succeeded
+'''
+
+RETURN = r'''
+cmd:
+  description: The argv that was run (or would be, in check mode).
+  returned: always
+  type: list
+  elements: str
+rc:
+  description: The return code (C(-9) when killed after O(timeout)).
+  returned: when the command ran
+  type: int
+stdout:
+  description: Standard output.
+  returned: when the command ran
+  type: str
+stderr:
+  description: Standard error.
+  returned: when the command ran
+  type: str
+seconds:
+  description: How long the command took.
+  returned: when the command ran
+  type: float
+'''
+
+import os
+import shlex
+import subprocess
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
+
+TAIL = 1500
+
+
+def _argv(raw) -> list:
+    if raw is None or raw == "":
+        return []
+    if isinstance(raw, str):
+        return shlex.split(raw)
+    if isinstance(raw, (list, tuple)):
+        return [str(part) for part in raw]
+    raise ValueError("argv must be a list of strings or a command line string; found %r" % (raw,))
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            argv=dict(type='raw', required=True),
+            ledger=dict(type='dict'),
+            timeout=dict(type='int', default=0),
+        ),
+        supports_check_mode=True,
+    )
+    PhaseLedger(module, module.params['ledger'])
+    try:
+        argv = _argv(module.params['argv'])
+    except ValueError as exc:
+        module.fail_json(msg=str(exc), retryable=False)
+    phase = (module.params['ledger'] or {}).get('phase') or 'the'
+    if not argv:
+        module.exit_json(changed=False, cmd=[], msg='no %s command: nothing to run' % phase)
+    if module.check_mode:
+        module.exit_json(changed=True, cmd=argv, msg='would run %s' % ' '.join(shlex.quote(part) for part in argv))
+    began = time.monotonic()
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False,
+                              timeout=module.params['timeout'] or None, env=dict(os.environ, LANG='C', LC_ALL='C'))
+    except FileNotFoundError as exc:
+        module.fail_json(msg='%s command %s was not found (%s); check the path in the job variables' % (phase, argv[0], exc),
+                         cmd=argv, rc=127, retryable=False)
+    except PermissionError as exc:
+        module.fail_json(msg='%s command %s cannot be run (%s); make it executable for this user' % (phase, argv[0], exc),
+                         cmd=argv, rc=126, retryable=False)
+    except subprocess.TimeoutExpired as exc:
+        module.fail_json(msg='%s command %s was killed after %d s; raise the timeout or find out why it hangs'
+                         % (phase, ' '.join(argv), module.params['timeout']), cmd=argv, rc=-9,
+                         stdout=(exc.stdout or b'').decode('utf-8', 'replace'), stderr=(exc.stderr or b'').decode('utf-8', 'replace'))
+    seconds = round(time.monotonic() - began, 3)
+    stdout = proc.stdout.decode('utf-8', 'replace')
+    stderr = proc.stderr.decode('utf-8', 'replace')
+    if proc.returncode != 0:
+        reason = stderr.strip()[-TAIL:] or stdout.strip()[-TAIL:] or 'no output'
+        module.fail_json(msg='%s command %s exited with %d: %s' % (phase, ' '.join(shlex.quote(part) for part in argv),
+                                                                  proc.returncode, reason),
+                         cmd=argv, rc=proc.returncode, stdout=stdout, stderr=stderr, seconds=seconds)
+    module.exit_json(changed=True, cmd=argv, rc=0, stdout=stdout, stderr=stderr, seconds=seconds)
+
+
+if __name__ == '__main__':
+    main()

@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r'''
 module: backup_guard
 short_description: Arm an on-host guard that runs post when the controller's post does not come; one backup per database
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - The playbook's C(always) section is the controller's promise that post runs; it is void when C(ansible-playbook)
     is killed (an AWX cancel sends SIGTERM), the host becomes unreachable or the controller machine dies. This

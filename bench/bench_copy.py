@@ -2,18 +2,22 @@
 # Copyright: contributors to consistent.backup
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Benchmark of the aligned_copy engine against dd, and against dd followed by sha256sum.
+"""Benchmark of the aligned_copy engine: a tree of many small files against cp -a + sync -f, one large file against dd.
 
 Run from the checkout (after scripts/setup.sh):
 
-    .venv/bin/python bench/bench_copy.py                 # 1 GiB, 5 rounds, warm cache
+    .venv/bin/python bench/bench_copy.py                 # 3,000-file tree and 1 GiB file, 5 rounds, warm cache
     .venv/bin/python bench/bench_copy.py --cold          # drop the page cache before every run (root)
     .venv/bin/python bench/bench_copy.py --write-docs    # also regenerate docs/performance.md and the chart
 
 What is timed, per round (the order alternates between rounds so neither tool always goes first):
 
-* engine: ``run_copy`` of one 1 GiB file, SHA-256 computed in the same pass, fsync before rename,
-  manifest written; run in a child process (``python bench_copy.py --child``) that reports its own peak
+* engine (tree): ``run_copy`` of a tree of 3,000 files of 8 KiB to 1 MiB (385 MiB), SHA-256 of every file,
+  durable before the manifest is written; in a child process as below.
+* cp -a + sync -f: ``cp -a SRC DST`` then ``sync -f DST`` (syncfs of the destination's filesystem): a copy
+  without checksums whose data is durable at the end, the least a backup must do.
+* engine: ``run_copy`` of one 1 GiB file, SHA-256 computed in the same pass, durable before the
+  manifest is written; run in a child process (``python bench_copy.py --child``) that reports its own peak
   RSS (VmHWM from /proc/self/status; ru_maxrss of a vfork'ed child would include the parent's peak).
   Timed as the child's wall time (interpreter start included); the engine's own ``seconds`` is recorded too.
 * dd: ``dd if=SRC of=DST bs=READ_SIZE conv=fsync``.
@@ -48,6 +52,7 @@ CHART = os.path.join(ROOT, "docs", "performance-copy.png")
 MIB = 1024 * 1024
 
 TOOLS = ("engine", "dd", "dd+sha256sum")
+TREE_TOOLS = ("engine-tree", "cp+sync")
 
 
 def parse_size(text: str) -> int:
@@ -79,15 +84,17 @@ def child(args: argparse.Namespace) -> int:
         _copy.WRITEBACK_WINDOW = args.writeback_window
     if args.buffers is not None:
         _copy.RING_BUFFERS = args.buffers
+    if args.barrier is not None:
+        _copy.BARRIER = args.barrier
     sources = _copy.normalize_sources([{"path": args.src, "dest": os.path.basename(args.src)}])
     plan = _copy.plan_copy(sources)
     result = _copy.run_copy(plan, args.sets, args.backup_id, block_size=args.block_size, read_size=args.read_size,
-                            direct=args.direct, engine="files")
+                            direct=args.direct, engine="files", workers=args.workers or _copy.COPY_WORKERS)
     with open(os.path.join(result.set_path, "manifest.json")) as handle:
         manifest = json.load(handle)
-    sha = [f["sha256"] for f in manifest["files"] if f["type"] == "file"][0]
-    print(json.dumps({"seconds": result.seconds, "sha256": sha, "bytes": result.bytes_copied, "direct": result.direct,
-                      "vm_hwm_kib": vm_hwm_kib()}))
+    files = [f for f in manifest["files"] if f["type"] == "file"]
+    print(json.dumps({"seconds": result.seconds, "sha256": files[0]["sha256"] if len(files) == 1 else None, "files": len(files),
+                      "copied": result.copied, "bytes": result.bytes_copied, "direct": result.direct, "vm_hwm_kib": vm_hwm_kib()}))
     return 0
 
 
@@ -119,6 +126,66 @@ def make_source(path: str, size: int) -> str:
     return "created"
 
 
+def tree_sizes(files: int, smallest: int, largest: int, total: int, page: int = 8192) -> t.List[int]:
+    """Sizes of a tree like a database directory: many small files, fewer large ones, whole pages, summing to about ``total``.
+
+    Log-uniform between ``smallest`` and ``largest`` skewed towards small files (exponent found by bisection), in a fixed
+    pseudo-random order, so every run and every machine builds the same tree.
+    """
+    import random  # pylint: disable=import-outside-toplevel
+    draws = [random.Random(files * 7919 + n).random() for n in range(files)]
+    span = largest / float(smallest)
+
+    def sizes(skew: float) -> t.List[int]:
+        return [max(smallest, min(largest, int(round(smallest * span ** (u ** skew) / page)) * page)) for u in draws]
+
+    low, high = 0.2, 20.0
+    for _step in range(60):
+        middle = (low + high) / 2
+        if sum(sizes(middle)) > total:
+            low = middle
+        else:
+            high = middle
+    return sizes((low + high) / 2)
+
+
+def make_tree(path: str, files: int, smallest: int, largest: int, total: int) -> str:
+    """A tree of ``files`` files of random bytes in 30 directories (like base/<oid>/); reused when it is already there.
+
+    A stamp beside the tree (not in it: it would be copied) says which parameters built it.
+    """
+    stamp = "%s.built-%d-%d-%d-%d" % (path, files, smallest, largest, total)
+    if os.path.exists(stamp) and os.path.isdir(path):
+        return "reused"
+    for old in [n for n in os.listdir(os.path.dirname(path)) if n.startswith(os.path.basename(path) + ".built-")]:
+        os.unlink(os.path.join(os.path.dirname(path), old))
+    shutil.rmtree(path, ignore_errors=True)
+    for number, size in enumerate(tree_sizes(files, smallest, largest, total)):
+        directory = os.path.join(path, "d%02d" % (number % 30))
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "%06d" % number), "wb") as handle:
+            handle.write(os.urandom(size))
+    subprocess.run(["sync"], check=True)
+    with open(stamp, "w"):
+        pass
+    return "created"
+
+
+def warm_tree(path: str) -> None:
+    for directory, _dirs, names in os.walk(path):
+        for name in names:
+            warm(os.path.join(directory, name))
+
+
+def run_cp(src: str, dst: str) -> t.Dict[str, t.Any]:
+    """cp -a, then sync -f on the copy: the plain copy made durable (syncfs of the destination's filesystem)."""
+    started = time.monotonic()
+    subprocess.run(["cp", "-a", src, dst], check=True)
+    copied = time.monotonic()
+    subprocess.run(["sync", "-f", dst], check=True)
+    return {"wall": time.monotonic() - started, "cp_seconds": copied - started, "sync_seconds": time.monotonic() - copied}
+
+
 def hashlib_rate() -> float:
     """MiB/s of hashlib SHA-256 on this CPU, one thread, 1 MiB updates (best of three)."""
     import hashlib  # pylint: disable=import-outside-toplevel
@@ -148,6 +215,10 @@ def run_engine(args: argparse.Namespace, src: str, sets: str, backup_id: str) ->
         cmd += ["--writeback-window", str(args.writeback_window)]
     if args.buffers is not None:
         cmd += ["--buffers", str(args.buffers)]
+    if args.barrier is not None:
+        cmd += ["--barrier", args.barrier]
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     _pid, status, _usage = os.wait4(proc.pid, 0)
@@ -215,10 +286,29 @@ def machine_facts(directory: str) -> t.Dict[str, t.Any]:
     return facts
 
 
+def summarize_tree(runs: t.Dict[str, t.List[t.Dict[str, t.Any]]]) -> t.Dict[str, t.Any]:
+    """Medians of the tree runs and the engine's ratios to cp -a + sync -f."""
+    summary = {}  # type: t.Dict[str, t.Any]
+    for tool in TREE_TOOLS:
+        walls = [v["wall"] for v in runs[tool]]
+        summary[tool] = {"median": statistics.median(walls), "min": min(walls), "max": max(walls), "runs": walls}
+    summary["engine-tree"]["copy_median"] = statistics.median(v["seconds"] for v in runs["engine-tree"])
+    summary["engine-tree"]["rss_mib_max"] = max(v["rss_mib"] for v in runs["engine-tree"])
+    summary["cp+sync"]["cp_median"] = statistics.median(v["cp_seconds"] for v in runs["cp+sync"])
+    summary["cp+sync"]["sync_median"] = statistics.median(v["sync_seconds"] for v in runs["cp+sync"])
+    summary["ratio_tree"] = summary["engine-tree"]["median"] / summary["cp+sync"]["median"]
+    summary["ratio_tree_best"] = summary["engine-tree"]["min"] / summary["cp+sync"]["min"]
+    summary["ratio_tree_copy"] = summary["engine-tree"]["copy_median"] / summary["cp+sync"]["median"]
+    # Round by round (the two ran back to back), the median of the ratios: less sensitive to a slow minute of the host.
+    summary["ratio_tree_paired"] = statistics.median(
+        e["wall"] / c["wall"] for e, c in zip(runs["engine-tree"], runs["cp+sync"]))
+    return summary
+
+
 def summarize(runs: t.Dict[str, t.List[t.Dict[str, t.Any]]]) -> t.Dict[str, t.Any]:
     summary = {}
-    for tool, values in runs.items():
-        walls = [v["wall"] for v in values]
+    for tool in TOOLS:
+        walls = [v["wall"] for v in runs[tool]]
         summary[tool] = {"median": statistics.median(walls), "min": min(walls), "max": max(walls), "runs": walls}
     engine_copy = [v["seconds"] for v in runs["engine"]]
     summary["engine"]["copy_median"] = statistics.median(engine_copy)
@@ -257,6 +347,13 @@ def main() -> int:
                         help="with --write-docs: add the figures of an earlier run (e.g. a --cold one) as another table")
     parser.add_argument("--writeback-window", type=int, default=None, help="tuning: engine WRITEBACK_WINDOW bytes")
     parser.add_argument("--buffers", type=int, default=None, help="tuning: engine RING_BUFFERS")
+    parser.add_argument("--barrier", choices=["syncfs", "fsync"], default=None, help="tuning: engine BARRIER")
+    parser.add_argument("--workers", type=int, default=None, help="tuning: engine workers (default COPY_WORKERS)")
+    parser.add_argument("--tree-files", type=int, default=3000, help="files in the tree (default 3000; 0: no tree runs)")
+    parser.add_argument("--tree-min", default="8K", help="smallest file of the tree (default 8K)")
+    parser.add_argument("--tree-max", default="1M", help="largest file of the tree (default 1M)")
+    parser.add_argument("--tree-total", default="385M", help="bytes of the whole tree (default 385M)")
+    parser.add_argument("--no-file", action="store_true", help="only the tree runs, not the large file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--src", help=argparse.SUPPRESS)
     parser.add_argument("--sets", help=argparse.SUPPRESS)
@@ -274,52 +371,81 @@ def main() -> int:
         return 0
 
     size = parse_size(args.size)
+    tree_shape = (args.tree_files, parse_size(args.tree_min), parse_size(args.tree_max), parse_size(args.tree_total))
     os.makedirs(args.dir, exist_ok=True)
     src = os.path.join(args.dir, "source-%d.bin" % size)
+    tree = os.path.join(args.dir, "tree")
     sets = os.path.join(args.dir, "sets")
     dst = os.path.join(args.dir, "dd-copy.bin")
-    print("source %s: %s (%d MiB)" % (src, make_source(src, size), size // MIB))
+    tree_dst = os.path.join(args.dir, "cp-copy")
+    tools = (() if not args.tree_files else TREE_TOOLS) + (() if args.no_file else TOOLS)
+    if not args.no_file:
+        print("source %s: %s (%d MiB)" % (src, make_source(src, size), size // MIB))
+    if args.tree_files:
+        print("tree %s: %s (%d files, %d MiB)" % (tree, make_tree(tree, *tree_shape), tree_shape[0], tree_shape[3] // MIB))
     if not args.cold:
-        warm(src)
+        if not args.no_file:
+            warm(src)
+        if args.tree_files:
+            warm_tree(tree)
     shutil.rmtree(sets, ignore_errors=True)
+    shutil.rmtree(tree_dst, ignore_errors=True)
     os.makedirs(sets)
     facts = machine_facts(args.dir)
     sha_rate = hashlib_rate()
     load_before = os.getloadavg()
-    runs = dict((tool, []) for tool in TOOLS)  # type: t.Dict[str, t.List[t.Dict[str, t.Any]]]
+    runs = dict((tool, []) for tool in tools)  # type: t.Dict[str, t.List[t.Dict[str, t.Any]]]
     previous = None
     for round_no in range(args.rounds):
-        order = TOOLS if round_no % 2 == 0 else tuple(reversed(TOOLS))
+        order = tools if round_no % 2 == 0 else tuple(reversed(tools))
         for tool in order:
             sync_and_maybe_drop(args.cold)
-            if tool == "engine":
-                data = run_engine(args, src, sets, "round-%d" % round_no)
+            if tool in ("engine", "engine-tree"):
+                data = run_engine(args, tree if tool == "engine-tree" else src, sets, "round-%d" % round_no)
                 shutil.rmtree(os.path.join(sets, "round-%d" % round_no))
+            elif tool == "cp+sync":
+                data = run_cp(tree, tree_dst)
+                shutil.rmtree(tree_dst)
             else:
                 data = run_dd(args, src, dst, tool == "dd+sha256sum")
                 os.unlink(dst)
             data["after"] = previous
             previous = tool
             runs[tool].append(data)
-            detail = " (copy %.3f s, peak RSS %.1f MiB)" % (data["seconds"], data["rss_mib"]) if tool == "engine" else ""
+            detail = " (copy %.3f s, peak RSS %.1f MiB)" % (data["seconds"], data["rss_mib"]) if tool.startswith("engine") else ""
             print("round %d %-13s %.3f s%s" % (round_no + 1, tool, data["wall"], detail))
     sync_and_maybe_drop(False)
     load_after = os.getloadavg()
-    checksums = set(v["sha256"] for v in runs["engine"]) | set(v["sha256"] for v in runs["dd+sha256sum"])
-    summary = summarize(runs)
+    summary = {}  # type: t.Dict[str, t.Any]
+    checksums = set()  # type: t.Set[str]
+    if not args.no_file:
+        checksums = set(v["sha256"] for v in runs["engine"]) | set(v["sha256"] for v in runs["dd+sha256sum"])
+        summary = summarize(runs)
+    if args.tree_files:
+        summary["tree"] = summarize_tree(runs)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     report = {
         "date": now.isoformat().replace("+00:00", "Z"), "size": size, "read_size": args.read_size, "block_size": args.block_size,
         "rounds": args.rounds, "cache": "cold" if args.cold else "warm", "direct": args.direct,
-        "writeback_window": args.writeback_window, "buffers": args.buffers,
+        "writeback_window": args.writeback_window, "buffers": args.buffers, "barrier": args.barrier, "workers": args.workers,
+        "tree": {"files": tree_shape[0], "min": tree_shape[1], "max": tree_shape[2], "total": tree_shape[3]} if args.tree_files else None,
         "machine": facts, "load_before": load_before, "load_after": load_after,
         "checksums_agree": len(checksums) == 1, "hashlib_mib_s": sha_rate, "runs": runs, "summary": summary, "notes": args.note,
     }
-    print("median seconds: engine %.3f (copy alone %.3f), dd %.3f, dd+sha256sum %.3f" % (
-        summary["engine"]["median"], summary["engine"]["copy_median"], summary["dd"]["median"], summary["dd+sha256sum"]["median"]))
-    print("ratios: engine/dd %.3f, engine/(dd+sha256sum) %.3f; engine peak RSS %.1f MiB; checksums agree: %s; load %s -> %s" % (
-        summary["ratio_engine_dd"], summary["ratio_engine_dd_sha"], summary["engine"]["rss_mib_max"], report["checksums_agree"],
-        "/".join("%.2f" % x for x in load_before), "/".join("%.2f" % x for x in load_after)))
+    if args.tree_files:
+        tree_summary = summary["tree"]
+        print("tree median seconds: engine %.3f (copy alone %.3f), cp -a + sync -f %.3f (cp %.3f, sync %.3f)" % (
+            tree_summary["engine-tree"]["median"], tree_summary["engine-tree"]["copy_median"], tree_summary["cp+sync"]["median"],
+            tree_summary["cp+sync"]["cp_median"], tree_summary["cp+sync"]["sync_median"]))
+        print("tree ratios: engine/(cp+sync) %.3f (best %.3f, paired %.3f); engine peak RSS %.1f MiB" % (
+            tree_summary["ratio_tree"], tree_summary["ratio_tree_best"], tree_summary["ratio_tree_paired"],
+            tree_summary["engine-tree"]["rss_mib_max"]))
+    if not args.no_file:
+        print("median seconds: engine %.3f (copy alone %.3f), dd %.3f, dd+sha256sum %.3f" % (
+            summary["engine"]["median"], summary["engine"]["copy_median"], summary["dd"]["median"], summary["dd+sha256sum"]["median"]))
+        print("ratios: engine/dd %.3f, engine/(dd+sha256sum) %.3f; engine peak RSS %.1f MiB; checksums agree: %s" % (
+            summary["ratio_engine_dd"], summary["ratio_engine_dd_sha"], summary["engine"]["rss_mib_max"], report["checksums_agree"]))
+    print("load %s -> %s" % ("/".join("%.2f" % x for x in load_before), "/".join("%.2f" % x for x in load_after)))
     os.makedirs(RESULTS, exist_ok=True)
     out = os.path.join(RESULTS, "copy-%s.json" % now.strftime("%Y%m%dT%H%M%SZ"))
     with open(out, "w") as handle:
@@ -355,20 +481,32 @@ def write_chart(report: t.Dict[str, t.Any]) -> None:
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
     summary = report["summary"]
-    labels = ["aligned_copy engine\n(SHA-256 + fsync)", "dd conv=fsync\n(no checksum)", "dd conv=fsync\n+ sha256sum"]
-    medians = [summary[tool]["median"] for tool in TOOLS]
-    lows = [summary[tool]["median"] - summary[tool]["min"] for tool in TOOLS]
-    highs = [summary[tool]["max"] - summary[tool]["median"] for tool in TOOLS]
-    fig, axis = plt.subplots(figsize=(7.5, 4.2), dpi=120)
-    bars = axis.bar(labels, medians, yerr=[lows, highs], capsize=8, color=["#2b7bb9", "#9e9e9e", "#616161"])
-    for rect, value in zip(bars, medians):
-        axis.annotate("%.2f s" % value, (rect.get_x() + rect.get_width() / 2, value), xytext=(18, 4),
-                      textcoords="offset points", ha="left", fontsize=9)
-    axis.set_ylabel("seconds (median, whiskers min..max)")
-    axis.set_title("Copy of a %d MiB file, read size %d KiB, %s cache, %d rounds" % (
-        report["size"] // MIB, report["read_size"] // 1024, report["cache"], report["rounds"]), fontsize=10)
-    axis.set_ylim(0, max(summary[tool]["max"] for tool in TOOLS) * 1.2)
-    axis.grid(axis="y", alpha=0.3)
+    panels = []
+    if summary.get("tree"):
+        shape = report["tree"]
+        panels.append(("%d files, %d KiB to %d KiB, %d MiB" % (shape["files"], shape["min"] // 1024, shape["max"] // 1024,
+                                                               shape["total"] // MIB),
+                       ["aligned_copy engine\n(SHA-256, durable)", "cp -a\n+ sync -f"], [summary["tree"][tool] for tool in TREE_TOOLS],
+                       ["#2b7bb9", "#9e9e9e"]))
+    if "engine" in summary:
+        panels.append(("one %d MiB file, read size %d KiB" % (report["size"] // MIB, report["read_size"] // 1024),
+                       ["aligned_copy engine\n(SHA-256, durable)", "dd conv=fsync\n(no checksum)", "dd conv=fsync\n+ sha256sum"],
+                       [summary[tool] for tool in TOOLS], ["#2b7bb9", "#9e9e9e", "#616161"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), dpi=120, squeeze=False)
+    for axis, (title, labels, rows, colors) in zip(axes[0], panels):
+        medians = [row["median"] for row in rows]
+        lows = [row["median"] - row["min"] for row in rows]
+        highs = [row["max"] - row["median"] for row in rows]
+        bars = axis.bar(labels, medians, yerr=[lows, highs], capsize=8, color=colors)
+        for rect, value in zip(bars, medians):
+            axis.annotate("%.2f s" % value, (rect.get_x() + rect.get_width() / 2, value), xytext=(14, 4),
+                          textcoords="offset points", ha="left", fontsize=9)
+        axis.set_ylabel("seconds (median, whiskers min..max)")
+        axis.set_title(title, fontsize=10)
+        axis.set_ylim(0, max(row["max"] for row in rows) * 1.2)
+        axis.grid(axis="y", alpha=0.3)
+        axis.tick_params(axis="x", labelsize=8)
+    fig.suptitle("%s cache, %d rounds, same run" % (report["cache"], report["rounds"]), fontsize=10)
     fig.tight_layout()
     fig.savefig(CHART)
     plt.close(fig)
@@ -380,11 +518,11 @@ Generated by `bench/bench_copy.py --write-docs` on {date}; raw results of every 
 `bench/results/` (not committed). Re-run it on your own hardware: the figures below are one machine's.
 
 ![median seconds per tool, whiskers min..max](performance-copy.png)
-
-## Figures
+{tree_section}
+## One large file
 
 One {mib} MiB file of random bytes, read size {read_kib} KiB (dd `bs` the same), block size {block},
-{rounds} rounds, {cache} page cache for the source (see Method), O_DIRECT {direct}.
+{rounds} rounds, {cache} page cache for the source (see Method), O_DIRECT {direct}; in the same run as the tree above.
 
 | run | median s | min s | max s | MiB/s at the median |
 |---|---|---|---|---|
@@ -402,7 +540,8 @@ One {mib} MiB file of random bytes, read size {read_kib} KiB (dd `bs` the same),
   its own copy time (`seconds` in the module's result) has a median of {copy:.3f} s ({r_copy:.2f}x dd's median).
 - `sha256sum` alone took {sha:.3f} s (median) on the copy; the engine hashes in the same pass as the copy.
 - The SHA-256 in the engine's manifest and the one printed by sha256sum agree on every run: {agree}.
-- Peak RSS does not grow with the file: the engine holds a ring of {buffers} buffers of the read size.
+- Peak RSS does not grow with the file: the engine holds a ring of {buffers} buffers of the read size, and each of
+  its two workers one more.
 {extra}
 ## Machine
 
@@ -412,48 +551,81 @@ Load average before / after the benchmark: {load_before} / {load_after}.
 
 ## Method
 
-- Each round times three runs, in alternating order (engine, dd, dd + sha256sum in rounds 1, 3, 5, ...;
-  the reverse in rounds 2, 4, ...). Before every run the previous run's destination is removed and `sync` is run.
+- Each round times every run once, in alternating order (engine on the tree, cp + sync, engine on the file, dd,
+  dd + sha256sum in rounds 1, 3, 5, ...; the reverse in rounds 2, 4, ...). Before every run the previous run's
+  destination is removed and `sync` is run.
 - {cache_method}
-- engine: `run_copy` of one source file into a new backup set (aligned reads, SHA-256, temp file, fsync,
-  rename, directory fsync, manifest.json), in a child process whose wall time is reported and whose peak RSS
-  is its own VmHWM (from /proc/self/status).
+- engine: `run_copy` of the tree or the file into a new backup set (aligned reads, SHA-256, temporary names, the
+  durability barrier, manifest.json), in a child process whose wall time is reported and whose peak RSS is its own
+  VmHWM (from /proc/self/status).
+- cp + sync: `cp -a SRC DST`, then `sync -f DST` (syncfs of the destination's filesystem): the plain copy, durable,
+  without checksums or a manifest.
 - dd: `dd if=SRC of=DST bs={read_size} conv=fsync`. dd + sha256sum: that dd, then `sha256sum DST`, the
   checksum of the copy (read back from the page cache), which is what an operator would verify.
 
 ## How the engine gets there
 
-- Reads are `preadv` of exactly the read size (a multiple of the page size) into a ring of page-aligned
-  `mmap` buffers allocated once: no allocation per read, memory independent of the file size.
-- The reading thread hands each filled buffer to a hashing thread and a writing thread at once; hashlib and
-  `os.write` release the GIL, so SHA-256 runs beside the copy instead of after it. Files that fit in one read
-  (most files of a database directory) are hashed and written inline, without thread hand-offs.
-- `posix_fadvise(SEQUENTIAL)` on the source. The writer calls `posix_fadvise(DONTNEED)` on the copy every
-  {window} written: Linux starts writing those pages back at once and drops the ones already on disk, so the
-  disk works while the copy goes on, the closing fsync only waits for the tail, and the backup does not fill
-  the page cache (nor evict the database's own pages).
-- One fsync per file after mode, owner and mtime are set; one fsync per directory before the manifest.
+- Reads are `preadv` of exactly the read size (a multiple of the page size) into page-aligned `mmap` buffers
+  allocated once: no allocation per read, memory independent of the file size and of the number of files.
+- Many small files: two workers copy files beside each other (the sources are opened in plan order by the
+  calling thread, which hands each open file to a worker). A file that fits in a worker's buffer is read, hashed
+  and written by that worker; hashlib, `preadv` and `os.write` release the GIL, so both cores work.
+- A large file goes through the ring: the worker reads, a hashing thread and a writing thread take each filled
+  buffer at once, so SHA-256 runs beside the copy instead of after it. The writer calls `posix_fadvise(DONTNEED)`
+  on the copy every {window} written: Linux starts writing those pages back at once and drops the ones already on
+  disk, so the backup does not fill the page cache (nor evict the database's own pages).
+- Durability is batched, not given up. Each file is written under a temporary name, gets its mode, owner and
+  mtime, has its writeback started (`sync_file_range(SYNC_FILE_RANGE_WRITE)`) and is renamed. A barrier then
+  makes the whole batch durable at once: one `syncfs` of the medium's filesystem (or, where there is none, an
+  fsync of every file and of every directory that gained a name). Nothing vouches for a file before its barrier:
+  the manifest is written after the last one, a later phase (pg_control, a database's logs) is written only after
+  the barrier that ends the earlier phases, and a resume journal (`.copy-journal`, in the set, removed with
+  success) lists a file only after the barrier that covered it. A copy killed in the middle leaves no manifest
+  and no COMPLETE; the next run skips what the journal lists (re-reading and re-hashing the source, not
+  rewriting the copy) and sweeps the killed run's temporary files.
 
 ## Notes
 
 - This machine is a 2-vCPU virtual machine whose disk and memory belong to a host shared with other work, so
   single runs are noisy: read the medians and the min..max spread, not one run.
+- `syncfs` makes the whole filesystem of the medium durable, including other writers' dirty data on it; a medium
+  shared with a busy database would make the barrier wait for the database's writes too (the backup medium should
+  not be the database's filesystem anyway).
 - dd's spread here is large, and not because of the disk: this VM hands freed memory back to its host at once
   (virtio-balloon free page reporting), so a process that fills the page cache with 1 GiB of fresh pages pays the
-  host for faulting them in again (measured by hand with `dd` without `conv=fsync` while writing this benchmark:
-  0.33 s for 1 GiB right after an earlier copy freed its pages, 2.8 s after a ten-second pause). dd writes the
-  whole GiB into the page cache before its fsync and pays this unless it can reuse pages another run just freed;
-  the engine recycles a few MiB of page cache through `DONTNEED` and does not depend on that.
-  In this run dd's median was {dd_after}: the rounds alternate, so dd follows
-  dd + sha256sum (which has just freed a GiB of page cache, most likely still backed by the host) in every
-  other round.
-  The best-against-best ratio and the ratio against dd's runs after dd + sha256sum are the fair readings for a machine
-  without this effect.
-- The engine is bound by SHA-256 on one core: hashlib alone hashes {sha_rate:.0f} MiB/s on this CPU (measured by
-  the benchmark on an idle core, {sha_floor:.2f} s per GiB), which is the floor of the engine's time. The engine's
-  wall time also includes {startup:.3f} s (median) of Python start-up, imports, listing and the manifest write, which dd does not pay; the engine's
-  own copy time is {r_copy_fast} dd's runs after dd + sha256sum.
+  host for faulting them in again. dd writes the whole GiB into the page cache before its fsync and pays this
+  unless it can reuse pages another run just freed; the engine recycles a few MiB of page cache through `DONTNEED`
+  and does not depend on that. In this run dd's median was {dd_after}: the rounds alternate, so dd follows
+  a different run in odd and even rounds.
+- The engine is bound by SHA-256 on one core per stream: hashlib alone hashes {sha_rate:.0f} MiB/s on this CPU
+  (measured by the benchmark on an idle core, {sha_floor:.2f} s per GiB). The engine's wall time also includes
+  {startup:.3f} s (median, large file) of Python start-up, imports, listing and the manifest write, which dd and cp
+  do not pay; the engine's own copy time is {r_copy_fast} dd's runs after dd + sha256sum.
 {notes}
+"""
+
+
+TREE_TEMPLATE = """
+## Many small files
+
+A tree of {files} files of random bytes, {min_kib} KiB to {max_kib} KiB in whole 8 KiB pages (median {median_kib} KiB),
+{total_mib} MiB in 30 directories, read size {read_kib} KiB, {rounds} rounds, {cache} page cache for the source.
+
+| run | median s | min s | max s | MiB/s at the median |
+|---|---|---|---|---|
+| aligned_copy engine (SHA-256 of every file, durable, manifest) | {e_med:.3f} | {e_min:.3f} | {e_max:.3f} | {e_rate:.0f} |
+| `cp -a` then `sync -f` (no checksum) | {c_med:.3f} | {c_min:.3f} | {c_max:.3f} | {c_rate:.0f} |
+
+| target | measured | met? |
+|---|---|---|
+| engine within 1.2x of cp -a + sync -f (medians) | {r_tree:.2f}x | {ok_tree} |
+| engine within 1.2x of cp -a + sync -f, best run against best run | {r_best:.2f}x | {ok_best} |
+| engine within 1.2x of cp -a + sync -f, median of the per-round ratios | {r_paired:.2f}x | {ok_paired} |
+| engine peak RSS below 100 MiB | {rss:.1f} MiB | {ok_rss} |
+
+- cp -a took {cp:.3f} s and sync -f {sync:.3f} s (medians); the engine's own copy time (without Python start-up) has
+  a median of {copy:.3f} s ({r_copy:.2f}x cp -a + sync -f).
+- Before this change (every file fsynced before the next one started) the same tree took 3.5x cp -a + sync -f.
 """
 
 
@@ -462,7 +634,7 @@ def figure_rows(report: t.Dict[str, t.Any]) -> str:
     summary = report["summary"]
     mib = report["size"] // MIB
     rows = []
-    for tool, what in (("engine", "aligned_copy engine (SHA-256 + fsync)"),
+    for tool, what in (("engine", "aligned_copy engine (SHA-256, durable, manifest)"),
                        ("dd", "`dd conv=fsync` (no checksum)"),
                        ("dd+sha256sum", "`dd conv=fsync` then `sha256sum`")):
         row = summary[tool]
@@ -498,6 +670,31 @@ engine peak RSS {rss:.1f} MiB.
 """
 
 
+def tree_section(report: t.Dict[str, t.Any]) -> str:
+    """The many-small-files section of a run with tree runs ('' without)."""
+    tree = report["summary"].get("tree")
+    if not tree:
+        return ""
+    shape = report["tree"]
+    sizes = sorted(tree_sizes(shape["files"], shape["min"], shape["max"], shape["total"]))
+    total_mib = sum(sizes) / float(MIB)
+
+    def verdict(value: float, limit: float) -> str:
+        return "yes" if value <= limit else "**no**"
+
+    engine, peer = tree["engine-tree"], tree["cp+sync"]
+    return TREE_TEMPLATE.format(
+        files=shape["files"], min_kib=shape["min"] // 1024, max_kib=shape["max"] // 1024, median_kib=sizes[len(sizes) // 2] // 1024,
+        total_mib=int(round(total_mib)), read_kib=report["read_size"] // 1024, rounds=report["rounds"], cache=report["cache"],
+        e_med=engine["median"], e_min=engine["min"], e_max=engine["max"], e_rate=total_mib / engine["median"],
+        c_med=peer["median"], c_min=peer["min"], c_max=peer["max"], c_rate=total_mib / peer["median"],
+        r_tree=tree["ratio_tree"], ok_tree=verdict(tree["ratio_tree"], 1.2),
+        r_best=tree["ratio_tree_best"], ok_best=verdict(tree["ratio_tree_best"], 1.2),
+        r_paired=tree["ratio_tree_paired"], ok_paired=verdict(tree["ratio_tree_paired"], 1.2),
+        rss=engine["rss_mib_max"], ok_rss=verdict(engine["rss_mib_max"], 100.0),
+        cp=peer["cp_median"], sync=peer["sync_median"], copy=engine["copy_median"], r_copy=tree["ratio_tree_copy"])
+
+
 def write_doc(report: t.Dict[str, t.Any], extra: t.Sequence[t.Dict[str, t.Any]] = ()) -> None:
     summary = report["summary"]
     machine = report["machine"]
@@ -513,6 +710,7 @@ def write_doc(report: t.Dict[str, t.Any], extra: t.Sequence[t.Dict[str, t.Any]] 
     else:
         cache_method = "Cold cache (`--cold`): `echo 3 > /proc/sys/vm/drop_caches` before every run."
     text = DOC_TEMPLATE.format(
+        tree_section=tree_section(report),
         date=report["date"], mib=mib, read_kib=report["read_size"] // 1024, block=report["block_size"], rounds=report["rounds"],
         cache=report["cache"], direct="on" if report["direct"] else "off", rows=figure_rows(report),
         extra="".join(extra_section(r) for r in extra),

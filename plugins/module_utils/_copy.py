@@ -31,11 +31,26 @@ Shape:
 * ``Lease`` is the progress hook of a copy watched by the on-host guard: it renews the lease file
   and stops the copy once the guard has released the database.
 
-Every regular file is streamed through a small fixed ring of page-aligned buffers: the calling
-thread reads (each request exactly ``read_size`` bytes), a hashing thread feeds SHA-256 and a
-writing thread writes the same buffer, so hashing overlaps the I/O and memory stays
-``buffers * read_size`` whatever the file size. hashlib and os.write release the GIL on large
-buffers, so the two workers really run beside the reader.
+How a copy runs (``_Copier``): the calling thread walks the plan in order, creates directories and
+symlinks, and opens each source file (so sources are opened in plan order); ``COPY_WORKERS`` workers
+take the open files and copy them beside each other. A file that fits in a worker's page-aligned
+buffer is read (each request exactly ``read_size`` bytes), hashed and written by that worker; a
+larger one goes through the ring: the worker reads, a hashing thread feeds SHA-256 and a writing
+thread writes the same buffer, so hashing overlaps the I/O. hashlib, preadv and os.write release
+the GIL, so both cores work. Memory is ``(ring buffers + workers) * read_size`` whatever the sizes
+and the number of files.
+
+Where the files go is a sink (``DirectorySink``; a tar stream for tape is the next one): a file is
+written under a temporary name, gets its owner, mode and mtime, has its writeback started and is
+renamed. Durability is batched: a barrier (one syncfs(2) per filesystem, else an fsync of every file
+and of every directory that gained a name) makes everything committed so far durable, and nothing
+vouches for a file before its barrier: a later phase is written only after the barrier that ends the
+earlier phases (pg_control after the data files, logs after a database's data), the manifest only
+after the last barrier, and the resume journal ``<set>/.copy-journal`` lists a file only after the
+barrier that covered it. A copy killed outright leaves no manifest (nor COMPLETE, which backup_set
+writes later); the next run takes the journal's entries as known, skips those files when the source
+still hashes the same (re-read, not rewritten), sweeps the killed run's temporary files and removes
+the journal once the manifest is written.
 """
 
 from __future__ import annotations
@@ -1118,7 +1133,7 @@ class DirectorySink:
     file that is not on the medium. ``durable_each`` fsyncs every file before its rename instead (one-off copies).
     """
 
-    def __init__(self, root: str, dest_label: str, chown: bool, writer: Writer = None, durable_each: bool = False) -> None:
+    def __init__(self, root: str, dest_label: str, chown: bool, durable_each: bool = False) -> None:
         self.root = root
         self.dest_label = dest_label
         self.chown = chown
@@ -1161,9 +1176,10 @@ class DirectorySink:
                 continue
             except OSError as exc:
                 raise self._error(exc, "creating directory", directory)
-            self.dirs_created += 1
-            self.changed = True
-            self.dirty_dirs.add(os.path.dirname(directory))
+            with self.lock:
+                self.dirs_created += 1
+                self.changed = True
+                self.dirty_dirs.add(os.path.dirname(directory))
         self.existing_dirs.add(path)
 
     def make_symlink(self, path: str, link_target: str, uid: int, gid: int) -> None:

@@ -54,24 +54,32 @@ def parse_label(text: str) -> t.Dict[str, str]:
 
 
 def parse_tablespace_map(text: str) -> t.List[t.Tuple[str, str]]:
-    """(oid, path) pairs. PostgreSQL writes one 'oid path' per line, escaping \\n and \\\\ in the path."""
+    """(oid, path) pairs, read as PostgreSQL reads the file (read_tablespace_map): one 'oid path' per line; a
+    backslash takes the next character literally, so a path may hold an escaped newline, return or backslash."""
     pairs = []
-    for line in text.split("\n"):
-        if not line:
-            continue
-        oid, _sep, raw = line.partition(" ")
-        path, i = [], 0
-        while i < len(raw):
-            if raw[i] == "\\" and i + 1 < len(raw) and raw[i + 1] in "\\\n":
-                i += 1
-            path.append(raw[i])
-            i += 1
-        pairs.append((oid, "".join(path)))
+    line: t.List[str] = []
+    escaped = False
+    for char in text + "\n":
+        if escaped:
+            line.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in "\n\r":
+            if line:
+                oid, _sep, path = "".join(line).partition(" ")
+                pairs.append((oid, path))
+            line = []
+        else:
+            line.append(char)
     return pairs
 
 
 def format_tablespace_map(pairs: t.List[t.Tuple[str, str]]) -> str:
-    return "".join("%s %s\n" % (oid, path.replace("\\", "\\\\").replace("\n", "\\\n")) for oid, path in pairs)
+    """The file as PostgreSQL writes it (do_pg_backup_start): a newline, return or backslash in a path is escaped."""
+    def escape(path: str) -> str:
+        return "".join("\\" + char if char in "\n\r\\" else char for char in path)
+    return "".join("%s %s\n" % (oid, escape(path)) for oid, path in pairs)
 
 
 def _read(path: str) -> t.Optional[bytes]:

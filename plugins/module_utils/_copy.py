@@ -671,7 +671,7 @@ def _phase_row(rows: t.Dict[int, t.Dict[str, t.Any]], phase: int, template: t.Di
 def summarize_plan(plan: CopyPlan, set_path: str) -> t.Dict[str, t.Any]:
     """What ``run_copy`` would do, without writing anything (check mode).
 
-    A file counts as identical when the set's manifest has it with the source's size, mtime and
+    A file counts as identical when the set's manifest (or a killed run's journal) has it with the source's size, mtime and
     mode and the copy on the medium has that size. Unlike a real run, check mode does not re-read
     the source to compare checksums (an audit should not read a whole database), so a file changed
     without a new mtime is only caught by the real run.
@@ -680,6 +680,7 @@ def summarize_plan(plan: CopyPlan, set_path: str) -> t.Dict[str, t.Any]:
         known = _manifest.entries_by_path(_manifest.load_manifest(set_path))
     except ValueError as exc:
         raise CopyError(str(exc))
+    known.update(load_journal(set_path)[1])  # what a killed run made durable is not written again either
     data_root = os.path.join(set_path, DATA_DIR)
     rows = {}  # type: t.Dict[int, t.Dict[str, t.Any]]
     template = {"files": 0, "bytes": 0, "dirs": 0, "symlinks": 0, "to_copy": 0, "bytes_to_copy": 0}
@@ -1387,7 +1388,7 @@ COPY_WORKERS = 2
 # copying those files again. A barrier and a journal entry come at least every JOURNAL_INTERVAL seconds or
 # JOURNAL_BYTES copied bytes, and at the end of every phase.
 JOURNAL_NAME = ".copy-journal"
-JOURNAL_INTERVAL = 2.0
+JOURNAL_INTERVAL = 1.0
 JOURNAL_BYTES = 512 * 1024 * 1024
 
 

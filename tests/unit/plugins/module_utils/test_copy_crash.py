@@ -148,3 +148,13 @@ def test_the_temporary_files_of_a_killed_run_are_removed_by_the_next_run(tree):
     resume(src, dest)
     assert not os.path.exists(stray)
     verify(set_path)
+
+
+def test_check_mode_after_a_killed_copy_counts_what_the_journal_vouches_for_as_identical(tree):
+    src, dest = tree
+    set_path = kill_in_the_middle(src, dest)
+    done = journaled(set_path)
+    sources = normalize_sources([{"path": str(src), "dest": "tree"}])
+    summary = _copy.summarize_plan(plan_attempt(sources, [], set_path, RUN_ID), set_path)
+    assert summary["identical_files"] >= len(done)
+    assert summary["to_copy"] == FILES - summary["identical_files"]

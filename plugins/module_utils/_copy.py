@@ -74,7 +74,8 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
-from ansible_collections.consistent.backup.plugins.module_utils._layout import InvalidBackupId, check_backup_id
+from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, DATA_DIR, InvalidBackupId, check_backup_id
+from ansible_collections.consistent.backup.plugins.module_utils._layout import set_path as layout_set_path
 from ansible_collections.consistent.backup.plugins.module_utils import _manifest
 
 DEFAULT_BLOCK_SIZE = 8192
@@ -86,8 +87,7 @@ RING_MEMORY_LIMIT = 64 * 1024 * 1024
 # The writer asks the kernel to start writing back every WRITEBACK_WINDOW bytes, so the final
 # fsync waits for the last window only instead of the whole file.
 WRITEBACK_WINDOW = 8 * 1024 * 1024
-COMPLETE_MARKER = "COMPLETE"
-DATA_DIR = "data"
+COMPLETE_MARKER = COMPLETE_NAME  # written by backup_set when every phase succeeded; a set holding it is never copied into
 # The first attempt's list of a retried copy, in the set directory (never in data/); removed on success.
 PLAN_NAME = ".copy-plan.json"
 PLAN_FORMAT = 1
@@ -281,7 +281,8 @@ def mode_string(mode: int) -> str:
 
 
 def set_path_for(dest: str, backup_id: str) -> str:
-    """The backup set directory of ``backup_id`` under the destination root ``dest``."""
+    """The backup set directory of ``backup_id`` under ``dest`` for messages, without validation (``_layout.set_path``
+    validates; ``validate_request`` and ``check_destination`` go through it)."""
     return os.path.join(dest, backup_id)
 
 
@@ -391,7 +392,10 @@ def check_destination(dest: str, backup_id: str) -> str:
         raise CopyError(
             "backup destination %s does not exist or is not a directory; mount the medium (consistent.backup.mount_check) "
             "or create the directory first" % dest, retryable=False)
-    set_path = set_path_for(dest, backup_id)
+    try:
+        set_path = layout_set_path(dest, backup_id)
+    except ValueError as exc:
+        raise CopyError(str(exc), retryable=False)
     if os.path.exists(os.path.join(set_path, COMPLETE_MARKER)):
         raise CopyError(
             "backup set %s is already marked COMPLETE by an earlier run; choose a new backup_id or remove the set" % set_path,

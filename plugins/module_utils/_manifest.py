@@ -29,7 +29,6 @@ PostgreSQL's ``backup_manifest`` from them.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import platform
@@ -37,8 +36,11 @@ import socket
 import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write
+from ansible_collections.consistent.backup.plugins.module_utils._layout import MANIFEST_NAME, utc_iso
 
-MANIFEST_NAME = "manifest.json"
+__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "manifest_path", "utc_now_iso", "load_manifest", "entries_by_path", "merge",
+           "merge_and_write", "merge_and_write_changed", "dumps", "empty_manifest", "default_host"]
+
 MANIFEST_FORMAT = 1
 
 # Keys of ``meta`` that describe the whole set (a value of None leaves the stored value alone).
@@ -51,9 +53,8 @@ def manifest_path(set_path: str) -> str:
 
 
 def utc_now_iso() -> str:
-    """Current time as ISO 8601 UTC with a ``Z`` suffix, second precision."""
-    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    return now.isoformat().replace("+00:00", "Z")
+    """Current time as the collection records every time (_layout.utc_iso: ISO 8601 UTC, ``Z`` suffix)."""
+    return utc_iso()
 
 
 def default_host() -> str:

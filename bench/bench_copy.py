@@ -77,7 +77,7 @@ def vm_hwm_kib() -> int:
 
 
 def child(args: argparse.Namespace) -> int:
-    sys.path.insert(0, COLLECTIONS)
+    sys.path.insert(0, args.collections or COLLECTIONS)
     from ansible_collections.consistent.backup.plugins.module_utils import _copy  # pylint: disable=import-outside-toplevel
 
     if args.writeback_window is not None:
@@ -86,10 +86,13 @@ def child(args: argparse.Namespace) -> int:
         _copy.RING_BUFFERS = args.buffers
     if args.barrier is not None:
         _copy.BARRIER = args.barrier
+    if args.no_early_writeback:
+        _copy.start_writeback = lambda fd: None
+    tuning = {"workers": args.workers} if args.workers is not None else {}
     sources = _copy.normalize_sources([{"path": args.src, "dest": os.path.basename(args.src)}])
     plan = _copy.plan_copy(sources)
     result = _copy.run_copy(plan, args.sets, args.backup_id, block_size=args.block_size, read_size=args.read_size,
-                            direct=args.direct, engine="files", workers=args.workers or _copy.COPY_WORKERS)
+                            direct=args.direct, engine="files", **tuning)
     with open(os.path.join(result.set_path, "manifest.json")) as handle:
         manifest = json.load(handle)
     files = [f for f in manifest["files"] if f["type"] == "file"]
@@ -219,6 +222,10 @@ def run_engine(args: argparse.Namespace, src: str, sets: str, backup_id: str) ->
         cmd += ["--barrier", args.barrier]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
+    if args.no_early_writeback:
+        cmd.append("--no-early-writeback")
+    if args.collections:
+        cmd += ["--collections", args.collections]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     _pid, status, _usage = os.wait4(proc.pid, 0)
@@ -349,6 +356,8 @@ def main() -> int:
     parser.add_argument("--buffers", type=int, default=None, help="tuning: engine RING_BUFFERS")
     parser.add_argument("--barrier", choices=["syncfs", "fsync"], default=None, help="tuning: engine BARRIER")
     parser.add_argument("--workers", type=int, default=None, help="tuning: engine workers (default COPY_WORKERS)")
+    parser.add_argument("--no-early-writeback", action="store_true", help="tuning: engine does not start writeback per file")
+    parser.add_argument("--collections", help="tuning: the engine of another checkout (a directory holding ansible_collections/)")
     parser.add_argument("--tree-files", type=int, default=3000, help="files in the tree (default 3000; 0: no tree runs)")
     parser.add_argument("--tree-min", default="8K", help="smallest file of the tree (default 8K)")
     parser.add_argument("--tree-max", default="1M", help="largest file of the tree (default 1M)")
@@ -428,6 +437,7 @@ def main() -> int:
         "date": now.isoformat().replace("+00:00", "Z"), "size": size, "read_size": args.read_size, "block_size": args.block_size,
         "rounds": args.rounds, "cache": "cold" if args.cold else "warm", "direct": args.direct,
         "writeback_window": args.writeback_window, "buffers": args.buffers, "barrier": args.barrier, "workers": args.workers,
+        "no_early_writeback": args.no_early_writeback, "collections": args.collections,
         "tree": {"files": tree_shape[0], "min": tree_shape[1], "max": tree_shape[2], "total": tree_shape[3]} if args.tree_files else None,
         "machine": facts, "load_before": load_before, "load_after": load_after,
         "checksums_agree": len(checksums) == 1, "hashlib_mib_s": sha_rate, "runs": runs, "summary": summary, "notes": args.note,

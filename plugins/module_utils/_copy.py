@@ -56,7 +56,6 @@ the journal once the manifest is written.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import dataclasses
 import errno
 import fnmatch
@@ -1046,9 +1045,10 @@ def _libc_function(name: str, argtypes: t.Sequence[t.Any]) -> t.Any:
     if name not in _LIBC_FUNCTIONS:
         function = None
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            # The running process's own symbols hold libc's (no ldconfig subprocess, as ctypes.util.find_library runs).
+            libc = ctypes.CDLL(None, use_errno=True)
             function = getattr(libc, name, None)
-        except (OSError, AttributeError):
+        except (OSError, AttributeError, TypeError):
             function = None
         if function is not None:
             function.argtypes = list(argtypes)

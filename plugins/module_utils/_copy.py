@@ -1252,12 +1252,13 @@ class DirectorySink:
             dirs = set(self.dirty_dirs) if directories else set()
             if directories:
                 self.dirty_dirs.clear()
-        places = {}  # type: t.Dict[int, str]
-        for path in [self.root] + [os.path.dirname(f) for f in files] + sorted(dirs):
+        device_of = {}  # type: t.Dict[str, int]
+        for path in [self.root] + sorted(set(os.path.dirname(f) for f in files) | dirs):
             try:
-                places.setdefault(os.stat(path).st_dev, path)
+                device_of[path] = os.stat(path).st_dev
             except OSError as exc:
                 raise self._error(exc, "syncing", path)
+        places = dict((device, path) for path, device in sorted(device_of.items(), reverse=True))
         synced = set()
         for device, path in places.items():
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
@@ -1270,7 +1271,7 @@ class DirectorySink:
                 os.close(fd)
         # Without syncfs: each file, then each directory that gained a name (deepest first, so parents come last).
         for path in files:
-            if os.stat(os.path.dirname(path)).st_dev not in synced:
+            if device_of[os.path.dirname(path)] not in synced:
                 try:
                     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
                     try:
@@ -1281,7 +1282,7 @@ class DirectorySink:
                     raise self._error(exc, "syncing", path)
         for directory in sorted(dirs, key=len, reverse=True):
             try:
-                if os.stat(directory).st_dev not in synced:
+                if device_of[directory] not in synced:
                     fsync_dir(directory)
             except OSError as exc:
                 raise self._error(exc, "syncing directory", directory)
@@ -1349,6 +1350,7 @@ def copy_file(src_fd: int, destination: str, meta: FileMeta, read_size: int = DE
     ``meta``, never onto an existing name. With a ``sink`` the file joins that sink's batch (call its ``barrier``);
     without, it is fsynced before its rename.
     """
+    one_off = sink is None
     sink = sink or DirectorySink(os.path.dirname(destination), os.path.dirname(destination), chown, durable_each=True)
     buffer = mmap.mmap(-1, read_size)
     view = memoryview(buffer)
@@ -1367,6 +1369,8 @@ def copy_file(src_fd: int, destination: str, meta: FileMeta, read_size: int = DE
     finally:
         view.release()
         buffer.close()
+    if one_off:
+        sink.barrier()  # the new name too
     return size, digest
 
 

@@ -319,3 +319,56 @@ def test_a_failing_worker_stops_the_copy_and_the_files_done_before_are_recorded(
     for rel in recorded:
         content = (dest / SET / "data" / rel).read_bytes()
         assert hashlib.sha256(content).hexdigest() == hashlib.sha256((src / rel[2:]).read_bytes()).hexdigest()
+
+
+# -- the one-file entry (the restore's copy) ----------------------------------------------------------------------------
+
+
+def open_source(path):
+    return os.open(str(path), os.O_RDONLY)
+
+
+def test_copy_file_checks_before_it_names_the_file_and_a_refused_copy_leaves_nothing(tmp_path):
+    source = write(tmp_path / "src" / "rel", b"x" * 3 * BLOCK)
+    target = tmp_path / "target"
+    target.mkdir()
+    seen = []
+
+    def refuse(size, checksum):
+        seen.append((size, checksum, sorted(os.listdir(str(target)))))
+        raise ValueError("refused")
+
+    fd = open_source(source)
+    try:
+        with pytest.raises(ValueError, match="refused"):
+            _copy.copy_file(fd, str(target / "rel"), _copy.FileMeta(0o600), check=refuse)
+    finally:
+        os.close(fd)
+    assert seen[0][:2] == (3 * BLOCK, hashlib.sha256(b"x" * 3 * BLOCK).hexdigest())
+    assert not (target / "rel").exists() and seen[0][2][0].endswith(".partial")
+    assert os.listdir(str(target)) == []
+
+
+def test_copy_file_never_replaces_an_existing_name(tmp_path):
+    source = write(tmp_path / "src" / "rel", b"new")
+    existing = write(tmp_path / "target" / "rel", b"old")
+    fd = open_source(source)
+    try:
+        with pytest.raises(FileExistsError):
+            _copy.copy_file(fd, str(existing), _copy.FileMeta(0o600))
+    finally:
+        os.close(fd)
+    assert existing.read_bytes() == b"old"
+    assert os.listdir(str(existing.parent)) == ["rel"]
+
+
+def test_copy_file_sets_mode_and_mtime_and_returns_size_and_sha256(tmp_path):
+    source = write(tmp_path / "src" / "rel", b"page" * 2048)
+    fd = open_source(source)
+    try:
+        size, checksum = _copy.copy_file(fd, str(tmp_path / "copy"), _copy.FileMeta(0o640, atime_ns=1, mtime_ns=1_500_000_000_123_456_789))
+    finally:
+        os.close(fd)
+    st = os.stat(str(tmp_path / "copy"))
+    assert (size, checksum) == (8192, hashlib.sha256(b"page" * 2048).hexdigest())
+    assert (st.st_mode & 0o777, st.st_mtime_ns) == (0o640, 1_500_000_000_123_456_789)

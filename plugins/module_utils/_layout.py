@@ -65,14 +65,15 @@ class InvalidSetPath(ValueError):
     """A backup destination that cannot hold sets (not absolute); the message names the option and the value."""
 
 
-def set_path(dest: object, backup_id: object) -> str:
+def set_path(dest: object, backup_id: object, option: str = "dest") -> str:
     """``<dest>/<backup_id>``: the one place a set's directory is derived.
 
     Raises InvalidSetPath when ``dest`` is not an absolute path and InvalidBackupId when ``backup_id`` breaks
     the rule (both are ValueError), so no module writes a set relative to its working directory or outside dest.
+    ``option`` is the name of the calling module's destination option, for the message.
     """
     if not isinstance(dest, str) or not os.path.isabs(dest):
-        raise InvalidSetPath("dest must be an absolute path; found %r. Give the full path of the backup directory" % (dest,))
+        raise InvalidSetPath("%s must be an absolute path; found %r. Give the full path of the backup directory" % (option, dest))
     return os.path.join(dest, check_backup_id(backup_id))
 
 

@@ -90,8 +90,9 @@ def test_released_drops_only_our_own_lock(tmp_path, capsys):
     assert not (tmp_path / "b1" / "LOCK").exists()
 
 
-@pytest.mark.parametrize("dest, backup_id, found", [("/backup", "../b1", "found '../b1'"), ("/backup", ".b1", "found '.b1'"),
-                                                     ("backup", "b1", "found 'backup'")])
+@pytest.mark.parametrize("dest, backup_id, found", [
+    ("/backup", "../b1", "found '../b1'"), ("/backup", ".b1", "found '.b1'"), ("backup", "b1", "found 'backup'"),
+])
 def test_a_relative_dest_or_an_id_that_breaks_the_rule_is_refused(tmp_path, capsys, dest, backup_id, found):
     result = run(capsys, dest=dest, backup_id=backup_id, run_id="run-a")
     assert result["failed"] is True

@@ -56,8 +56,8 @@ def write_session(runtime_dir, backup_id, state) -> str:
     ("port", "login_port", 5433), ("login_port", "login_port", 5433), ("host", "login_host", "/run/pg"),
     ("db", "login_db", "postgres"),
 ])
-def test_connection_options_have_community_postgresql_names_and_the_old_ones_as_aliases(capsys, monkeypatch, given,
-                                                                                          canonical, value):
+def test_connection_options_have_community_postgresql_names_and_the_old_ones_as_aliases(
+        capsys, monkeypatch, given, canonical, value):
     monkeypatch.setattr(pg_backup_session, "PgBackupSession", RecordingSession)
     result = run(capsys, state="status", **{given: value})
     assert result["msg"] == "recorded"

@@ -14,7 +14,7 @@ import pytest
 
 from helpers import inventory, load_json, module_processes, pg_job, pid_alive, run_playbook, start_playbook, wait_until
 
-GUARD_LEASE = 5
+GUARD_LEASE = 8
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])

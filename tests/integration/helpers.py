@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
 import typing as t
 
@@ -16,6 +17,7 @@ VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 PYTHON = os.path.join(VENV_BIN, "python")
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 FAKEDB = os.path.join(ROOT, "tests", "integration", "files", "fakedb.py")
+RECORDER_DIR = os.path.join(ROOT, "tests", "integration", "files", "callback_plugins")
 
 
 def ansible_env(extra: t.Optional[t.Dict[str, str]] = None) -> t.Dict[str, str]:
@@ -35,9 +37,40 @@ def ansible_env(extra: t.Optional[t.Dict[str, str]] = None) -> t.Dict[str, str]:
 
 
 class PlaybookRun:
-    def __init__(self, proc: subprocess.CompletedProcess) -> None:
+    def __init__(self, proc: subprocess.CompletedProcess, results: t.Optional[t.List[t.Dict[str, t.Any]]] = None) -> None:
         self.rc = proc.returncode
         self.out = proc.stdout + proc.stderr
+        # Every task result, in order, as files/callback_plugins/record_results.py recorded it.
+        self.results = results or []
+
+    def registered(self, name: str, host: t.Optional[str] = None) -> t.Dict[str, t.Any]:
+        """The last result a task registered as ``name`` (on ``host``): the value the playbook itself went on with."""
+        found = [entry["result"] for entry in self.results
+                 if entry["register"] == name and host in (None, entry["host"])]
+        assert found, "no task registered %s; the run recorded: %s" % (name, sorted({e["register"] or "-" for e in self.results}))
+        return found[-1]
+
+    def failed(self) -> t.List[t.Dict[str, t.Any]]:
+        """The results of the tasks that failed (rescued or not; not those with ignore_errors), in order."""
+        return [entry["result"] for entry in self.results if entry["status"] == "failed"]
+
+    def failure_messages(self) -> t.List[str]:
+        return [str(result.get("msg", "")) for result in self.failed()]
+
+    def stats(self, name: str) -> t.Dict[str, t.Any]:
+        """What the run published with set_stats under ``name`` (what AWX shows), merged over the hosts."""
+        published: t.Dict[str, t.Any] = {}
+        for entry in self.results:
+            data = (entry["result"].get("ansible_stats") or {}).get("data") or {}
+            published.update(data.get(name) or {})
+        return published
+
+    def fact(self, name: str, host: t.Optional[str] = None) -> t.Any:
+        """The last value a task set for the fact ``name`` (set_fact) on ``host``."""
+        found = [entry["result"]["ansible_facts"][name] for entry in self.results
+                 if name in (entry["result"].get("ansible_facts") or {}) and host in (None, entry["host"])]
+        assert found, "no task set the fact %s" % name
+        return found[-1]
 
     def __repr__(self) -> str:
         failures = [line for line in self.out.splitlines() if "fatal:" in line or "FAILED!" in line or "ERROR" in line]
@@ -63,9 +96,18 @@ def run_playbook(playbook: str, inventory: str, extra_vars: t.Optional[t.Dict[st
         cmd += ["-e", json.dumps(extra_vars)]
     if check:
         cmd.append("--check")
-    proc = subprocess.run(cmd, cwd=ROOT, env=ansible_env(env), capture_output=True, text=True, timeout=timeout,
-                          check=False, stdin=subprocess.DEVNULL)
-    return PlaybookRun(proc)
+    results_file = tempfile.NamedTemporaryFile(prefix="playbook-results-", suffix=".jsonl", delete=False)
+    results_file.close()
+    recorder = {"ANSIBLE_CALLBACK_PLUGINS": RECORDER_DIR, "ANSIBLE_CALLBACKS_ENABLED": "record_results",
+                "CONSISTENT_BACKUP_TEST_RESULTS": results_file.name}
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=ansible_env(dict(recorder, **(env or {}))), capture_output=True, text=True,
+                              timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+        with open(results_file.name, encoding="utf-8") as handle:
+            results = [json.loads(line) for line in handle if line.strip()]
+    finally:
+        os.unlink(results_file.name)
+    return PlaybookRun(proc, results)
 
 
 class Tmpfs:

@@ -87,7 +87,7 @@ def test_read_only_tmpfs_stops_the_job_before_pre(tmp_path, fakedb, tmpfs_factor
     media = tmpfs_factory("ro", size="16m", options="ro")
     run = run_playbook("backup.yml", one_host(tmp_path), job_vars(fakedb, media.path, backup_id="b1"))
     assert run.rc != 0, run
-    assert "read-only" in run.out, run
+    assert [r["failed_checks"] for r in run.failed() if "failed_checks" in r] == [["writable"]], run.failure_messages()
     assert fakedb.calls() == []
 
 
@@ -96,7 +96,7 @@ def test_tmpfs_smaller_than_min_free_stops_the_job_before_pre(tmp_path, fakedb, 
     run = run_playbook("backup.yml", one_host(tmp_path),
                        job_vars(fakedb, media.path, backup_id="b1", backup_media_min_free="10M"))
     assert run.rc != 0, run
-    assert "min_free" in run.out, run
+    assert [r["failed_checks"] for r in run.failed() if "failed_checks" in r] == [["min_free"]], run.failure_messages()
     assert fakedb.calls() == []
     assert os.listdir(media.path) == []
 
@@ -212,7 +212,8 @@ def test_success_writes_manifest_report_and_complete(tmp_path, fakedb, tmpfs_fac
     assert report["phases"]["pre"]["end"] <= report["phases"]["copy"]["start"] <= report["phases"]["post"]["start"]
     assert report["quiesce_seconds"] == pytest.approx(report["phases"]["post"]["end"] - report["phases"]["pre"]["start"], abs=0.01)
     assert report["bytes"] == sum(entry["size"] for entry in files)
-    assert "consistent_backup" in run.out  # set_stats for AWX
+    published = run.stats("consistent_backup")["db1"]  # set_stats for AWX
+    assert (published["backup_id"], published["verdict"], published["bytes"]) == ("b1", "success", report["bytes"]), published
     assert not os.path.exists(os.path.join(set_dir, "LOCK"))
 
 
@@ -222,14 +223,19 @@ def test_check_mode_checks_the_medium_and_changes_nothing(tmp_path, fakedb, tmpf
     assert run.rc == 0, run
     assert os.listdir(media.path) == []
     assert fakedb.calls() == []
-    assert "would" in run.out.lower()
+    # check mode says what the run would do: the commands it would run and the plan it would copy
+    readiness = run.registered("backup_closed")["readiness"]
+    assert "pre would: run %s %s %s pre" % (PYTHON, FAKEDB, fakedb.state_dir) in readiness, readiness
+    assert "post would: run %s %s %s post" % (PYTHON, FAKEDB, fakedb.state_dir) in readiness, readiness
+    files = sum(len(names) for _dir, _dirs, names in os.walk(fakedb.data_dir))
+    assert any(line.startswith("copy would: copy %d files, " % files) for line in readiness), readiness
 
 
 def test_check_mode_still_fails_on_a_bad_medium(tmp_path, fakedb, tmpfs_factory):
     media = tmpfs_factory("ro", size="16m", options="ro")
     run = run_playbook("backup.yml", one_host(tmp_path), job_vars(fakedb, media.path, backup_id="b1"), check=True)
     assert run.rc != 0, run
-    assert "read-only" in run.out, run
+    assert [r["failed_checks"] for r in run.failed() if "failed_checks" in r] == [["writable"]], run.failure_messages()
 
 
 def test_a_complete_set_is_never_overwritten(tmp_path, fakedb, tmpfs_factory):

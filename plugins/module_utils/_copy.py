@@ -1741,10 +1741,11 @@ class _Copier:
                 raise CopyError("source %s is no longer a regular file (now %s); quiesce the database and run again"
                                 % (item.src, stat.filemode(st.st_mode)), retryable=False)
             self._check_listed(item, st)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            except (OSError, AttributeError):
-                pass
+            if st.st_size >= self.read_size:  # read-ahead only matters for a file of several reads
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                except (OSError, AttributeError):
+                    pass
         except BaseException:
             os.close(fd)
             raise

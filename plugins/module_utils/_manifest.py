@@ -153,8 +153,26 @@ def merge(
 
 
 def dumps(manifest: t.Dict[str, t.Any]) -> bytes:
-    """Serialize a manifest the one way it is stored (sorted keys, two-space indent, final newline)."""
-    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    """Serialize a manifest the one way it is stored: sorted keys, one top-level key per line, one entry per line.
+
+    A list of objects (``files``, ``changed_during_copy``) has one compact object per line, so a manifest of a large
+    cluster stays readable and diffable, and it is written by json's C encoder (``indent`` would fall back to the
+    pure-Python one, a tenth of a second for a few thousand files). Final newline.
+    """
+    keys = sorted(manifest)
+    lines = ["{"]
+    for number, key in enumerate(keys):
+        value = manifest[key]
+        comma = "," if number < len(keys) - 1 else ""
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            lines.append("  %s: [" % json.dumps(key))
+            last = len(value) - 1
+            lines.extend("    %s%s" % (json.dumps(item, sort_keys=True), "," if index < last else "") for index, item in enumerate(value))
+            lines.append("  ]" + comma)
+        else:
+            lines.append("  %s: %s%s" % (json.dumps(key), json.dumps(value, sort_keys=True), comma))
+    lines.append("}")
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def _without_updated(manifest: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:

@@ -286,6 +286,6 @@ def test_the_ledger_records_every_attempt_of_a_phase_with_its_message(tmp_path, 
     pre = load_json(os.path.join(media.path, "b1", "report.json"))["phases"]["pre"]
     assert (pre["attempts"], pre["result"]) == (3, "ok")
     assert [m["attempt"] for m in pre["messages"]] == [1, 2]
-    assert [m["stderr_tail"] for m in pre["messages"]] == ["fakedb: pre failed on demand (1 more failures queued)",
-                                                          "fakedb: pre failed on demand (0 more failures queued)"]
+    assert [m["stderr_tail"] for m in pre["messages"]] == [
+        "fakedb: pre failed on demand (1 more failures queued)", "fakedb: pre failed on demand (0 more failures queued)"]
     assert all(m["rc"] == 1 for m in pre["messages"])

@@ -88,6 +88,8 @@ def child(args: argparse.Namespace) -> int:
         _copy.BARRIER = args.barrier
     if args.no_early_writeback:
         _copy.start_writeback = lambda fd: None
+    if args.early_writeback_min is not None:
+        _copy.EARLY_WRITEBACK_MIN = args.early_writeback_min
     tuning = {"workers": args.workers} if args.workers is not None else {}
     sources = _copy.normalize_sources([{"path": args.src, "dest": os.path.basename(args.src)}])
     plan = _copy.plan_copy(sources)
@@ -224,6 +226,8 @@ def run_engine(args: argparse.Namespace, src: str, sets: str, backup_id: str) ->
         cmd += ["--workers", str(args.workers)]
     if args.no_early_writeback:
         cmd.append("--no-early-writeback")
+    if args.early_writeback_min is not None:
+        cmd += ["--early-writeback-min", str(args.early_writeback_min)]
     if args.collections:
         cmd += ["--collections", args.collections]
     started = time.monotonic()
@@ -357,6 +361,7 @@ def main() -> int:
     parser.add_argument("--barrier", choices=["syncfs", "fsync"], default=None, help="tuning: engine BARRIER")
     parser.add_argument("--workers", type=int, default=None, help="tuning: engine workers (default COPY_WORKERS)")
     parser.add_argument("--no-early-writeback", action="store_true", help="tuning: engine does not start writeback per file")
+    parser.add_argument("--early-writeback-min", type=int, default=None, help="tuning: engine EARLY_WRITEBACK_MIN bytes")
     parser.add_argument("--collections", help="tuning: the engine of another checkout (a directory holding ansible_collections/)")
     parser.add_argument("--tree-files", type=int, default=3000, help="files in the tree (default 3000; 0: no tree runs)")
     parser.add_argument("--tree-min", default="8K", help="smallest file of the tree (default 8K)")

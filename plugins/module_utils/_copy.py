@@ -1090,6 +1090,9 @@ def syncfs(fd: int) -> bool:
 # Sinks: where copied files go
 # --------------------------------------------------------------------------------------------
 
+# Files at least this large have their writeback started as soon as they are written (see DirectorySink.commit).
+EARLY_WRITEBACK_MIN = 0
+
 # Temporary names of files being written: hidden, marked as ours, swept by the next run after a crash.
 TEMP_PATTERN = re.compile(r"^\..+\.cb-[0-9]+-[0-9]+\.partial\Z")
 
@@ -1212,8 +1215,12 @@ class DirectorySink:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
         return SinkFile(fd, temp, path)
 
-    def commit(self, sink_file: SinkFile, meta: FileMeta, no_replace: bool = False) -> None:
-        """Set owner, mode and mtime, start the writeback (or fsync with durable_each), then name the file."""
+    def commit(self, sink_file: SinkFile, meta: FileMeta, no_replace: bool = False, size: int = -1) -> None:
+        """Set owner, mode and mtime, start the writeback (or fsync with durable_each), then name the file.
+
+        The writeback of a file of ``size`` below EARLY_WRITEBACK_MIN is left to the barrier, which writes such files
+        back together (one small write per file as it is named costs the filesystem more than it saves).
+        """
         try:
             if self.chown:
                 os.fchown(sink_file.fd, meta.uid, meta.gid)
@@ -1221,7 +1228,7 @@ class DirectorySink:
             os.utime(sink_file.fd, ns=(meta.atime_ns, meta.mtime_ns))
             if self.durable_each:
                 os.fsync(sink_file.fd)
-            else:
+            elif size < 0 or size >= EARLY_WRITEBACK_MIN:
                 start_writeback(sink_file.fd)
         finally:
             os.close(sink_file.fd)
@@ -1872,7 +1879,7 @@ class _Copier:
         try:
             digest, size = self._read_source(fd, item, direct, sink_file.fd, view)
             self._check_change(fd, item, before, size)
-            self.sink.commit(sink_file, FileMeta(item.mode, item.uid, item.gid, item.atime_ns, item.mtime_ns))
+            self.sink.commit(sink_file, FileMeta(item.mode, item.uid, item.gid, item.atime_ns, item.mtime_ns), size=size)
         except _WriteFailed as exc:
             self.sink.abort(sink_file)
             raise _write_error(exc.error, item.src, target, self.dest)

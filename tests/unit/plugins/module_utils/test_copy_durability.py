@@ -69,8 +69,8 @@ class Events:
         write_manifest = _manifest.merge_and_write_changed
         events = self
 
-        def recording_commit(sink, sink_file, meta, no_replace=False):
-            commit(sink, sink_file, meta, no_replace)
+        def recording_commit(sink, sink_file, meta, no_replace=False, size=-1):
+            commit(sink, sink_file, meta, no_replace, size)
             with events.lock:
                 events.log.append(("commit", os.path.basename(sink_file.target)))
 
@@ -372,3 +372,13 @@ def test_copy_file_sets_mode_and_mtime_and_returns_size_and_sha256(tmp_path):
     st = os.stat(str(tmp_path / "copy"))
     assert (size, checksum) == (8192, hashlib.sha256(b"page" * 2048).hexdigest())
     assert (st.st_mode & 0o777, st.st_mtime_ns) == (0o640, 1_500_000_000_123_456_789)
+
+
+def test_small_files_can_leave_their_writeback_to_the_barrier(src, dest, monkeypatch):
+    many(src, count=4, size=BLOCK)
+    write(src / "large", os.urandom(3 * READ))
+    monkeypatch.setattr(_copy, "EARLY_WRITEBACK_MIN", 2 * READ)
+    started = []
+    monkeypatch.setattr(_copy, "start_writeback", lambda fd: started.append(os.fstat(fd).st_size))
+    copy([{"path": str(src), "dest": "s"}], dest)
+    assert started == [3 * READ]

@@ -347,6 +347,11 @@ def missing_for_complete(path: str, require: t.List[str], manifest_problem: t.Op
     return missing
 
 
+def failed_phase_message(name: str, phase: t.Dict[str, t.Any]) -> str:
+    attempts = phase.get("attempts") or 1
+    return "%s failed after %d attempt%s: %s" % (name, attempts, "" if attempts == 1 else "s", phase.get("msg"))
+
+
 def guard_section(armed: t.Optional[t.Dict[str, t.Any]], disarmed: t.Optional[t.Dict[str, t.Any]]) -> t.Dict[str, t.Any]:
     """report.json's record of the on-host guard: this run's guard, what an earlier one did, whether ours fired."""
     armed, disarmed = armed or {}, disarmed or {}
@@ -368,9 +373,8 @@ def close_set(path: str, backup_id: str, run_id: str, engine: str, phases: t.Dic
     manifest, manifest_problem = read_manifest(path)
     phases = dict(phases_from_ledger(read_ledger(path, run_id)), **phases)
     if failure is None:
-        failure = "; ".join("%s failed after %d attempt%s: %s" % (name, phase["attempts"], "" if phase["attempts"] == 1 else "s",
-                                                                 phase.get("msg"))
-                            for name, phase in phases.items() if phase.get("result") == "failed") or None
+        failure = "; ".join(failed_phase_message(name, phase) for name, phase in phases.items()
+                            if phase.get("result") == "failed") or None
     report = build_report(backup_id, engine, phases, manifest, failure, check_mode=False)
     if report["verdict"] == "success":
         missing = missing_for_complete(path, require, manifest_problem)

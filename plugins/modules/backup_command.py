@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r'''
 module: backup_command
 short_description: Run an operator's pre or post command and record the attempt in the backup set's phase ledger
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Runs one command without a shell (an argv list, or a string split like a command line), with C(LANG=C), and
     records the attempt - start, end, result, return code and the tails of stderr and stdout - in the set's phase
@@ -31,16 +31,16 @@ options:
     description: Seconds the command may take before it is killed (and the attempt fails). C(0) waits for ever.
     type: int
     default: 0
+extends_documentation_fragment:
+  - consistent.backup._attributes
+  - consistent.backup._attributes.actiongroup_all
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: In check mode the command is not run; RV(cmd) and C(msg) say what would run.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: none
     details: An operator command is run each time; its own effect decides (a post command must succeed when the
       database is already open).
@@ -146,8 +146,8 @@ def main() -> None:
     stderr = proc.stderr.decode('utf-8', 'replace')
     if proc.returncode != 0:
         reason = stderr.strip()[-TAIL:] or stdout.strip()[-TAIL:] or 'no output'
-        module.fail_json(msg='%s command %s exited with %d: %s' % (phase, ' '.join(shlex.quote(part) for part in argv),
-                                                                  proc.returncode, reason),
+        shown = ' '.join(shlex.quote(part) for part in argv)
+        module.fail_json(msg='%s command %s exited with %d: %s' % (phase, shown, proc.returncode, reason),
                          cmd=argv, rc=proc.returncode, stdout=stdout, stderr=stderr, seconds=seconds)
     module.exit_json(changed=True, cmd=argv, rc=0, stdout=stdout, stderr=stderr, seconds=seconds)
 

@@ -25,17 +25,18 @@ description:
   - The module never deletes backup data.
 options:
   dest:
-    description: The backup destination root (C(backup_dest)); it must already exist (the media role checks it).
+    description:
+      - Absolute path of the backup destination root (the job variable C(backup_dest)); the set is the directory
+        C(<dest>/<backup_id>/). It must already exist (the media role checks it).
     type: path
     required: true
   backup_id:
-    description: The set's name inside O(dest). A plain name, no C(/).
     type: str
     required: true
   run_id:
     description:
-      - Identity of the run that owns the set (the guard playbook makes one per host and run).
-      - Opening again with the same O(run_id) is not a change.
+      - The identity of the job run that owns the set (the playbooks pass C(backup_run_id), one per host and run).
+        Opening again with the same O(run_id) is not a change; O(state=closed) reads this run's attempts from the ledger.
     type: str
     required: true
   state:
@@ -95,18 +96,19 @@ options:
         time; when that process is provably gone (same host, process gone or host rebooted), a later run takes the
         lock over and reports it in RV(broke_stale_lock).
     type: int
+extends_documentation_fragment:
+  - consistent.backup._attributes
+  - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._set
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: In check mode O(state=open) reports whether the set could be opened (lock, C(COMPLETE)) and
       O(state=closed) returns the report it would write; nothing is created or written.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
     details: The set's files are reports and markers, not configuration; there is nothing useful to diff.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details: Opening a set this run already holds is not a change; closing writes the report of what happened.
 notes:

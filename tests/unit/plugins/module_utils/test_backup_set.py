@@ -203,7 +203,7 @@ def test_a_phase_that_failed_twice_and_passed_on_its_third_attempt_has_three_att
     attempt(path, "pre", "failed", 100.0, msg="appdb: busy", rc=1)
     attempt(path, "pre", "failed", 105.0, msg="appdb: still busy", rc=1)
     attempt(path, "pre", "ok", 110.0)
-    [pre] = bs.phases_from_ledger(bs.read_ledger(path, "run-1")).values()
+    pre = bs.phases_from_ledger(bs.read_ledger(path, "run-1"))["pre"]
     assert (pre["start"], pre["end"], pre["attempts"], pre["result"]) == (100.0, 111.0, 3, "ok")
     assert [m["msg"] for m in pre["messages"]] == ["appdb: busy", "appdb: still busy"]
     assert [m["attempt"] for m in pre["messages"]] == [1, 2]

@@ -15,7 +15,6 @@ a restore refuses a set without it.
 
 from __future__ import annotations
 
-import datetime
 import errno
 import json
 import os
@@ -25,15 +24,13 @@ import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils import _detach
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
-from ansible_collections.consistent.backup.plugins.module_utils._layout import backup_id_problem
+from ansible_collections.consistent.backup.plugins.module_utils import _layout
+from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, LOCK_NAME, REPORT_NAME, utc_iso
 from ansible_collections.consistent.backup.plugins.module_utils._manifest import MANIFEST_NAME, load_manifest, manifest_path
 
-LOCK_NAME = "LOCK"
 # The phase ledger: one JSON line per attempt of pre, copy or post, appended by the module that made the attempt.
 LEDGER_NAME = "phases.jsonl"
 TAIL_CHARS = 1500
-COMPLETE_NAME = "COMPLETE"
-REPORT_NAME = "report.json"
 PHASE_ORDER = ("media", "pre", "copy", "post")
 
 
@@ -41,17 +38,12 @@ class BackupSetError(Exception):
     """A backup set cannot be opened or closed; the message says why and what to do."""
 
 
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def set_path(dest: str, backup_id: str) -> str:
-    if not os.path.isabs(dest):
-        raise BackupSetError("backup_dest must be an absolute path; found %r. Give the full path of the backup directory" % dest)
-    problem = backup_id_problem(backup_id)
-    if problem:
-        raise BackupSetError(problem)
-    return os.path.join(dest, backup_id)
+    """The set's directory (the one rule in _layout), with its refusal as a BackupSetError naming this module's option."""
+    try:
+        return _layout.set_path(dest, backup_id, option="dest")
+    except ValueError as exc:
+        raise BackupSetError(str(exc))
 
 
 def read_lock(path: str) -> t.Optional[t.Dict[str, t.Any]]:
@@ -114,13 +106,13 @@ def open_set(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int
         os.mkdir(path, 0o750)
         fsync_dir(dest)
         created = True
-    now = datetime.datetime.now(datetime.timezone.utc).timestamp()
+    now = time.time()
     lock = {
         "run_id": run_id,
         "backup_id": backup_id,
         "host": socket.gethostname(),
         "epoch": now,
-        "since": utc_now(),
+        "since": utc_iso(),
     }
     if owner_pid:
         lock["owner"] = _detach.owner(owner_pid)
@@ -324,7 +316,7 @@ def build_report(backup_id: str, engine: str, phases: t.Dict[str, t.Dict[str, t.
         "failed_phases": failed,
         "failure": failure if verdict == "failed" else None,
         "verdict": verdict,
-        "written": utc_now(),
+        "written": utc_iso(),
     }
 
 
@@ -386,7 +378,7 @@ def close_set(path: str, backup_id: str, run_id: str, engine: str, phases: t.Dic
     report["complete"] = report["verdict"] == "success"
     atomic_write(os.path.join(path, REPORT_NAME), (json.dumps(report, indent=2, sort_keys=False) + "\n").encode("utf-8"), 0o640)
     if report["complete"]:
-        marker = {"backup_id": backup_id, "completed": utc_now(), "run_id": run_id, "files": report["files"], "bytes": report["bytes"]}
+        marker = {"backup_id": backup_id, "completed": utc_iso(), "run_id": run_id, "files": report["files"], "bytes": report["bytes"]}
         atomic_write(os.path.join(path, COMPLETE_NAME), (json.dumps(marker, sort_keys=True) + "\n").encode("utf-8"), 0o640)
     release_lock(path, run_id)
     return report

@@ -26,6 +26,7 @@ import shutil
 import stat
 import typing as t
 
+from ansible_collections.consistent.backup.plugins.module_utils import _layout
 from ansible_collections.consistent.backup.plugins.module_utils._copy import CopyError, DirectorySink, FileMeta, copy_file, hash_file
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
 from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, backup_id_problem
@@ -122,7 +123,10 @@ def resolve_set(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Opti
             raise RestoreError("no COMPLETE backup set in %s; run playbooks/backup.yml first or give backup_id" % backup_dest)
         backup_id = max(complete, key=lambda name: os.stat(os.path.join(backup_dest, name, COMPLETE_NAME)).st_mtime)
     if backup_dest:
-        set_path = os.path.join(backup_dest, backup_id)
+        try:
+            set_path = _layout.set_path(backup_dest, backup_id, option="backup_dest")
+        except ValueError as exc:
+            raise RestoreError(str(exc))
     elif label_json.get("set_path"):
         set_path = label_json["set_path"]
     else:

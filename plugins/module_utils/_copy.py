@@ -1036,6 +1036,9 @@ SYNC_FILE_RANGE_WRITE = 2
 BARRIER_SYNCFS = "syncfs"
 BARRIER_FSYNC = "fsync"
 BARRIER = BARRIER_SYNCFS
+# A batch of at most this many files is made durable file by file even where syncfs exists: syncfs also waits for every
+# other writer's dirty data on the filesystem, an fsync only for ours, and a few fsyncs (one large file) cost no more.
+BARRIER_FSYNC_FILES = 16
 
 _LIBC_FUNCTIONS = {}  # type: t.Dict[str, t.Any]
 
@@ -1135,7 +1138,7 @@ class DirectorySink:
       writes and before the manifest vouches for the files); ``sweep(keep)``: remove what a crashed run left.
 
     Durability is batched: a file is named once its bytes are written and its writeback started, and the barrier makes
-    the whole batch durable with one syncfs(2) per filesystem (or, without syncfs, one fsync per file and per directory
+    the whole batch durable with one syncfs(2) per filesystem (a batch of a few files, or without syncfs: one fsync per file and per directory
     that gained a name). Nothing vouches for a file before its barrier: the manifest and the resume journal are written
     after it, so a crash can leave named files nobody vouches for (copied again by the next run) but never a vouched-for
     file that is not on the medium. ``durable_each`` fsyncs every file before its rename instead (one-off copies).
@@ -1154,6 +1157,7 @@ class DirectorySink:
         self.changed = False
         self.counter = itertools.count()
         self.barriers = 0
+        self.failed = None  # type: t.Optional[CopyError]
 
     def _error(self, exc: OSError, what: str, path: str) -> CopyError:
         return CopyError("%s %s on %s failed: [Errno %s] %s; check the medium (mounted read-write? space left?) and run again"
@@ -1207,6 +1211,11 @@ class DirectorySink:
             self.dirty_dirs.add(os.path.dirname(path))
             self.changed = True
 
+    def note_dir_changed(self, path: str) -> None:
+        """A directory's own mode or owner changed: the next barrier makes that durable too."""
+        with self.lock:
+            self.dirty_dirs.add(path)
+
     def has_copy(self, path: str, size: int) -> bool:
         return _target_has_size(path, size)
 
@@ -1253,12 +1262,27 @@ class DirectorySink:
         """Make every file committed so far (and, with ``directories``, every new name) durable; returns files covered.
 
         Files committed by other threads while this runs may be covered too; they stay pending until the next barrier.
+        A barrier that failed fails every later one too: the filesystem reports a failed writeback only once, so a later
+        barrier that passed would vouch for files that never reached the medium.
         """
+        if self.failed is not None:
+            raise self.failed
+        try:
+            return self._barrier(directories)
+        except CopyError as exc:
+            self.failed = exc
+            raise
+        except OSError as exc:
+            self.failed = self._error(exc, "syncing", self.root)
+            raise self.failed from None
+
+    def _barrier(self, directories: bool) -> int:
         with self.lock:
             files, self.pending = self.pending, []
             dirs = set(self.dirty_dirs) if directories else set()
             if directories:
                 self.dirty_dirs.clear()
+        use_syncfs = len(files) > BARRIER_FSYNC_FILES
         device_of = {}  # type: t.Dict[str, int]
         for path in [self.root] + sorted(set(os.path.dirname(f) for f in files) | dirs):
             try:
@@ -1267,7 +1291,7 @@ class DirectorySink:
                 raise self._error(exc, "syncing", path)
         places = dict((device, path) for path, device in sorted(device_of.items(), reverse=True))
         synced = set()
-        for device, path in places.items():
+        for device, path in places.items() if use_syncfs else ():
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
             try:
                 if syncfs(fd):
@@ -1699,9 +1723,11 @@ class _Copier:
             if self.chown and (st.st_uid, st.st_gid) != (item.uid, item.gid):
                 os.lchown(target, item.uid, item.gid)
                 self.result.changed = True
+                self.sink.note_dir_changed(target)
             if stat.S_IMODE(st.st_mode) != item.mode:
                 os.chmod(target, item.mode)
                 self.result.changed = True
+                self.sink.note_dir_changed(target)
         except OSError as exc:
             raise self._dest_error(exc, "setting owner/mode of directory", target)
 

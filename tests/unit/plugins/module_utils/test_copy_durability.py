@@ -176,6 +176,7 @@ def test_a_medium_that_fails_the_barrier_fails_the_copy_and_nothing_vouches_for_
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     monkeypatch.setattr(_copy, "syncfs", failing_syncfs)
+    monkeypatch.setattr(_copy, "BARRIER_FSYNC_FILES", 0)
     with pytest.raises(CopyError, match=r"syncing the filesystem of .*\[Errno 5\]") as caught:
         copy([{"path": str(src), "dest": "s"}], dest)
     assert caught.value.retryable is True
@@ -382,3 +383,37 @@ def test_small_files_can_leave_their_writeback_to_the_barrier(src, dest, monkeyp
     monkeypatch.setattr(_copy, "start_writeback", lambda fd: started.append(os.fstat(fd).st_size))
     copy([{"path": str(src), "dest": "s"}], dest)
     assert started == [3 * READ]
+
+
+def test_a_batch_of_a_few_files_is_made_durable_file_by_file_without_waiting_for_other_writers(src, dest, monkeypatch):
+    many(src, count=_copy.BARRIER_FSYNC_FILES)
+    calls = []
+    monkeypatch.setattr(_copy, "syncfs", lambda fd: calls.append(fd) or True)
+    copy([{"path": str(src), "dest": "s"}], dest)
+    assert calls == []
+
+
+def test_a_batch_of_many_files_is_made_durable_with_one_syncfs(src, dest, monkeypatch):
+    many(src, count=_copy.BARRIER_FSYNC_FILES + 1)
+    calls = []
+    real = _copy.syncfs
+    monkeypatch.setattr(_copy, "syncfs", lambda fd: calls.append(fd) or real(fd))
+    fsynced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: fsynced.append(fd) or real_fsync(fd))
+    copy([{"path": str(src), "dest": "s"}], dest)
+    assert len(calls) == 1
+    assert len(fsynced) <= 2  # the manifest and its directory (atomic_write), no copied file
+
+
+def test_after_a_failed_barrier_every_later_barrier_fails_too(tmp_path, monkeypatch):
+    sink = DirectorySink(str(tmp_path), str(tmp_path), chown=False)
+    sink_file = sink.open_file(str(tmp_path / "f"))
+    os.write(sink_file.fd, b"x")
+    sink.commit(sink_file, _copy.FileMeta(0o600))
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))
+    with pytest.raises(CopyError, match=r"\[Errno 5\]"):
+        sink.barrier()
+    monkeypatch.undo()
+    with pytest.raises(CopyError, match=r"\[Errno 5\]"):
+        sink.barrier()  # nothing is pending any more, but the lost writeback must not be vouched for

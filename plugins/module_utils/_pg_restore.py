@@ -438,8 +438,8 @@ def _copy_file(source: str, destination: str, expected: t.Dict[str, t.Any], veri
                     "copy), found %d bytes with sha256 %s. Something writes into the set: stop it, then restore again"
                     % (source, expected["size"], expected["sha256"], size, checksum))
 
-        size, _checksum = copy_file(src_fd, destination, FileMeta(stat.S_IMODE(info.st_mode), uid, gid, info.st_atime_ns,
-                                                                 info.st_mtime_ns), check=check, sink=sink)
+        meta = FileMeta(stat.S_IMODE(info.st_mode), uid, gid, info.st_atime_ns, info.st_mtime_ns)
+        size, _checksum = copy_file(src_fd, destination, meta, check=check, sink=sink)
     finally:
         os.close(src_fd)
     return size

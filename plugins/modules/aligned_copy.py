@@ -19,13 +19,18 @@ description:
     order. That is how a caller copies Berkeley DB data files before their logs, or PostgreSQL's
     C(global/pg_control) strictly last (exclude it from the data directory source and add it as its own source
     with O(sources[].phase=1)).
-  - Each regular file is written atomically (temporary file in the target directory, fsync, mode, owner and mtime
-    set, rename) and its SHA-256 is computed in the same pass as the copy. A failed write removes the temporary
-    file, so no partial file is ever left under its final name.
+  - Each regular file is written atomically (temporary file in the target directory, mode, owner and mtime set,
+    writeback started, rename) and its SHA-256 is computed in the same pass as the copy. Files are made durable in
+    batches (one barrier per phase and at least every second - C(syncfs) for large batches, C(fsync) of each file and
+    directory for small ones) before anything vouches for them (a later phase, the resume journal, C(manifest.json)).
+    A failed write removes the temporary file, so no partial file is ever left under its final name.
+  - A killed copy leaves no manifest; the next call for the same set resumes from its journal C(.copy-journal),
+    without copying again the files a barrier had made durable.
   - Symlinks inside a tree are recreated as symlinks, never followed. Directories keep the source mode, empty
     ones included.
   - Several calls can add to one set; the manifest is merged by path.
-  - Memory use is bounded whatever the file size (a ring of at most four buffers of O(read_size)).
+  - Memory use is bounded whatever the file size (a ring of at most four buffers of O(read_size), plus one buffer per
+    worker; two workers copy small files side by side).
   - B(A retry copies the same list.) Before it copies anything, the first attempt records its list of the sources (type,
     source path, path in the set, size, mtime) in C(<dest>/<backup_id>/.copy-plan.json) (mode 0600). A later call with the
     same sources, O(create_dirs) and O(run_id) lists the sources again and copies that list plus every file the

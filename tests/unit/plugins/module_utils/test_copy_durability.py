@@ -411,6 +411,7 @@ def test_after_a_failed_barrier_every_later_barrier_fails_too(tmp_path, monkeypa
     sink_file = sink.open_file(str(tmp_path / "f"))
     os.write(sink_file.fd, b"x")
     sink.commit(sink_file, _copy.FileMeta(0o600))
+
     def failing_fsync(fd):
         raise OSError(errno.EIO, "Input/output error")
 

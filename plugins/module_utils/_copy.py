@@ -73,7 +73,7 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
-from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, DATA_DIR, InvalidBackupId, check_backup_id
+from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, DATA_DIR, InvalidBackupId, check_backup_id, utc_iso
 from ansible_collections.consistent.backup.plugins.module_utils._layout import set_path as layout_set_path
 from ansible_collections.consistent.backup.plugins.module_utils import _manifest
 
@@ -578,7 +578,7 @@ def record_plan(plan: CopyPlan, set_path: str) -> None:
     if plan.key is None:
         return
     document = {"format": PLAN_FORMAT, "request": plan.key.request, "run_id": plan.key.run_id,
-                "recorded": _manifest.utc_now_iso(), "create_dirs": list(plan.create_dirs), "vanished": list(plan.vanished),
+                "recorded": utc_iso(), "create_dirs": list(plan.create_dirs), "vanished": list(plan.vanished),
                 "items": [dataclasses.asdict(item) for item in plan.items]}
     atomic_write(plan_path(set_path), (json.dumps(document, sort_keys=True) + "\n").encode("utf-8"), mode=0o600)
 

@@ -38,7 +38,7 @@ import typing as t
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write
 from ansible_collections.consistent.backup.plugins.module_utils._layout import MANIFEST_NAME, utc_iso
 
-__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "manifest_path", "utc_now_iso", "load_manifest", "entries_by_path", "merge",
+__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "manifest_path", "load_manifest", "entries_by_path", "merge",
            "merge_and_write", "merge_and_write_changed", "dumps", "empty_manifest", "default_host"]
 
 MANIFEST_FORMAT = 1
@@ -50,11 +50,6 @@ _META_KEYS = ("backup_id", "engine", "host", "block_size")
 def manifest_path(set_path: str) -> str:
     """Return the path of the manifest of the backup set directory ``set_path``."""
     return os.path.join(set_path, MANIFEST_NAME)
-
-
-def utc_now_iso() -> str:
-    """Current time as the collection records every time (_layout.utc_iso: ISO 8601 UTC, ``Z`` suffix)."""
-    return utc_iso()
 
 
 def default_host() -> str:
@@ -213,7 +208,7 @@ def merge_and_write_changed(
     merged = merge(current, entries, vanished, meta, changed)
     if existed and _without_updated(merged) == _without_updated(current):
         return current, False
-    now = utc_now_iso()
+    now = utc_iso()
     merged.setdefault("created", now)
     merged["updated"] = now
     atomic_write(manifest_path(set_path), dumps(merged), mode=0o600, owner=owner)

@@ -23,14 +23,13 @@ import time
 import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils import _detach
-from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
+from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir, output_tail
 from ansible_collections.consistent.backup.plugins.module_utils import _layout
 from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, LOCK_NAME, REPORT_NAME, utc_iso
 from ansible_collections.consistent.backup.plugins.module_utils._manifest import MANIFEST_NAME, load_manifest, manifest_path
 
 # The phase ledger: one JSON line per attempt of pre, copy or post, appended by the module that made the attempt.
 LEDGER_NAME = "phases.jsonl"
-TAIL_CHARS = 1500
 PHASE_ORDER = ("media", "pre", "copy", "post")
 
 
@@ -155,17 +154,6 @@ def open_set(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int
 # Ansible's until/retries keeps only the last attempt's result; the ledger keeps every attempt, with its message.
 # close_set reads it back into report.json's phases.
 
-def _tail(text: t.Any) -> t.Optional[str]:
-    if text is None:
-        return None
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    text = str(text).strip()
-    if not text:
-        return None
-    return text if len(text) <= TAIL_CHARS else "..." + text[-TAIL_CHARS:]
-
-
 def record_attempt(set_dir: str, run_id: str, phase: str, record: t.Dict[str, t.Any]) -> bool:
     """Append one attempt to the set's ledger. False (nothing written) when the set does not exist: a run that was
     refused before it opened its set has no ledger."""
@@ -247,8 +235,8 @@ class PhaseLedger:
             record_attempt(self.ledger["set_path"], self.ledger["run_id"], self.ledger["phase"], {
                 "start": self.start, "end": time.time(), "result": outcome,
                 "msg": result.get("msg") if outcome == "failed" else None, "rc": result.get("rc"),
-                "stdout_tail": _tail(result.get("stdout")) if outcome == "failed" else None,
-                "stderr_tail": _tail(result.get("stderr")) if outcome == "failed" else None,
+                "stdout_tail": (output_tail(result.get("stdout")) or None) if outcome == "failed" else None,
+                "stderr_tail": (output_tail(result.get("stderr")) or None) if outcome == "failed" else None,
                 "facts": self.facts(result) if outcome == "ok" else {},
             })
         except (OSError, KeyError, TypeError):

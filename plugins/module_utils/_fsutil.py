@@ -125,3 +125,16 @@ def private_dir_problem(path: str) -> str:
         return "%s is writable by group or others (mode %04o): another user could replace what is kept there" % (
             path, stat.S_IMODE(info.st_mode))
     return ""
+
+
+OUTPUT_TAIL_CHARS = 1500
+
+
+def output_tail(text: t.Any, limit: int = OUTPUT_TAIL_CHARS) -> str:
+    """The end of a command's output (where its reason usually is), stripped; '' for none."""
+    if text is None:
+        return ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = str(text).strip()
+    return text if len(text) <= limit else "..." + text[-limit:]

@@ -39,7 +39,7 @@ import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils import _detach
 from ansible_collections.consistent.backup.plugins.module_utils import _pg_session
-from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, exclusive_lock, private_dir_problem, write_json
+from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, exclusive_lock, output_tail, private_dir_problem, write_json
 from ansible_collections.consistent.backup.plugins.module_utils._layout import default_runtime_dir, utc_iso
 
 GUARDS_DIR = "guards"
@@ -61,7 +61,8 @@ LIVE_STATES = (ARMED, FIRING)
 UNREPORTED_STATES = (FIRING, FIRED, POST_FAILED)
 
 POLL_SECONDS = 0.25
-TAIL_CHARS = 2000
+# How much of a post command's output the guard keeps in its record.
+RECORD_TAIL_CHARS = 2000
 PG_HOLDER_EXIT_WAIT = 15.0
 
 
@@ -76,16 +77,6 @@ class GuardError(Exception):
 
 def now() -> float:
     return time.time()
-
-
-def tail(text: t.Union[str, bytes, None], limit: int = TAIL_CHARS) -> str:
-    """The end of a command's output: where its reason usually is."""
-    if text is None:
-        return ""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    text = text.rstrip()
-    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 def database_key(engine: str, database: str) -> str:
@@ -198,9 +189,10 @@ def _run_command(argv: t.List[str], timeout: float) -> t.Dict[str, t.Any]:
     except FileNotFoundError as exc:
         return {"rc": 127, "stdout": "", "stderr": str(exc), "ok": False}
     except subprocess.TimeoutExpired as exc:
-        return {"rc": None, "stdout": tail(exc.stdout), "stderr": tail(exc.stderr) + "\n(killed after %d s)" % timeout,
-                "ok": False}
-    return {"rc": proc.returncode, "stdout": tail(proc.stdout), "stderr": tail(proc.stderr), "ok": proc.returncode == 0}
+        return {"rc": None, "stdout": output_tail(exc.stdout, RECORD_TAIL_CHARS),
+                "stderr": output_tail(exc.stderr, RECORD_TAIL_CHARS) + "\n(killed after %d s)" % timeout, "ok": False}
+    return {"rc": proc.returncode, "stdout": output_tail(proc.stdout, RECORD_TAIL_CHARS),
+            "stderr": output_tail(proc.stderr, RECORD_TAIL_CHARS), "ok": proc.returncode == 0}
 
 
 def _end_pg_session(session: t.Dict[str, t.Any], reason: str) -> t.Dict[str, t.Any]:

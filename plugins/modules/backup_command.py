@@ -94,8 +94,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
-
-TAIL = 1500
+from ansible_collections.consistent.backup.plugins.module_utils._fsutil import output_tail
 
 
 def _argv(raw) -> list:
@@ -145,7 +144,7 @@ def main() -> None:
     stdout = proc.stdout.decode('utf-8', 'replace')
     stderr = proc.stderr.decode('utf-8', 'replace')
     if proc.returncode != 0:
-        reason = stderr.strip()[-TAIL:] or stdout.strip()[-TAIL:] or 'no output'
+        reason = output_tail(stderr) or output_tail(stdout) or 'no output'
         shown = ' '.join(shlex.quote(part) for part in argv)
         module.fail_json(msg='%s command %s exited with %d: %s' % (phase, shown, proc.returncode, reason),
                          cmd=argv, rc=proc.returncode, stdout=stdout, stderr=stderr, seconds=seconds)

@@ -126,7 +126,7 @@ def test_backup_under_load_restores_and_verifies(tmp_path, cluster, media):
     run, port, target = restore(tmp_path, cluster, media.path, "load1")
     try:
         assert run.rc == 0, run
-        assert re.fullmatch(LSN, run.fact("restore_result")["first_lsn_replayed"]), run.fact("restore_result")
+        assert re.fullmatch(LSN, run.fact("postgresql_restored")["first_lsn_replayed"]), run.fact("postgresql_restored")
         assert restored_psql(cluster, port, "SELECT pg_is_in_recovery()") == "f"
         sums = restored_psql(cluster, port, INVARIANT).split("|")
         assert len(set(sums)) == 1, "pgbench invariant broken: %s" % sums
@@ -249,7 +249,7 @@ def test_restore_json_is_reported(tmp_path, cluster, media):
     try:
         assert run.rc == 0, run
         start = load_json(os.path.join(media.path, "rep1", "report.json"))["start_lsn"]
-        restored = run.fact("restore_result")
+        restored = run.fact("postgresql_restored")
         assert restored["backup_id"] == "rep1", restored
         # Recovery from the label redoes from the backup's start: the checkpoint's redo location.
         assert restored["start_wal_location"].split(" ")[0] == start, restored

@@ -1,0 +1,586 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The Berkeley DB engine behind ``bdb_checkpoint`` and ``bdb_verify``: one place for what the collection knows
+about a transactional Berkeley DB environment.
+
+This is a private module_utils file of consistent.backup: it is not part of the collection's
+public API and may change without notice.
+
+Shape:
+
+* ``find_utilities`` finds db5.3_X, then db_X (or a prefix or directory the operator names);
+* ``Environment`` describes a live environment (DB_CONFIG directories, data files, logs, page sizes, the last
+  checkpoint, whether one is due) and checkpoints it; ``archivable_in_set`` picks the logs that may be removed;
+* ``previous_set`` finds the newest COMPLETE set of the same environment (the base of an incremental);
+* ``resolve_chain``, ``lay_out``, ``recover`` and ``verify_databases`` verify a set, or a chain of a full set
+  and its incrementals, on a copy: the same steps, kept in a target directory, are the restore.
+
+Facts the engine relies on (checked with db5.3-util on Debian 12, see docs/bdb.md):
+
+* ``db_stat -t`` and ``db_stat -l`` need the environment's region files (__db.*); without them the last
+  checkpoint is found in the last log file with ``db_printlog``.
+* ``db_archive -a`` prints absolute paths; ``-s`` lists only database files opened during the current logs, so
+  the data directories are listed too.
+* ``db_recover -c`` with data files and no logs returns 0 and makes a new log.0000000001: a false pass. So a
+  verification checks that the logs are there, contiguous, and that recovery reached the source's checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import struct
+import typing as t
+
+from ansible_collections.consistent.backup.plugins.module_utils._layout import (
+    COMPLETE_NAME, DATA_DIR, MANIFEST_NAME, REPORT_NAME, backup_id_problem)
+
+Runner = t.Callable[[t.List[str]], t.Tuple[int, str, str]]
+Which = t.Callable[[str], t.Optional[str]]
+
+UTILITIES = ("archive", "checkpoint", "recover", "stat", "verify", "printlog")
+DEFAULT_PREFIXES = ("db5.3_", "db_")
+# Where an environment's files go in a set: data/<SET_PREFIX>/<path relative to the home>.
+SET_PREFIX = "env"
+LOG_RE = re.compile(r"^log\.(\d{10})$")
+# The first 24 bytes of a database file: LSN file, LSN offset, page number, magic, version, page size (u32 each).
+MAGICS = {0x053162: "btree", 0x061561: "hash", 0x042253: "queue", 0x074582: "heap"}
+_STAT_UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
+
+
+class BdbError(Exception):
+    """A refusal or failure; the message names the object, what was expected, what was found and what to do."""
+
+    def __init__(self, msg: str, retryable: bool = False, **facts: t.Any) -> None:
+        super().__init__(msg)
+        self.retryable = retryable
+        self.facts = facts
+
+
+# --- small parsers -------------------------------------------------------------------------------------------
+
+def parse_lsn(text: str) -> t.Optional[t.Tuple[int, int]]:
+    """'9/1221' or '[9][1221]' -> (9, 1221); None for anything else."""
+    match = re.match(r"^\s*\[?(\d+)\]?\s*[/\[]\s*(\d+)\]?\s*$", text or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def format_lsn(lsn: t.Optional[t.Sequence[int]]) -> t.Optional[str]:
+    return "%d/%d" % (lsn[0], lsn[1]) if lsn else None
+
+
+def parse_stat_bytes(text: str) -> int:
+    """db_stat's byte counts: '0', '637B', '497KB 637B', '2MB 12KB 5B' -> bytes."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    total = 0
+    for number, unit in re.findall(r"(\d+)\s*([KMGT]?B)", text, re.IGNORECASE):
+        total += int(number) * _STAT_UNITS[unit.upper()]
+    return total
+
+
+def stat_values(output: str) -> t.Dict[str, str]:
+    """db_stat's '<value>\\t<description>' lines as {description: value}."""
+    values = {}
+    for line in output.splitlines():
+        if "\t" in line:
+            value, description = line.split("\t", 1)
+            values[description.strip()] = value.strip()
+    return values
+
+
+def log_number(name: str) -> t.Optional[int]:
+    match = LOG_RE.match(os.path.basename(name))
+    return int(match.group(1)) if match else None
+
+
+def log_name(number: int) -> str:
+    return "log.%010d" % number
+
+
+def log_gaps(numbers: t.Iterable[int]) -> t.List[int]:
+    """The log numbers missing between the lowest and the highest of ``numbers``."""
+    present = sorted(set(numbers))
+    if not present:
+        return []
+    return sorted(set(range(present[0], present[-1] + 1)) - set(present))
+
+
+def page_size(path: str) -> t.Optional[t.Tuple[int, str, str]]:
+    """(page size, access method, byte order) from a database file's header, or None when it is not a database.
+
+    The header is in the byte order of the machine that created the file; both are tried, so a set copied between
+    machines of either order is read the same way.
+    """
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(24)
+    except OSError:
+        return None
+    if len(header) < 24:
+        return None
+    for order, name in (("<", "little"), (">", "big")):
+        _lsn_file, _lsn_offset, _pgno, magic, _version, size = struct.unpack(order + "6I", header)
+        if magic in MAGICS and 512 <= size <= 65536 and size % 512 == 0:
+            return size, MAGICS[magic], name
+    return None
+
+
+def read_db_config(home: str) -> t.Tuple[t.List[str], str]:
+    """The data directories (set_data_dir, in order; the home when none) and the log directory (set_lg_dir) of
+    DB_CONFIG, as paths relative to the home."""
+    data_dirs: t.List[str] = []
+    log_dir = "."
+    try:
+        with open(os.path.join(home, "DB_CONFIG"), "r", encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        lines = []
+    for line in lines:
+        words = line.split()
+        if len(words) >= 2 and words[0] in ("set_data_dir", "add_data_dir"):
+            data_dirs.append(words[1])
+        elif len(words) >= 2 and words[0] == "set_lg_dir":
+            log_dir = words[1]
+    return [os.path.normpath(d) for d in data_dirs] or ["."], os.path.normpath(log_dir)
+
+
+def _relative_inside(home: str, path: str, what: str) -> str:
+    full = os.path.normpath(os.path.join(home, path))
+    rel = os.path.relpath(full, home)
+    if rel == ".." or rel.startswith("../"):
+        raise BdbError("environment %s: the %s %s is outside the home; expected directories inside the home (the set "
+                       "keeps paths relative to it). Move it under the home and point DB_CONFIG there" % (home, what, full))
+    return rel
+
+
+def is_region_file(name: str) -> bool:
+    return os.path.basename(name).startswith("__db.")
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- utilities -----------------------------------------------------------------------------------------------
+
+def find_utilities(which: Which, prefix: t.Optional[str] = None, bindir: t.Optional[str] = None,
+                   names: t.Sequence[str] = UTILITIES) -> t.Dict[str, str]:
+    """{name: path} for every utility: <bindir>/<prefix>X when bindir is given, else <prefix>X on the PATH, else
+    db5.3_X then db_X. Raises BdbError naming what is missing."""
+    prefixes = (prefix,) if prefix else DEFAULT_PREFIXES
+    found, missing = {}, []
+    for name in names:
+        for candidate_prefix in prefixes:
+            if bindir:
+                path = os.path.join(bindir, candidate_prefix + name)
+                path = path if os.access(path, os.X_OK) else None
+            else:
+                path = which(candidate_prefix + name)
+            if path:
+                found[name] = path
+                break
+        else:
+            missing.append(name)
+    if missing:
+        looked = " or ".join(p + "X" for p in prefixes) + (" in " + bindir if bindir else " on the PATH")
+        raise BdbError("Berkeley DB utilities %s not found (looked for %s); install them (Debian: apt-get install "
+                       "db5.3-util) or set utility_prefix or bindir" % (", ".join(missing), looked))
+    return found
+
+
+def _utility_failure(argv: t.List[str], rc: int, err: str, home: str) -> BdbError:
+    text = (err or "").strip()
+    if "Permission denied" in text or "EACCES" in text:
+        return BdbError("environment %s: %s was refused access (%s); run as the environment's owner (become_user) "
+                        "or give this user read access to the home, its data and log directories"
+                        % (home, os.path.basename(argv[0]), text[-300:]))
+    return BdbError("environment %s: %s exited with %d (%s)" % (home, " ".join(argv), rc, text[-500:] or "no output"),
+                    retryable=True)
+
+
+# --- the live environment ------------------------------------------------------------------------------------
+
+class Environment:
+    """A transactional environment on this host, seen through the db_* utilities (LC_ALL=C)."""
+
+    def __init__(self, home: str, utilities: t.Dict[str, str], run: Runner) -> None:
+        self.home = os.path.normpath(home)
+        self.utilities = utilities
+        self._run = run
+
+    def run_raw(self, argv: t.List[str]) -> t.Tuple[int, str, str]:
+        return self._run(argv)
+
+    def run(self, name: str, *args: str) -> str:
+        argv = [self.utilities[name]] + list(args)
+        rc, out, err = self._run(argv)
+        if rc != 0:
+            raise _utility_failure(argv, rc, err, self.home)
+        return out
+
+    # what it is
+    def check(self) -> None:
+        """Refuse what is not a readable transactional environment."""
+        home = self.home
+        if not os.path.isabs(home):
+            raise BdbError("home must be an absolute path; found %r" % home)
+        if not os.path.isdir(home):
+            raise BdbError("environment home %s does not exist or is not a directory; expected the directory given to "
+                           "DB_ENV->open (the one holding DB_CONFIG and the __db.* region files)" % home)
+        if not os.access(home, os.R_OK | os.X_OK):
+            raise BdbError("environment home %s: permission denied for uid %d; run as the environment's owner "
+                           "(become_user) or give this user read access" % (home, os.geteuid()))
+        data_dirs, log_dir = self.directories()
+        names = os.listdir(home)
+        has_env_files = "DB_CONFIG" in names or any(is_region_file(name) for name in names)
+        logs = self.log_names(log_dir)
+        if not has_env_files and not logs:
+            raise BdbError("%s is not a Berkeley DB environment: found no DB_CONFIG, no __db.* region files and no "
+                           "log files; give the environment's home directory as home" % home)
+        if not logs:
+            raise BdbError("environment %s has no log files in %s: expected a transactional environment "
+                           "(DB_INIT_TXN and DB_INIT_LOG); without logs there is nothing to recover from, so a hot "
+                           "backup is impossible. Open the environment with transactions, or back it up with the files "
+                           "engine while it is stopped" % (home, os.path.join(home, log_dir)))
+        for directory in data_dirs + [log_dir]:
+            full = os.path.join(home, directory)
+            if os.path.isdir(full) and not os.access(full, os.R_OK | os.X_OK):
+                raise BdbError("environment %s: permission denied on %s for uid %d; run as the environment's owner"
+                               % (home, full, os.geteuid()))
+
+    def directories(self) -> t.Tuple[t.List[str], str]:
+        data_dirs, log_dir = read_db_config(self.home)
+        return ([_relative_inside(self.home, d, "data directory") for d in data_dirs],
+                _relative_inside(self.home, log_dir, "log directory"))
+
+    def log_names(self, log_dir: str) -> t.List[str]:
+        try:
+            return sorted(name for name in os.listdir(os.path.join(self.home, log_dir)) if LOG_RE.match(name))
+        except FileNotFoundError:
+            return []
+
+    def has_regions(self) -> bool:
+        return any(is_region_file(name) for name in os.listdir(self.home))
+
+    def _archive(self, *flags: str) -> t.List[str]:
+        """db_archive's list, as paths relative to the home."""
+        out = self.run("archive", "-h", self.home, "-a", *flags)
+        return [os.path.relpath(os.path.normpath(line.strip()), self.home) for line in out.splitlines() if line.strip()]
+
+    def checkpoint_state(self) -> t.Tuple[t.Optional[t.Tuple[int, int]], t.Optional[int]]:
+        """(last checkpoint LSN, log bytes written since it). Without region files (no process has the environment
+        open) db_stat cannot join it: the last log file's records say the same."""
+        if self.has_regions():
+            lsn_line = self.run("stat", "-h", self.home, "-t").splitlines()
+            lsn = parse_lsn(lsn_line[0].split("\t")[0]) if lsn_line else None
+            since = stat_values(self.run("stat", "-h", self.home, "-l")).get("Log bytes written since last checkpoint")
+            lsn = lsn if lsn and lsn != (0, 0) else None
+            return lsn, (parse_stat_bytes(since) if since is not None else None)
+        return self._checkpoint_from_log()
+
+    def _checkpoint_from_log(self) -> t.Tuple[t.Optional[t.Tuple[int, int]], t.Optional[int]]:
+        _data_dirs, log_dir = self.directories()
+        logs = self.log_names(log_dir)
+        last = log_number(logs[-1])
+        out = self.run("printlog", "-h", self.home, "-b", "%d/0" % last)
+        records = [(parse_lsn(m.group(1)), m.group(2)) for m in re.finditer(r"^(\[\d+\]\[\d+\])(\S+):", out, re.MULTILINE)]
+        checkpoints = [lsn for lsn, kind in records if kind == "__txn_ckp"]
+        if not checkpoints:
+            return None, None  # unknown: a checkpoint is due
+        after = [lsn for lsn, kind in records if lsn > checkpoints[-1]]
+        return checkpoints[-1], (1 if after else 0)
+
+    def describe(self) -> t.Dict[str, t.Any]:
+        """Everything a backup of this environment needs to know, read-only."""
+        data_dirs, log_dir = self.directories()
+        log_files = sorted(set(self._archive("-l")) | {os.path.join(log_dir, n) if log_dir != "." else n
+                                                        for n in self.log_names(log_dir)}, key=_log_sort_key)
+        listed = set(self._archive("-s"))
+        data_files = set()
+        for directory in data_dirs:
+            full = os.path.join(self.home, directory)
+            for name in sorted(os.listdir(full)) if os.path.isdir(full) else []:
+                rel = os.path.normpath(os.path.join(directory, name))
+                info = os.lstat(os.path.join(self.home, rel))
+                if stat.S_ISREG(info.st_mode) and not is_region_file(name) and not LOG_RE.match(name) and name != "DB_CONFIG":
+                    data_files.add(rel)
+        # A database db_archive knows about outside the data directories (opened with a path) is copied too.
+        data_files |= {rel for rel in listed if os.path.isfile(os.path.join(self.home, rel))}
+        page_sizes = {}
+        for rel in sorted(data_files):
+            header = page_size(os.path.join(self.home, rel))
+            if header:
+                page_sizes[rel] = header[0]
+        lsn, since = self.checkpoint_state()
+        return {
+            "home": self.home,
+            "data_dirs": data_dirs,
+            "log_dir": log_dir,
+            "data_files": sorted(data_files),
+            "unlisted_data_files": sorted(data_files - listed),
+            "log_files": log_files,
+            "archivable_logs": sorted(self._archive(), key=_log_sort_key),
+            "page_sizes": page_sizes,
+            "block_size": max(page_sizes.values()) if page_sizes else 4096,
+            "checkpoint_lsn": format_lsn(lsn),
+            "log_bytes_since_checkpoint": since,
+            "checkpoint_due": since is None or since > 0 or lsn is None,
+            "config_file": "DB_CONFIG" if os.path.isfile(os.path.join(self.home, "DB_CONFIG")) else None,
+        }
+
+    def checkpoint(self) -> None:
+        # -1: once, then exit (without it db_checkpoint stays as a daemon)
+        self.run("checkpoint", "-1", "-h", self.home)
+
+
+def _log_sort_key(path: str) -> t.Tuple[int, str]:
+    return (log_number(path) or 0, path)
+
+
+def lsn_tuple(text: t.Optional[str]) -> t.Optional[t.Tuple[int, int]]:
+    return parse_lsn(text) if text else None
+
+
+# --- sets: the chain of a full set and its incrementals ------------------------------------------------------
+
+def _read_json(path: str) -> t.Optional[t.Dict[str, t.Any]]:
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            document = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def set_facts(set_path: str) -> t.Dict[str, t.Any]:
+    """The bdb facts a set's manifest records (written by the role's copy through aligned_copy's facts)."""
+    manifest = _read_json(os.path.join(set_path, MANIFEST_NAME)) or {}
+    facts = manifest.get("facts") or {}
+    return facts.get("bdb") or {}
+
+
+def previous_set(backup_dest: str, home: str, exclude: t.Optional[str] = None) -> t.Optional[t.Dict[str, t.Any]]:
+    """The newest COMPLETE bdb set of the environment ``home`` in ``backup_dest`` (by its COMPLETE time), or None."""
+    if not os.path.isdir(backup_dest):
+        return None
+    best = None
+    for name in os.listdir(backup_dest):
+        path = os.path.join(backup_dest, name)
+        complete = os.path.join(path, COMPLETE_NAME)
+        if name == exclude or name.startswith(".") or not os.path.isfile(complete):
+            continue
+        facts = set_facts(path)
+        if facts.get("home") != os.path.normpath(home):
+            continue
+        report = _read_json(os.path.join(path, REPORT_NAME)) or {}
+        when = os.stat(complete).st_mtime
+        if best is None or when > best[0]:
+            best = (when, dict(facts, backup_id=name, set_path=path,
+                               verified=bool(((report.get("bdb") or {}).get("verification") or {}).get("ok"))))
+    return best[1] if best else None
+
+
+def resolve_chain(backup_dest: str, backup_id: str, head_complete: bool = True) -> t.List[t.Dict[str, t.Any]]:
+    """The sets to lay out for ``backup_id``, oldest (the full set) first: each incremental names the set before it.
+
+    Every set but the head must be COMPLETE; the head too unless ``head_complete`` is false (the backup's own
+    verification runs before its set is closed)."""
+    if not os.path.isdir(backup_dest):
+        raise BdbError("backup_dest %s is not a directory; give the backup destination that holds the sets" % backup_dest)
+    if backup_id == "latest":
+        complete = [name for name in os.listdir(backup_dest) if not name.startswith(".")
+                    and os.path.isfile(os.path.join(backup_dest, name, COMPLETE_NAME))
+                    and set_facts(os.path.join(backup_dest, name))]
+        if not complete:
+            raise BdbError("no COMPLETE Berkeley DB set in %s; run playbooks/backup.yml with backup_engine bdb first, "
+                           "or give backup_id" % backup_dest)
+        backup_id = max(complete, key=lambda name: os.stat(os.path.join(backup_dest, name, COMPLETE_NAME)).st_mtime)
+    chain: t.List[t.Dict[str, t.Any]] = []
+    current: t.Optional[str] = backup_id
+    while current:
+        problem = backup_id_problem(current)
+        if problem:
+            raise BdbError(problem + ", or latest for the newest COMPLETE set")
+        path = os.path.join(backup_dest, current)
+        if not os.path.isdir(path):
+            raise BdbError("backup set %s does not exist%s; check backup_dest and backup_id"
+                           % (path, " (named as the previous set of %s)" % chain[0]["backup_id"] if chain else ""))
+        if (chain or head_complete) and not os.path.isfile(os.path.join(path, COMPLETE_NAME)):
+            raise BdbError("backup set %s is not marked COMPLETE; refusing to restore from it. Restore an earlier COMPLETE "
+                           "set" % path)
+        facts = set_facts(path)
+        if not facts:
+            raise BdbError("backup set %s has no Berkeley DB facts in its manifest.json; it is not a bdb set (or its copy "
+                           "did not finish): restore another set" % path)
+        if any(link["backup_id"] == current for link in chain):
+            raise BdbError("backup set %s: its chain of previous sets loops; restore another set" % path)
+        chain.insert(0, dict(facts, backup_id=current, set_path=path))
+        current = facts.get("previous_set") if facts.get("mode") == "incremental" else None
+    return chain
+
+
+def _manifest_files(set_path: str) -> t.Dict[str, t.Dict[str, t.Any]]:
+    manifest = _read_json(os.path.join(set_path, MANIFEST_NAME))
+    if manifest is None:
+        raise BdbError("backup set %s has no readable %s; the set cannot vouch for its files: restore another set"
+                       % (set_path, MANIFEST_NAME))
+    prefix = SET_PREFIX + "/"
+    files = {}
+    for entry in manifest.get("files", []):
+        path = entry.get("path", "") if isinstance(entry, dict) else ""
+        if entry.get("type", "file") == "file" and path.startswith(prefix):
+            rel = os.path.normpath(path[len(prefix):])
+            if rel.startswith("..") or os.path.isabs(rel):
+                raise BdbError("backup set %s: manifest.json lists %r, which leaves the environment; restore another set"
+                               % (set_path, path))
+            files[rel] = entry
+    return files
+
+
+def lay_out(chain: t.List[t.Dict[str, t.Any]], target: str,
+            copy_one: t.Callable[[str, str, t.Dict[str, t.Any]], None]) -> t.Dict[str, t.Any]:
+    """Copy the full set, then each incremental's logs over it, into the empty ``target``; every file is checked
+    against its set's manifest (size and SHA-256) by ``copy_one(source, destination, entry)``.
+
+    A log present in two sets comes from the later one (it was copied later, so it is as long or longer)."""
+    chosen: t.Dict[str, t.Tuple[str, t.Dict[str, t.Any]]] = {}
+    for link in chain:
+        for rel, entry in _manifest_files(link["set_path"]).items():
+            chosen[rel] = (os.path.join(link["set_path"], DATA_DIR, SET_PREFIX, rel), entry)
+    for rel in sorted(chosen):
+        source, entry = chosen[rel]
+        destination = os.path.join(target, rel)
+        os.makedirs(os.path.dirname(destination), mode=0o750, exist_ok=True)
+        copy_one(source, destination, entry)
+    return {"files": len(chosen), "bytes": sum(int(entry.get("size") or 0) for _s, entry in chosen.values()),
+            "logs": sorted((rel for rel in chosen if log_number(rel) is not None), key=_log_sort_key)}
+
+
+def check_target(target: str) -> None:
+    if not os.path.isabs(target):
+        raise BdbError("target must be an absolute path; found %r" % target)
+    if os.path.lexists(target) and (not os.path.isdir(target) or os.path.islink(target) or os.listdir(target)):
+        raise BdbError("restore target %s is not an empty directory; a restore never writes over files. Give a new or "
+                       "empty directory" % target)
+
+
+# --- recovery and verification on a copy ---------------------------------------------------------------------
+
+def check_logs(logs: t.List[str], source_checkpoint: t.Optional[str]) -> t.List[t.Dict[str, t.Any]]:
+    """The checks before recovery: logs present, contiguous, and holding the source's checkpoint."""
+    numbers = [log_number(rel) for rel in logs]
+    numbers = [n for n in numbers if n is not None]
+    checks = [{"check": "logs present", "ok": bool(numbers),
+               "detail": "%d log files, %s to %s" % (len(numbers), log_name(min(numbers)), log_name(max(numbers)))
+               if numbers else "no log files in the copy: catastrophic recovery would start a new, empty log and "
+                               "pass without proving anything"}]
+    gaps = log_gaps(numbers)
+    checks.append({"check": "logs contiguous", "ok": bool(numbers) and not gaps,
+                   "detail": ("missing " + ", ".join(log_name(n) for n in gaps)) if gaps else
+                   ("no gap" if numbers else "no logs")})
+    ckp = lsn_tuple(source_checkpoint)
+    if ckp is not None:
+        holds = bool(numbers) and min(numbers) <= ckp[0] <= max(numbers)
+        checks.append({"check": "checkpoint log present", "ok": holds,
+                       "detail": "the source checkpoint %s is in %s, %s" % (source_checkpoint, log_name(ckp[0]),
+                                                                           "in the copy" if holds else "not in the copy")})
+    return checks
+
+
+def parse_recovery(output: str) -> t.Dict[str, t.Optional[str]]:
+    """db_recover -v: the last valid LSN it found and the checkpoint it wrote at the end."""
+    last = re.search(r"Finding last valid log LSN: file: (\d+) offset (\d+)", output)
+    ckp = re.search(r"recovery checkpoint \[(\d+)\]\[(\d+)\]", output)
+    return {"last_valid_lsn": "%s/%s" % last.groups() if last else None,
+            "recovery_checkpoint_lsn": "%s/%s" % ckp.groups() if ckp else None}
+
+
+def verify_copy(copy: Environment, source_checkpoint: t.Optional[str]) -> t.Dict[str, t.Any]:
+    """Catastrophic recovery and db_verify of every database, on a copy (never on the live environment)."""
+    data_dirs, log_dir = copy.directories()
+    logs = [os.path.join(log_dir, n) if log_dir != "." else n for n in copy.log_names(log_dir)]
+    checks = check_logs(logs, source_checkpoint)
+    result: t.Dict[str, t.Any] = {"checks": checks, "databases": [], "logs": logs,
+                                  "first_log": os.path.basename(logs[0]) if logs else None,
+                                  "last_log": os.path.basename(logs[-1]) if logs else None}
+    if not all(check["ok"] for check in checks):
+        result["ok"] = False
+        return result
+    argv = [copy.utilities["recover"], "-c", "-v", "-h", copy.home]
+    rc, out, err = copy.run_raw(argv)
+    recovered = parse_recovery(out + "\n" + err)
+    result.update(recovered)
+    checks.append({"check": "catastrophic recovery", "ok": rc == 0,
+                   "detail": "db_recover -c exited with %d%s" % (rc, (": " + err.strip()[-400:]) if rc else "")})
+    reached = lsn_tuple(recovered["last_valid_lsn"])
+    wanted = lsn_tuple(source_checkpoint)
+    if wanted is not None:
+        checks.append({"check": "recovery reached the source checkpoint", "ok": rc == 0 and reached is not None and reached >= wanted,
+                       "detail": "recovery read the logs up to %s; the source's checkpoint was %s"
+                       % (recovered["last_valid_lsn"], source_checkpoint)})
+    for directory in data_dirs:
+        full = os.path.join(copy.home, directory)
+        for name in sorted(os.listdir(full)) if os.path.isdir(full) else []:
+            path = os.path.join(full, name)
+            header = page_size(path)
+            if not header or not os.path.isfile(path) or is_region_file(name):
+                continue
+            rc_v, out_v, err_v = copy.run_raw([copy.utilities["verify"], "-h", copy.home, os.path.join(directory, name)])
+            result["databases"].append({"file": os.path.normpath(os.path.join(directory, name)), "ok": rc_v == 0,
+                                        "page_size": header[0], "access_method": header[1],
+                                        "detail": (out_v + err_v).strip()[-300:]})
+    checks.append({"check": "databases verify", "ok": all(db["ok"] for db in result["databases"]),
+                   "detail": "%d of %d databases verify" % (sum(1 for db in result["databases"] if db["ok"]),
+                                                            len(result["databases"]))})
+    result["ok"] = all(check["ok"] for check in checks)
+    return result
+
+
+def remove_regions(home: str) -> None:
+    for name in os.listdir(home):
+        if is_region_file(name):
+            os.unlink(os.path.join(home, name))
+
+
+def remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# --- log archival --------------------------------------------------------------------------------------------
+
+def archivable_in_set(env_info: t.Dict[str, t.Any], set_path: str) -> t.Tuple[t.List[str], t.List[t.Dict[str, str]]]:
+    """(logs that may be removed, logs kept with why): an archivable log may go only when the COMPLETE, verified
+    set holds it with the same size and SHA-256 as the live file."""
+    if not os.path.isfile(os.path.join(set_path, COMPLETE_NAME)):
+        raise BdbError("backup set %s is not COMPLETE; logs are only archived from a COMPLETE, verified set" % set_path)
+    report = _read_json(os.path.join(set_path, REPORT_NAME)) or {}
+    if not ((report.get("bdb") or {}).get("verification") or {}).get("ok"):
+        raise BdbError("backup set %s has no passed verification in its report.json; logs are only archived from a set "
+                       "whose copy was recovered and verified. Run a backup with verification first" % set_path)
+    if set_facts(set_path).get("home") != env_info["home"]:
+        raise BdbError("backup set %s is not a set of the environment %s; archive with a set of this environment"
+                       % (set_path, env_info["home"]))
+    in_set = _manifest_files(set_path)
+    remove, kept = [], []
+    for rel in env_info["archivable_logs"]:
+        entry = in_set.get(rel)
+        live = os.path.join(env_info["home"], rel)
+        if entry is None:
+            kept.append({"log": rel, "why": "not in the set"})
+        elif os.path.getsize(live) != entry.get("size") or sha256_of(live) != entry.get("sha256"):
+            kept.append({"log": rel, "why": "the set's copy differs from the live file (size or SHA-256)"})
+        else:
+            remove.append(rel)
+    return remove, kept

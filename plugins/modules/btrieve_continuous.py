@@ -1,0 +1,300 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: btrieve_continuous
+short_description: Put Btrieve / Pervasive.SQL / Actian Zen files into continuous operation and out again with butil
+version_added: 0.1.0
+description:
+  - B(started) runs C(butil -startbu @LIST) so that every listed file goes into continuous operation at one instant
+    (all or nothing). From then on the engine writes each file's changes to a delta file beside it (same base name,
+    extension C(.^^^)) and leaves the data file as it was, so a copy of the data files is a snapshot of the whole
+    database at the start. The module writes the list file (fully qualified paths, CR/LF) itself.
+  - Before it calls butil it checks that every file exists, is a regular file and is local (not on a network
+    filesystem - the database must reside completely on a single server), that no two files share a base name in one
+    directory (they would share one delta), and that no stale delta is left by an interrupted continuous operation
+    (O(stale_deltas)).
+  - B(stopped) runs C(butil -endbu @LIST), which rolls each delta back into its file and deletes it, and waits until
+    the deltas are gone (at most O(timeout) seconds), reporting progress, how long the files were in continuous operation
+    and how long the roll-in took. It ends only what this module started (its record in O(state_dir)); when nothing is
+    in continuous operation it is ok and not changed.
+  - B(restored) puts the files of a COMPLETE backup set back (O(backup_dest), O(backup_id)) under O(restore_root),
+    only when no file is in continuous operation and no delta exists, after every file of the set matched its size and
+    SHA-256 in C(manifest.json).
+  - butil is called with the documented command line only (C(-startbu @LIST), C(-endbu @LIST), C(-stat FILE)); the
+    module reads exit codes and status numbers, never whole message texts, and turns them into a message that says what
+    happened and what to do.
+options:
+  state:
+    description:
+      - V(started) puts the files into continuous operation; V(stopped) ends it and waits for the roll-in;
+        V(restored) puts the files of a backup set back.
+    type: str
+    choices: [started, stopped, restored]
+    default: started
+  files:
+    description:
+      - Absolute paths of the database's data files. Glob patterns are expanded by the module (butil refuses
+        wildcards); delta files (C(*.^^^)) never match. Required with V(started) and V(stopped).
+    type: list
+    elements: str
+    default: []
+  ddf_dir:
+    description:
+      - Directory of the data dictionary; its C(.DDF) files are added to O(files) (the data dictionary must be in the
+        list too, especially when it changes).
+    type: path
+  butil:
+    description:
+      - Path of butil. Default, the first of C(/usr/local/actianzen/bin/butil), C(/usr/local/psql/bin/butil) and
+        C(butil) on C(PATH).
+    type: path
+  user:
+    description: Database user for C(-startbu) (C(-UID)); not needed when the engine has no security.
+    type: str
+    default: ''
+  password:
+    description: Its password (C(-PWD)). butil takes it on its command line, visible to other users of the host in C(ps).
+    type: str
+    default: ''
+  db:
+    description: Database name for C(-startbu) (C(-DB)), with O(user).
+    type: str
+    default: ''
+  timeout:
+    description:
+      - Seconds to wait for the deltas to be rolled in after C(-endbu), or after opening each file with O(stale_deltas=rollin).
+    type: int
+    default: 600
+  stale_deltas:
+    description:
+      - What a delta that this module did not start (left by a crash during continuous operation) does to V(started).
+      - V(fail) refuses and explains the two ways out.
+      - V(rollin) opens each such file through the engine (C(butil -stat)) so that it rolls its delta in, and waits up
+        to O(timeout) seconds until they are gone; newer engines roll in only while a file is held open, and then the
+        module fails and says so.
+      - V(discard) deletes the deltas, losing every change made since the interrupted start; only with
+        O(discard_acknowledged=true), and each delta is copied to O(discard_dir) first.
+    type: str
+    choices: [fail, rollin, discard]
+    default: fail
+  discard_acknowledged:
+    description: The acknowledgement that O(stale_deltas=discard) loses every change made since the interrupted start.
+    type: bool
+    default: false
+  discard_dir:
+    description: Where discarded deltas are kept, under C(<discard_dir>/<UTC time>/<the delta's path>).
+    type: path
+    default: /var/lib/consistent-backup/btrieve-discarded
+  state_dir:
+    description:
+      - Where the module keeps the list file and its record of what it started (C(<key>.lst), C(<key>.json)). A runtime
+        directory, so that a reboot (which ends continuous operation) clears the record.
+      - Default C(<runtime dir>/btrieve), the runtime dir being C(/run/consistent-backup) for root.
+    type: path
+  run_id:
+    description: The identity of the job run (the playbook's C(backup_run_id)), kept in the record.
+    type: str
+    default: ''
+  ledger:
+    description:
+      - Record this attempt in the set's phase ledger, C({set_path, run_id, phase}) (see M(consistent.backup.backup_set)).
+        Not used in check mode.
+    type: dict
+  backup_dest:
+    description: With V(restored), the backup destination root that holds the sets.
+    type: path
+  backup_id:
+    description: With V(restored), the set to restore, or V(latest) for the newest COMPLETE set.
+    type: str
+    default: latest
+  restore_root:
+    description:
+      - With V(restored), the directory the original absolute paths are put under; V(/) puts the files back in place.
+    type: path
+    default: /
+extends_documentation_fragment:
+  - consistent.backup._attributes
+  - consistent.backup._attributes.actiongroup_all
+attributes:
+  check_mode:
+    support: full
+    details: Nothing is started, ended, rolled in, discarded or written; the checks run and stale deltas are reported.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details: V(started) when every file is already in continuous operation by this module, and V(stopped) when none is,
+      are ok and not changed.
+seealso:
+  - module: consistent.backup.aligned_copy
+  - module: consistent.backup.backup_guard
+author: consistent.backup developers (@consistent-backup)
+'''
+
+EXAMPLES = r'''
+- name: Put the database into continuous operation
+  consistent.backup.btrieve_continuous:
+    files: [/srv/zen/inventory/*.MKD]
+    ddf_dir: /srv/zen/inventory
+    state: started
+  register: btrieve_started
+
+- name: End continuous operation and wait for the roll-in
+  consistent.backup.btrieve_continuous:
+    files: [/srv/zen/inventory/*.MKD]
+    ddf_dir: /srv/zen/inventory
+    state: stopped
+    timeout: 1800
+
+- name: Recover from a crash that left deltas behind, by rolling them in
+  consistent.backup.btrieve_continuous:
+    files: [/srv/zen/inventory/*.MKD]
+    stale_deltas: rollin
+'''
+
+RETURN = r'''
+files:
+  description: The files, globs expanded and DDF files added, in list order.
+  returned: with started and stopped
+  type: list
+  elements: str
+list_file:
+  description: The list file butil is given (C(@list_file)); the guard's post ends continuous operation with it.
+  returned: with started and stopped
+  type: str
+butil:
+  description: The butil that was (or would be) run.
+  returned: always
+  type: str
+commands:
+  description: Each butil call with its argv (password masked), return code, status numbers, seconds and output.
+  returned: always
+  type: list
+  elements: dict
+stale_deltas:
+  description: Delta files this module did not start (left by an interrupted continuous operation).
+  returned: with started and stopped
+  type: list
+  elements: str
+start_seconds:
+  description: How long C(butil -startbu) took to return, which is how long rolling the database into continuous operation takes.
+  returned: when started
+  type: float
+started_at:
+  description: When continuous operation started (UTC).
+  returned: when started
+  type: str
+continuous_seconds:
+  description: How long the files were in continuous operation, from the start to C(-endbu).
+  returned: when stopped
+  type: float
+rollin_seconds:
+  description: From C(-endbu) (or from opening the files, with O(stale_deltas=rollin)) until every delta was gone.
+  returned: when stopped or rolled in
+  type: float
+progress:
+  description: While waiting for deltas, one entry per change of the number left, C({seconds, remaining, at}).
+  returned: when deltas were waited for
+  type: list
+  elements: dict
+discarded:
+  description: With O(stale_deltas=discard), each deleted delta and where its copy was kept, C({delta, kept}).
+  returned: when deltas were discarded
+  type: list
+  elements: dict
+rolled_in:
+  description: With O(stale_deltas=rollin), the stale deltas that were rolled in.
+  returned: when stale deltas were rolled in
+  type: list
+  elements: str
+statuses:
+  description: The status numbers butil printed in its last call.
+  returned: when butil ran
+  type: list
+  elements: int
+retryable:
+  description: On failure, whether a retry can help (the engine down, a file in use, a roll-in not finished yet).
+  returned: on failure
+  type: bool
+restored:
+  description: With V(restored), C({backup_id, set_path, files, bytes, verified, restore_root}).
+  returned: with restored
+  type: dict
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.consistent.backup.plugins.module_utils import _btrieve
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
+
+
+def ledger_facts(result: dict) -> dict:
+    return {key: result[key] for key in ("start_seconds", "continuous_seconds", "rollin_seconds") if key in result}
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type='str', default='started', choices=['started', 'stopped', 'restored']),
+            files=dict(type='list', elements='str', default=[]),
+            ddf_dir=dict(type='path'),
+            butil=dict(type='path'),
+            user=dict(type='str', default=''),
+            password=dict(type='str', default='', no_log=True),
+            db=dict(type='str', default=''),
+            timeout=dict(type='int', default=600),
+            stale_deltas=dict(type='str', default='fail', choices=['fail', 'rollin', 'discard']),
+            discard_acknowledged=dict(type='bool', default=False),
+            discard_dir=dict(type='path', default='/var/lib/consistent-backup/btrieve-discarded'),
+            state_dir=dict(type='path'),
+            run_id=dict(type='str', default=''),
+            ledger=dict(type='dict'),
+            backup_dest=dict(type='path'),
+            backup_id=dict(type='str', default='latest'),
+            restore_root=dict(type='path', default='/'),
+        ),
+        required_if=[('state', 'restored', ['backup_dest'])],
+        supports_check_mode=True,
+    )
+    PhaseLedger(module, module.params['ledger'], ledger_facts)
+    params = module.params
+    butil = None
+    try:
+        path = _btrieve.find_butil(params['butil'], lambda name: module.get_bin_path(name))
+        butil = _btrieve.Butil(path, lambda argv: module.run_command(argv, environ_update={'LANG': 'C', 'LC_ALL': 'C'}),
+                               params['user'], params['password'], params['db'])
+        if params['state'] == 'restored':
+            result = _btrieve.restore(params['backup_dest'], params['backup_id'], params['restore_root'], butil, module.check_mode)
+        else:
+            files, problems = _btrieve.expand_files(params['files'], params['ddf_dir'])
+            if not files and not problems:
+                problems.append('no database file given; set files (backup_btrieve_files) to the absolute paths of the data files')
+            if params['state'] == 'started':
+                problems += _btrieve.file_problems(files)
+            if problems:
+                raise _btrieve.BtrieveError('; '.join(problems) + '. Nothing was put into continuous operation.', False,
+                                            files=files)
+            view = _btrieve.look(files, params['state_dir'])
+            if params['state'] == 'started':
+                result = _btrieve.start(view, butil, module.check_mode, params['stale_deltas'], params['discard_acknowledged'],
+                                        params['discard_dir'], params['timeout'], params['run_id'])
+            else:
+                result = _btrieve.stop(view, butil, module.check_mode, params['timeout'])
+    except _btrieve.BtrieveError as exc:
+        module.fail_json(msg=exc.msg, retryable=exc.retryable, butil=butil.path if butil else params['butil'],
+                         commands=butil.calls if butil else [], **exc.facts)
+    except OSError as exc:
+        module.fail_json(msg='%s: %s' % (getattr(exc, 'filename', None) or 'btrieve', exc), retryable=False,
+                         commands=butil.calls if butil else [])
+    for warning in result.pop('warnings', []) or []:
+        module.warn(warning)
+    module.exit_json(butil=butil.path, commands=butil.calls, **result)
+
+
+if __name__ == '__main__':
+    main()

@@ -144,7 +144,8 @@ class Changer:
         self.commands = []  # type: list
 
     def fail(self, msg: str, reason: dict, **facts: object) -> None:
-        self.module.fail_json(msg=msg, reason=reason, commands=self.commands, **facts)
+        facts["commands"] = self.commands
+        self.module.fail_json(msg=msg, reason=reason, **facts)
 
     def run(self, *args: str) -> str:
         command = [self.mtx, "-f", self.changer] + list(args)

@@ -40,7 +40,9 @@ thread writes the same buffer, so hashing overlaps the I/O. hashlib, preadv and 
 the GIL, so both cores work. Memory is ``(ring buffers + workers) * read_size`` whatever the sizes
 and the number of files.
 
-Where the files go is a sink (``DirectorySink``; a tar stream for tape is the next one): a file is
+Where the files go is a sink: the ``DirectorySink`` (the default), or with ``run_copy(tar=TarSpec(...))`` one tar
+stream of fixed-size records on a tape (``_tar_sink``; ``_copy_to_tar`` below feeds it in plan order, one file at a
+time, because a stream has one position). For the directory sink: a file is
 written under a temporary name, gets its owner, mode and mtime, has its writeback started and is
 renamed. Durability is batched: a barrier (one syncfs(2) per filesystem, else an fsync of every file
 and of every directory that gained a name) makes everything committed so far durable, and nothing
@@ -76,6 +78,8 @@ from ansible_collections.consistent.backup.plugins.module_utils._fsutil import a
 from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, DATA_DIR, InvalidBackupId, check_backup_id, utc_iso
 from ansible_collections.consistent.backup.plugins.module_utils._layout import set_path as layout_set_path
 from ansible_collections.consistent.backup.plugins.module_utils import _manifest
+from ansible_collections.consistent.backup.plugins.module_utils import _tar_sink
+from ansible_collections.consistent.backup.plugins.module_utils._tape import TapeError, TapeOps, default_ops
 
 DEFAULT_BLOCK_SIZE = 8192
 DEFAULT_READ_SIZE = 1024 * 1024
@@ -252,9 +256,11 @@ class CopyResult:
     manifest_written: bool = False
     warnings: t.List[str] = field(default_factory=list)
     changed_during_copy: t.List[t.Dict[str, t.Any]] = field(default_factory=list)
+    tape: t.Dict[str, t.Any] = field(default_factory=dict)
 
     def as_dict(self) -> t.Dict[str, t.Any]:
         return {
+            "tape": dict(self.tape),
             "set_path": self.set_path,
             "manifest_path": self.manifest_path,
             "files": self.files,
@@ -1941,6 +1947,8 @@ def run_copy(
     changes: str = CHANGES_FAIL,
     progress: t.Optional[Progress] = None,
     workers: int = COPY_WORKERS,
+    tar: t.Optional[_tar_sink.TarSpec] = None,
+    tape_ops: t.Optional[TapeOps] = None,
 ) -> CopyResult:
     """Copy ``plan`` into ``<dest>/<backup_id>/data/`` and merge it into the set's manifest.
 
@@ -1959,6 +1967,9 @@ def run_copy(
     progress (bytes read from the sources so far) and once at the end, before the manifest is written; an
     exception it raises stops the copy. A plan with a ``key`` (``plan_attempt``) is recorded in the set
     before anything is copied and removed once the manifest is written. ``workers`` files are copied at once.
+
+    With ``tar`` the files go to one tar stream on the tape ``tar.device`` instead of ``data/`` (see ``_copy_to_tar``);
+    the set directory keeps the manifest.
     """
     validate_block_sizes(block_size, read_size)
     validate_changes(changes)
@@ -1975,6 +1986,21 @@ def run_copy(
     result.warnings.extend(plan.warnings)
     meta = {"backup_id": backup_id, "engine": engine, "block_size": block_size, "facts": facts or {}}
     started = time.monotonic()
+    if tar is not None:
+        def write_manifest(entries: t.List[t.Dict[str, t.Any]]) -> bytes:
+            return _manifest.dumps(_manifest.merge_and_write(set_path, entries, copier.vanished, meta, changed=copier.changed))
+
+        try:
+            os.makedirs(set_path, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise _write_error(exc, "the set directory", set_path, dest)
+        _copy_to_tar(plan, tar, tape_ops or default_ops(), copier, write_manifest)
+        result.seconds = time.monotonic() - started
+        result.phases = [copier.rows[p] for p in sorted(copier.rows)]
+        result.vanished = list(copier.vanished)
+        result.changed = True
+        result.manifest_written = True
+        return result
     try:
         copier.open_journal()
         copier.run()
@@ -2021,6 +2047,150 @@ def run_copy(
     if plan.key is not None:
         discard_plan(set_path)
     return result
+
+
+def _tar_error(exc: Exception, device: str) -> CopyError:
+    if isinstance(exc, CopyError):
+        return exc
+    if isinstance(exc, OSError):
+        return CopyError("writing the tar stream to tape %s failed: [Errno %s] %s; check the drive and run again"
+                         % (device, exc.errno, exc.strerror), retryable=retryable_errno(exc))
+    return CopyError(str(exc), retryable=not isinstance(exc, _tar_sink.TarSinkError))
+
+
+def _copy_to_tar(plan: CopyPlan, spec: _tar_sink.TarSpec, ops: TapeOps, copier: _Copier,
+                 write_manifest: t.Callable[[t.List[t.Dict[str, t.Any]]], bytes]) -> None:
+    """Write ``plan`` as one tar stream to the tape: ``data/<path>`` members in plan order, then ``manifest.json``.
+
+    One file at a time (a stream has one position), each read the engine's way (aligned requests of ``read_size``,
+    hashed in the same pass) by the copier's reader; a file whose size or mtime moved while it was read fails the copy
+    whatever ``changes`` says, because its header already declared its size. ``write_manifest(entries)`` returns the
+    manifest's bytes once every file is in the stream (``run_copy`` writes it to the set on disk there; the disk-then-tape
+    copy checks the entries against the disk set's manifest); the same bytes end the stream, so the read-back compares
+    the two. The tape file ends with a filemark.
+    """
+    buffer = mmap.mmap(-1, copier.read_size)
+    view = memoryview(buffer)
+    try:
+        target = _tar_sink.TapeTarget(spec, ops)
+    except (TapeError, _tar_sink.TarSinkError) as exc:
+        raise CopyError(str(exc), retryable=False)
+    records = _tar_sink.RecordWriter(target.write, spec.record_size)
+    stream = _tar_sink.TarStream(records)
+    try:
+        for item in plan.items:
+            name = _tar_sink.DATA_PREFIX + item.rel
+            if item.kind == "dir":
+                stream.add_dir(name, item.mode, item.uid, item.gid, item.mtime_ns)
+                copier.entries.append({"path": item.rel, "type": "dir", "size": 0, "mtime": item.mtime_ns / 1e9,
+                                       "mtime_ns": item.mtime_ns, "mode": mode_string(item.mode), "phase": item.phase})
+            elif item.kind == "symlink":
+                stream.add_symlink(name, item.target, item.mode, item.uid, item.gid, item.mtime_ns)
+                copier.result.symlinks += 1
+                copier.entries.append({"path": item.rel, "type": "symlink", "size": item.size, "mtime": item.mtime_ns / 1e9,
+                                       "mtime_ns": item.mtime_ns, "mode": mode_string(item.mode), "phase": item.phase,
+                                       "target": item.target})
+            else:
+                _tar_one_file(copier, stream, item, name, view)
+            copier._row(item.phase)  # pylint: disable=protected-access
+        walked = set(entry["path"] for entry in copier.entries if entry["type"] == "dir")
+        for rel in plan.create_dirs:
+            if rel not in walked:
+                now_ns = time.time_ns()
+                stream.add_dir(_tar_sink.DATA_PREFIX + rel, 0o700, os.geteuid(), os.getegid(), now_ns)
+                copier.entries.append({"path": rel, "type": "dir", "size": 0, "mtime": now_ns / 1e9, "mtime_ns": now_ns,
+                                       "mode": "0700", "phase": 0})
+        manifest_bytes = write_manifest(copier.entries)
+        stream.add_bytes(_tar_sink.MANIFEST_MEMBER, manifest_bytes, mtime_ns=time.time_ns())
+        stream.close()
+        target.finish()
+    except (TapeError, _tar_sink.TarSinkError, OSError) as exc:
+        raise _tar_error(exc, spec.device) from None
+    finally:
+        target.close()
+        view.release()
+        buffer.close()
+    copier.result.tape = {"device": spec.device, "volume": spec.volume, "file_number": target.file_number,
+                          "record_size": spec.record_size, "block_size": spec.block_size, "records": records.records,
+                          "stream_bytes": records.bytes, "members": stream.members,
+                          "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest()}
+
+
+def stream_set_to_tape(set_path: str, spec: _tar_sink.TarSpec, ops: t.Optional[TapeOps] = None,
+                       read_size: int = DEFAULT_READ_SIZE) -> CopyResult:
+    """Write a COMPLETE set on disk (``<set>/data`` and its manifest) to tape as one tar stream (disk, then tape).
+
+    Every file read from the disk set must hash as its manifest says (a set that rotted on disk is not copied to
+    tape); the stream ends with the disk manifest's exact bytes.
+    """
+    manifest_file = _manifest.manifest_path(set_path)
+    try:
+        with open(manifest_file, "rb") as handle:
+            manifest_bytes = handle.read()
+        manifest = json.loads(manifest_bytes.decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CopyError("the set's manifest %s cannot be read (%s); only a COMPLETE set with its manifest is copied to tape"
+                        % (manifest_file, exc), retryable=False)
+    data_root = os.path.join(set_path, DATA_DIR)
+    names = sorted(os.listdir(data_root)) if os.path.isdir(data_root) else []
+    plan = plan_copy([Source(path=os.path.join(data_root, name), dest=name) for name in names])
+    result = CopyResult(set_path=set_path, manifest_path=manifest_file, read_size=read_size,
+                        block_size=int(manifest.get("block_size") or DEFAULT_BLOCK_SIZE), direct=False)
+    copier = _Copier(plan, os.path.dirname(set_path), set_path, result.block_size, read_size, False, True,
+                     default_reader, default_writer, default_opener, result)
+    expected = _manifest.entries_by_path(manifest)
+
+    def check_against_manifest(entries: t.List[t.Dict[str, t.Any]]) -> bytes:
+        for entry in entries:
+            known = expected.get(entry["path"])
+            if entry["type"] == "file" and (known is None or (known.get("size"), known.get("sha256")) != (entry["size"], entry["sha256"])):
+                raise CopyError("%s in the disk set %s does not match its manifest (%s); the disk copy is damaged: it is not "
+                                "copied to tape - run a new backup" % (entry["path"], set_path,
+                                                                      "not listed" if known is None else "checksum differs"),
+                                retryable=False)
+        return manifest_bytes
+
+    started = time.monotonic()
+    _copy_to_tar(plan, spec, ops or default_ops(), copier, check_against_manifest)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _tar_write(copier: _Copier, stream: _tar_sink.TarStream, chunk: memoryview) -> int:
+    written = stream.file_data(chunk)
+    if copier.tick is not None:
+        copier.tick()  # the guard's lease is renewed inside a large file too
+    return written
+
+
+def _tar_one_file(copier: _Copier, stream: _tar_sink.TarStream, item: Item, name: str, view: memoryview) -> None:
+    opened = copier._open_checked(item)  # pylint: disable=protected-access
+    if opened is None:
+        return
+    fd, direct, before = opened
+    try:
+        stream.begin_file(name, before.st_size, item.mode, item.uid, item.gid, item.mtime_ns)
+        try:
+            digest, size = stream_file(fd, 0, view, copier.reader, lambda _fd, chunk: _tar_write(copier, stream, chunk), direct)
+        except _DirectIORefused:
+            raise CopyError("source %s refused O_DIRECT; copy to tape with direct: false" % item.src, retryable=False)
+        except _WriteFailed as exc:
+            raise exc.error from None
+        stream.end_file()
+        change = _change_record(item, before, os.fstat(fd), size)
+        if change is not None or size != before.st_size:
+            raise CopyError("source file %s changed while it was written to tape (%s); a tar member cannot change its size "
+                            "after its header: quiesce the database (check pre) and run again"
+                            % (item.src, describe_change(change) if change else "%d bytes read, %d at open" % (size, before.st_size)),
+                            retryable=False)
+    finally:
+        _close_quietly(fd)
+    entry = copier._file_entry(item, size, digest)  # pylint: disable=protected-access
+    copier.bytes_done += size
+    copier._count(item, size, copied=True)  # pylint: disable=protected-access
+    copier.entries.append(entry)
+    if copier.progress is not None:
+        copier.progress(copier.bytes_done)
 
 
 class Lease:

@@ -182,6 +182,44 @@ options:
         its start, end, result, message, and on success the bytes copied and the changes seen during the copy.
       - Not used in check mode.
     type: dict
+  sink:
+    description:
+      - Where the files go. Default - the directory C(<dest>/<backup_id>/data/).
+      - With O(sink.kind=tar) the files are written as one POSIX tar stream (C(data/<path>) members, then
+        C(manifest.json)) to a tape, in records of exactly O(sink.record_size) bytes, and the tape file is ended with
+        a filemark. The manifest is also written to C(<dest>/<backup_id>/manifest.json), the set's catalog entry on
+        disk. Files are written one at a time, and a file that changes while it is read always fails the copy (its tar
+        header already declared its size).
+    type: dict
+    suboptions:
+      kind:
+        description: V(directory) or V(tar).
+        type: str
+        choices: [directory, tar]
+        default: directory
+      device:
+        description: The tape drive's non-rewinding node (V(/dev/nst0)). Required with V(tar).
+        type: path
+      record_size:
+        description:
+          - Bytes per record (per write). A multiple of 512 and of the volume's O(sink.block_size); bytes or a size
+            like V(256KiB).
+        type: raw
+        default: '262144'
+      file_number:
+        description:
+          - The tape file the set must start at (the media role's positioning); the tape is moved there when it is
+            elsewhere (a retry). V(-1) writes wherever the tape is.
+        type: int
+        default: -1
+      volume:
+        description: The volume's name, recorded in RV(tape).
+        type: str
+        default: ''
+      block_size:
+        description: The volume's block size (V(0) variable); a record size that is not a multiple of it is refused.
+        type: int
+        default: 0
 extends_documentation_fragment:
   - consistent.backup._attributes
   - consistent.backup._attributes.actiongroup_all
@@ -265,6 +303,12 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+tape:
+  description:
+    - With O(sink.kind=tar) - device, volume, file_number, record_size, block_size, records, stream_bytes, members and
+      manifest_sha256 of the stream written. Empty otherwise.
+  returned: always
+  type: dict
 set_path:
   description: The backup set directory C(<dest>/<backup_id>).
   returned: always
@@ -479,6 +523,7 @@ plan:
 '''
 
 import time
+import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -502,6 +547,7 @@ from ansible_collections.consistent.backup.plugins.module_utils._copy import (
 )
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import parse_size
 from ansible_collections.consistent.backup.plugins.module_utils._manifest import manifest_path
+from ansible_collections.consistent.backup.plugins.module_utils._tar_sink import DEFAULT_RECORD_SIZE, TarSpec, record_size_problem
 
 
 def argument_spec() -> dict:
@@ -530,7 +576,35 @@ def argument_spec() -> dict:
         free_space_margin=dict(type="int", default=DEFAULT_FREE_SPACE_MARGIN),
         lease_file=dict(type="path"),
         ledger=dict(type="dict"),
+        sink=dict(
+            type="dict",
+            options=dict(
+                kind=dict(type="str", choices=["directory", "tar"], default="directory"),
+                device=dict(type="path"),
+                record_size=dict(type="raw", default=str(DEFAULT_RECORD_SIZE)),
+                file_number=dict(type="int", default=-1),
+                volume=dict(type="str", default=""),
+                block_size=dict(type="int", default=0),
+            ),
+            required_if=[("kind", "tar", ("device",))],
+        ),
     )
+
+
+def tar_spec(module: AnsibleModule) -> t.Optional[TarSpec]:
+    """The tape stream of O(sink), or None for the directory sink."""
+    sink = module.params["sink"]
+    if not sink or sink["kind"] != "tar":
+        return None
+    try:
+        record_size = parse_size(sink["record_size"], "sink.record_size")
+    except ValueError as exc:
+        module.fail_json(msg=str(exc), retryable=False)
+    problem = record_size_problem(record_size, sink["block_size"])
+    if problem:
+        module.fail_json(msg="tape %s: %s" % (sink["device"], problem), retryable=False)
+    return TarSpec(device=sink["device"], record_size=record_size, file_number=sink["file_number"], volume=sink["volume"],
+                   block_size=sink["block_size"])
 
 
 def ledger_facts(result: dict) -> dict:
@@ -552,6 +626,7 @@ def main() -> None:
         module.fail_json(msg=str(exc), retryable=False)
     # The guard's lease is only kept by a real copy; check mode (the preflight before pre) has none to keep.
     lease = Lease(params["lease_file"]) if params["lease_file"] and not module.check_mode else None
+    tar = tar_spec(module)
     try:
         if lease is not None:
             lease.check()  # renewed before the listing too, and a guard that already released the database stops us here
@@ -560,7 +635,7 @@ def main() -> None:
         set_path = validate_request(dest, backup_id, sources, params["create_dirs"])
         plan = plan_attempt(sources, params["create_dirs"], set_path, params["run_id"])
         summary = add_free_space(summarize_plan(plan, set_path), dest, params["free_space_margin"])
-        if module.check_mode:
+        if module.check_mode and tar is None:
             check_free_space(summary, dest)
     except CopyError as exc:
         module.fail_json(msg=str(exc), retryable=exc.retryable, set_path=set_path_for(dest or "", backup_id or ""), **exc.facts)
@@ -572,7 +647,7 @@ def main() -> None:
             changed=changed_if_run, plan=summary, set_path=set_path, manifest_path=manifest_path(set_path),
             files=0, copied=0, skipped_identical=0, bytes_copied=0, bytes_total=0, dirs_created=0, symlinks=0,
             vanished=list(plan.vanished), seconds=0.0, read_size=read_size, block_size=params["block_size"],
-            direct=params["direct"], phases=[], changed_during_copy=[],
+            direct=params["direct"], phases=[], changed_during_copy=[], tape={},
         )
     try:
         if lease is not None:
@@ -580,7 +655,7 @@ def main() -> None:
         result = run_copy(
             plan, dest, backup_id, block_size=params["block_size"], read_size=read_size, direct=params["direct"],
             engine=params["engine"], facts=params["facts"], preserve_owner=params["preserve_owner"],
-            changes=params["changes"], progress=lease,
+            changes=params["changes"], progress=lease, tar=tar,
         )
     except CopyError as exc:
         facts = dict(changed_during_copy=[])

@@ -80,8 +80,13 @@ class Engine:
 
     def startbu(self, *paths: str) -> None:
         """Put files into continuous operation as another client would (butil's own command line)."""
-        for path in paths:
-            assert self._env().main(["-startbu", path]) == 0
+        listing = os.path.join(self.home, "other-client.lst")
+        with open(listing, "wb") as handle:
+            handle.write("".join(path + "\r\n" for path in paths).encode("utf-8"))
+        assert self._env().main(["-startbu", "@" + listing]) == 0
+
+    def endbu_all(self) -> None:
+        assert self._env().main(["-endbu", "-A"]) == 0
 
     def crash(self) -> None:
         self._env().main(["emu-crash"])

@@ -85,6 +85,10 @@ def switch(name: str) -> t.Optional[str]:
         return handle.read().strip()
 
 
+def flag(name: str) -> bool:
+    return os.path.exists(os.path.join(home(), name))
+
+
 @contextlib.contextmanager
 def engine_lock() -> t.Iterator[None]:
     """One engine: every request is serialised, so a start is one instant for all its files (ref: "start is
@@ -359,9 +363,9 @@ def stat(name: str) -> t.List[str]:
         if not os.path.isfile(name):
             raise Failed(EXIT_FAILED, [status_line(STATUS_NOT_FOUND, name)])
         stale = name not in state["continuous"] and os.path.exists(delta_path(name))
-        if stale and not switch("hold-open-only") and not switch("sleep-rollin"):
+        if stale and not flag("hold-open-only") and not switch("sleep-rollin"):
             roll_in(name)  # article: "Open each file. A BUTIL -STAT will do the trick" (older engines)
-    if stale and not switch("hold-open-only") and switch("sleep-rollin"):
+    if stale and not flag("hold-open-only") and switch("sleep-rollin"):
         roll_in_files([name])
     size = os.path.getsize(name)
     # ASSUMPTION: the layout of the statistics report (only its exit code is relied on).

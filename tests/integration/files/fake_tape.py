@@ -21,6 +21,7 @@ unloads volumes by editing it). Each behaviour follows ../shared/reference/tape.
 * write(2) in fixed-block mode must be a multiple of the block size (EINVAL, st(4)); a write erases everything
   after it (tape semantics); EACCES on a write-protected tape ("errno" section);
 * read(2) returns at most the rest of the current file; at a filemark it returns 0 and moves past it (st(4)).
+Fault injection (no source; a damaged medium): "flip_at": {"volume", "file", "offset"} stores that byte inverted.
 """
 
 from __future__ import annotations
@@ -202,6 +203,11 @@ class FakeTapeOps:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         path = tape_file(drive, state["volume"], state["file"])
         _erase_after(drive, state["volume"], state["file"])
+        data = bytearray(data)
+        flip = state.get("flip_at")  # fault injection (tests only): the medium keeps one byte wrong
+        if flip and flip["volume"] == state["volume"] and flip["file"] == state["file"] \
+                and state["offset"] <= flip["offset"] < state["offset"] + len(data):
+            data[flip["offset"] - state["offset"]] ^= 0xFF
         with open(path, "r+b" if os.path.exists(path) else "wb") as handle:
             handle.truncate(state["offset"])
             handle.seek(state["offset"])

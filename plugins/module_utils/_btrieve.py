@@ -37,8 +37,8 @@ import typing as t
 from ansible_collections.consistent.backup.plugins.module_utils import _detach
 from ansible_collections.consistent.backup.plugins.module_utils._copy import hash_file
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir, output_tail, write_json
-from ansible_collections.consistent.backup.plugins.module_utils._layout import (COMPLETE_NAME, DATA_DIR, MANIFEST_NAME, backup_id_problem,
-                                                                               default_runtime_dir, set_path, utc_iso)
+from ansible_collections.consistent.backup.plugins.module_utils._layout import (
+    COMPLETE_NAME, DATA_DIR, MANIFEST_NAME, backup_id_problem, default_runtime_dir, set_path, utc_iso)
 from ansible_collections.consistent.backup.plugins.module_utils._mounts import MountinfoError, mount_for, read_mountinfo
 
 DELTA_EXTENSION = ".^^^"

@@ -265,7 +265,7 @@ def main() -> None:
     params = module.params
     butil = None
     try:
-        path = _btrieve.find_butil(params['butil'], lambda name: module.get_bin_path(name))
+        path = _btrieve.find_butil(params['butil'], module.get_bin_path)
         butil = _btrieve.Butil(path, lambda argv: module.run_command(argv, environ_update={'LANG': 'C', 'LC_ALL': 'C'}),
                                params['user'], params['password'], params['db'])
         if params['state'] == 'restored':

@@ -131,7 +131,7 @@ class Inventory:
 
     def fill(self, updates: int = 40) -> None:
         rng = random.Random(9)
-        for _ in range(updates):
+        for _update in range(updates):
             self.add(rng.randrange(self.parts), rng.randrange(self.locations), rng.randrange(1, 50))
 
     def read_files(self, parts_file: str, locations_file: str) -> t.Tuple[t.List[int], t.List[t.List[int]]]:

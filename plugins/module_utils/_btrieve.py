@@ -58,23 +58,24 @@ EXIT_MEANING = {0: "success", 1: "completed with errors (some files were not pro
 
 # Status numbers (9.1 guide; PSQL v11 Continuous Operation page; btrieveC.h): what it means, whether a retry can help,
 # what to do.
+_START_ENGINE = "start the engine (the zenengine or psql service) and run the backup again"
+_SERVICE_USER = "run butil as the engine's service user (zen-svc, formerly psql) or root"
+_LOGIN = ("login failed", False, "check backup_btrieve_user and backup_btrieve_password")
 STATUS = {
     2: ("an I/O error", True, "check the disk and the engine's log"),
     11: ("an invalid file name", False, "give fully qualified local paths without wildcards"),
     12: ("file not found", False, "remove the file from backup_btrieve_files or restore it"),
-    20: ("the MicroKernel (record manager) is inactive: the Btrieve/Zen engine is not running", True,
-         "start the engine (the zenengine or psql service) and run the backup again"),
-    46: ("access to the file denied", False, "run butil as the engine's service user (zen-svc, formerly psql) or root"),
+    20: ("the MicroKernel (record manager) is inactive: the Btrieve/Zen engine is not running", True, _START_ENGINE),
+    46: ("access to the file denied", False, _SERVICE_USER),
     85: ("file in use (locked), or two files with the same base name in one directory", True,
          "let the application release the file; keep files that share a base name in different directories"),
     88: ("incompatible mode: the file is already in continuous operation", False,
          "the client that began continuous operation must end it (butil -endbu); then run the backup again"),
-    94: ("a permission error", False, "run butil as the engine's service user (zen-svc, formerly psql) or root"),
-    170: ("login failed", False, "check backup_btrieve_user and backup_btrieve_password"),
-    171: ("login failed", False, "check backup_btrieve_user and backup_btrieve_password"),
-    3012: ("the local Btrieve/Zen engine is not accessible (not running or not installed)", True,
-           "start the engine (the zenengine or psql service) and run the backup again"),
-    3014: ("the Btrieve/Zen engine was not found", True, "start the engine (the zenengine or psql service) and run the backup again"),
+    94: ("a permission error", False, _SERVICE_USER),
+    170: _LOGIN,
+    171: _LOGIN,
+    3012: ("the local Btrieve/Zen engine is not accessible (not running or not installed)", True, _START_ENGINE),
+    3014: ("the Btrieve/Zen engine was not found", True, _START_ENGINE),
 }
 # Error lines look like "BUTIL-100: MicroKernel error = 12" (reference: an assumption, so only the number is read).
 _STATUS_RE = re.compile(r"(?:MicroKernel error|[Ss]tatus(?: [Cc]ode)?)\s*[=:]?\s*(\d+)")

@@ -431,7 +431,7 @@ def resolve_chain(backup_dest: str, backup_id: str, head_complete: bool = True) 
     return chain
 
 
-def _manifest_files(set_path: str) -> t.Dict[str, t.Dict[str, t.Any]]:
+def manifest_files(set_path: str) -> t.Dict[str, t.Dict[str, t.Any]]:
     manifest = _read_json(os.path.join(set_path, MANIFEST_NAME))
     if manifest is None:
         raise BdbError("backup set %s has no readable %s; the set cannot vouch for its files: restore another set"
@@ -449,6 +449,12 @@ def _manifest_files(set_path: str) -> t.Dict[str, t.Dict[str, t.Any]]:
     return files
 
 
+def chain_logs(chain: t.List[t.Dict[str, t.Any]]) -> t.List[str]:
+    """Every log the chain's manifests list, relative to the home, in log order."""
+    return sorted({rel for link in chain for rel in manifest_files(link["set_path"]) if log_number(rel) is not None},
+                  key=_log_sort_key)
+
+
 def lay_out(chain: t.List[t.Dict[str, t.Any]], target: str,
             copy_one: t.Callable[[str, str, t.Dict[str, t.Any]], None]) -> t.Dict[str, t.Any]:
     """Copy the full set, then each incremental's logs over it, into the empty ``target``; every file is checked
@@ -457,7 +463,7 @@ def lay_out(chain: t.List[t.Dict[str, t.Any]], target: str,
     A log present in two sets comes from the later one (it was copied later, so it is as long or longer)."""
     chosen: t.Dict[str, t.Tuple[str, t.Dict[str, t.Any]]] = {}
     for link in chain:
-        for rel, entry in _manifest_files(link["set_path"]).items():
+        for rel, entry in manifest_files(link["set_path"]).items():
             chosen[rel] = (os.path.join(link["set_path"], DATA_DIR, SET_PREFIX, rel), entry)
     for rel in sorted(chosen):
         source, entry = chosen[rel]
@@ -572,7 +578,7 @@ def archivable_in_set(env_info: t.Dict[str, t.Any], set_path: str) -> t.Tuple[t.
     if set_facts(set_path).get("home") != env_info["home"]:
         raise BdbError("backup set %s is not a set of the environment %s; archive with a set of this environment"
                        % (set_path, env_info["home"]))
-    in_set = _manifest_files(set_path)
+    in_set = manifest_files(set_path)
     remove, kept = [], []
     for rel in env_info["archivable_logs"]:
         entry = in_set.get(rel)

@@ -1,0 +1,274 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: bdb_verify
+short_description: Prove a Berkeley DB backup set by recovering a copy of it (or restore it into a target)
+version_added: 0.2.0
+description:
+  - Lays out a Berkeley DB set - a full set, or a full set and the incremental sets after it up to O(backup_id) - into
+    a scratch directory, never the live environment, checking every file against its set's C(manifest.json) (size and
+    SHA-256) as it is copied.
+  - "Then proves it: the logs are present and contiguous (no missing C(log.NNNNNNNNNN)), the log holding the
+    source's checkpoint is there, catastrophic recovery (C(db_recover -c -v)) succeeds, recovery read the logs at
+    least up to the source's checkpoint LSN (recorded in the set when it was taken), and C(db_verify) passes on every
+    database file. Each result is returned in RV(checks) and RV(databases)."
+  - A copy without logs fails - C(db_recover -c) alone would return 0 and start a new, empty log.
+  - With O(target) the recovered copy is kept there - that is the restore (C(playbooks/restore.yml) with
+    C(backup_engine=bdb)). Without it the scratch copy is removed at the end.
+  - Incremental sets name the set they follow; the chain is followed back to its full set. Every set of the chain
+    must be C(COMPLETE) (the newest one too, unless O(head_complete=false), which the backup's own verification uses
+    before its set is closed).
+options:
+  backup_dest:
+    description:
+      - The backup destination root that holds the sets.
+    type: path
+    required: true
+  backup_id:
+    description:
+      - The newest set of the chain to verify or restore, or V(latest) for the newest C(COMPLETE) Berkeley DB set.
+    type: str
+    default: latest
+  target:
+    description:
+      - Restore into this directory (new or empty) and keep it. Without it a scratch directory is used and removed.
+    type: path
+  scratch_dir:
+    description:
+      - Where the scratch copy is made (a new directory C(.bdb-verify-*) in it), when O(target) is not given.
+      - Default - O(backup_dest) (the copy needs as much room as the chain's files).
+    type: path
+  head_complete:
+    description:
+      - Whether the set O(backup_id) itself must be C(COMPLETE). The sets before it must always be.
+    type: bool
+    default: true
+  utility_prefix:
+    description:
+      - Name prefix of the Berkeley DB utilities, for example V(db5.3_) or V(db_). Default - try V(db5.3_), then V(db_).
+    type: str
+  bindir:
+    description:
+      - Directory of the utilities instead of the PATH.
+    type: path
+  ledger:
+    description:
+      - Record this attempt in the set's phase ledger, C({set_path, run_id, phase}) (see M(consistent.backup.backup_set)).
+      - Not used in check mode.
+    type: dict
+extends_documentation_fragment:
+  - consistent.backup._attributes
+  - consistent.backup._attributes.actiongroup_all
+attributes:
+  check_mode:
+    support: full
+    details: Resolves the chain and checks the logs listed in the manifests (present, contiguous); copies and recovers nothing.
+  diff_mode:
+    support: none
+    details: The checks describe the result.
+  idempotent:
+    support: partial
+    details: A verification writes only a scratch copy that it removes; a restore refuses a target that is not empty.
+seealso:
+  - module: consistent.backup.bdb_checkpoint
+author: consistent.backup developers (@consistent-backup)
+'''
+
+EXAMPLES = r'''
+- name: Prove the newest set by recovering a scratch copy
+  consistent.backup.bdb_verify:
+    backup_dest: /backup
+  register: proof
+
+- name: Restore a chain (full set and its incrementals) into an empty directory
+  consistent.backup.bdb_verify:
+    backup_dest: /backup
+    backup_id: db1-20261122T040000Z
+    target: /srv/restore/inventory
+'''
+
+RETURN = r'''
+backup_id:
+  description: The newest set of the chain (V(latest) resolved).
+  returned: success
+  type: str
+  sample: db1-20261122T040000Z
+chain:
+  description: The sets laid out, the full set first.
+  returned: success
+  type: list
+  elements: str
+  sample: [db1-20261122T020000Z, db1-20261122T030000Z, db1-20261122T040000Z]
+target:
+  description: Where the recovered copy is (kept only with O(target)).
+  returned: success
+  type: str
+  sample: /srv/restore/inventory
+kept:
+  description: Whether the recovered copy was kept (a restore).
+  returned: success
+  type: bool
+  sample: true
+files:
+  description: Files laid out.
+  returned: success, not in check mode
+  type: int
+  sample: 12
+bytes:
+  description: Bytes laid out.
+  returned: success, not in check mode
+  type: int
+  sample: 1048576
+source_checkpoint_lsn:
+  description: The checkpoint LSN the newest set recorded when it was taken.
+  returned: always
+  type: str
+  sample: 9/1221
+last_valid_lsn:
+  description: The end of the logs recovery read (db_recover's last valid LSN) - how far the environment was recovered.
+  returned: success, not in check mode
+  type: str
+  sample: 9/1277
+recovery_checkpoint_lsn:
+  description: The checkpoint db_recover wrote at the end of recovery.
+  returned: success, not in check mode
+  type: str
+  sample: 9/1277
+first_log:
+  description: The first log file of the copy.
+  returned: always
+  type: str
+  sample: log.0000000001
+last_log:
+  description: The last log file of the copy (recovery went up to it).
+  returned: always
+  type: str
+  sample: log.0000000009
+checks:
+  description: Each check with its result and detail, in order.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{check: logs contiguous, ok: false, detail: missing log.0000000005}]
+databases:
+  description: Each database file with its page size, access method and db_verify result.
+  returned: success, not in check mode
+  type: list
+  elements: dict
+  sample: [{file: data/parts.db, ok: true, page_size: 4096, access_method: btree, detail: BDB5105 Verification of data/parts.db succeeded.}]
+ok:
+  description: Whether every check passed (the module fails otherwise).
+  returned: always
+  type: bool
+  sample: true
+retryable:
+  description: Whether running the same task again may succeed (false for a set that does not verify).
+  returned: failure
+  type: bool
+  sample: false
+'''
+
+import os
+import stat
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
+from ansible_collections.consistent.backup.plugins.module_utils._bdb import (
+    BdbError, Environment, chain_logs, check_logs, check_target, find_utilities, lay_out, remove_regions, remove_tree,
+    resolve_chain, verify_copy)
+from ansible_collections.consistent.backup.plugins.module_utils._copy import FileMeta, copy_file
+
+
+def copy_checked(source: str, destination: str, entry: dict) -> None:
+    """One file of a set into the copy through the copy engine; refused unless it matches the manifest."""
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, 'O_CLOEXEC', 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BdbError('%s is not a regular file; the set was changed after the backup: restore another set' % source)
+
+        def check(size: int, checksum: str) -> None:
+            if size != entry.get('size') or checksum != entry.get('sha256'):
+                raise BdbError('%s does not match its manifest.json (expected %s bytes with sha256 %s, found %d bytes with '
+                               'sha256 %s): the set was changed or the medium is damaged; restore another set'
+                               % (source, entry.get('size'), entry.get('sha256'), size, checksum))
+        copy_file(fd, destination, FileMeta(stat.S_IMODE(info.st_mode), -1, -1, info.st_atime_ns, info.st_mtime_ns),
+                  chown=False, check=check)
+    finally:
+        os.close(fd)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            backup_dest=dict(type='path', required=True),
+            backup_id=dict(type='str', default='latest'),
+            target=dict(type='path'),
+            scratch_dir=dict(type='path'),
+            head_complete=dict(type='bool', default=True),
+            utility_prefix=dict(type='str'),
+            bindir=dict(type='path'),
+            ledger=dict(type='dict'),
+        ),
+        supports_check_mode=True,
+    )
+    PhaseLedger(module, module.params['ledger'], facts=lambda result: {
+        'verified': result.get('ok'), 'last_valid_lsn': result.get('last_valid_lsn')})
+    params = module.params
+    result = {'ok': False, 'checks': []}
+    scratch = None
+    try:
+        utilities = find_utilities(lambda name: module.get_bin_path(name), params['utility_prefix'], params['bindir'])
+        chain = resolve_chain(params['backup_dest'], params['backup_id'], params['head_complete'])
+        head = chain[-1]
+        result.update(backup_id=head['backup_id'], chain=[link['backup_id'] for link in chain],
+                      source_checkpoint_lsn=head.get('checkpoint_lsn'), kept=bool(params['target']))
+        if params['target']:
+            check_target(params['target'])
+        if module.check_mode:
+            logs = chain_logs(chain)
+            result['checks'] = check_logs(logs, head.get('checkpoint_lsn'))
+            result.update(ok=all(c['ok'] for c in result['checks']), target=params['target'],
+                          first_log=os.path.basename(logs[0]) if logs else None, last_log=os.path.basename(logs[-1]) if logs else None)
+            module.exit_json(changed=bool(params['target']), **result)
+        if params['target']:
+            os.makedirs(params['target'], mode=0o750, exist_ok=True)
+            home = params['target']
+        else:
+            scratch = tempfile.mkdtemp(prefix='.bdb-verify-', dir=params['scratch_dir'] or params['backup_dest'])
+            home = scratch
+        result['target'] = home
+        result.update(lay_out(chain, home, copy_checked))
+        del result['logs']
+
+        def run(argv):
+            return module.run_command(argv, environ_update={'LC_ALL': 'C', 'LANG': 'C'})
+        proof = verify_copy(Environment(home, utilities, run), head.get('checkpoint_lsn'))
+        del proof['logs']
+        result.update(proof)
+        remove_regions(home)
+    except BdbError as exc:
+        if scratch:
+            remove_tree(scratch)
+        module.fail_json(msg=str(exc), retryable=exc.retryable, **result)
+    if scratch:
+        remove_tree(scratch)
+    if not result['ok']:
+        failed = ['%s (%s)' % (c['check'], c['detail']) for c in result['checks'] if not c['ok']]
+        bad = [db['file'] for db in result.get('databases', []) if not db['ok']]
+        module.fail_json(msg='backup set %s does not verify: %s%s. Do not rely on it; take a full backup'
+                         % (result.get('backup_id'), '; '.join(failed), (' (failed databases: %s)' % ', '.join(bad)) if bad else ''),
+                         retryable=False, **result)
+    module.exit_json(changed=bool(params['target']), **result)
+
+
+if __name__ == '__main__':
+    main()

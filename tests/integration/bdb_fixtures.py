@@ -1,0 +1,113 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Fixtures of the Berkeley DB tests: a real transactional environment made with the PyPI berkeleydb binding
+(files/bdb_inventory.py: parts and locations, each transaction adding a quantity to both), its writer process, and
+backup.yml's variables for it."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import typing as t
+
+import pytest
+
+from helpers import PYTHON, ROOT, pid_alive, wait_until
+
+INVENTORY = os.path.join(ROOT, "tests", "integration", "files", "bdb_inventory.py")
+
+
+class BdbEnv:
+    """An environment in ``<base>/env`` and its writer's state in ``<base>/state``."""
+
+    def __init__(self, base: str) -> None:
+        self.home = os.path.join(base, "env")
+        self.state = os.path.join(base, "state")
+        self.runtime_dir = os.path.join(base, "run")
+        os.makedirs(self.state)
+        subprocess.run([PYTHON, INVENTORY, "create", self.home], check=True)
+        self.writer: t.Optional[subprocess.Popen] = None
+
+    def start_writer(self) -> None:
+        self.writer = subprocess.Popen([PYTHON, INVENTORY, "write", self.home, self.state], stdin=subprocess.DEVNULL)
+        wait_until(lambda: self.committed() > 0, 30, "the writer's first commit")
+
+    def stop_writer(self) -> None:
+        if self.writer is not None and self.writer.poll() is None:
+            self.writer.send_signal(signal.SIGTERM)
+            self.writer.wait(timeout=30)
+        self.writer = None
+
+    def committed(self) -> int:
+        """The writer's last acknowledged commit (the transaction number)."""
+        try:
+            with open(os.path.join(self.state, "committed"), "rb") as handle:
+                handle.seek(max(0, os.fstat(handle.fileno()).st_size - 64))
+                lines = handle.read().split(b"\n")
+        except FileNotFoundError:
+            return 0
+        complete = [line for line in lines[:-1] if line.strip()]
+        return int(complete[-1]) if complete else 0
+
+    def command(self, verb: str) -> t.List[str]:
+        return [PYTHON, INVENTORY, verb, self.state]
+
+    def writer_paused(self) -> bool:
+        return os.path.exists(os.path.join(self.state, "writer-paused"))
+
+    def calls(self) -> t.List[str]:
+        log = os.path.join(self.state, "calls.log")
+        return open(log, encoding="utf-8").read().split() if os.path.exists(log) else []
+
+    def logs(self) -> t.List[str]:
+        return sorted(os.path.basename(path) for path in glob.glob(os.path.join(self.home, "logs", "log.*")))
+
+
+def inventory_state(home: str) -> t.Dict[str, t.Any]:
+    """Per part [total, sum over its locations] and the last committed transaction of a (restored) environment."""
+    out = subprocess.run([PYTHON, INVENTORY, "check", home], check=True, capture_output=True, text=True, timeout=60).stdout
+    return json.loads(out)
+
+
+def tree_checksums(path: str, skip_regions: bool = False) -> t.Dict[str, str]:
+    """SHA-256 of every file below ``path``; with skip_regions, the __db.* shared-memory region files are left out
+    (every process that joins an environment updates them, the application's own readers too)."""
+    sums = {}
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            if skip_regions and name.startswith("__db."):
+                continue
+            full = os.path.join(root, name)
+            with open(full, "rb") as handle:
+                sums[os.path.relpath(full, path)] = hashlib.sha256(handle.read()).hexdigest()
+    return sums
+
+
+def bdb_job(env: BdbEnv, dest: str, backup_id: str, **more: t.Any) -> t.Dict[str, t.Any]:
+    values = {
+        "backup_engine": "bdb",
+        "backup_dest": dest,
+        "backup_id": backup_id,
+        "backup_retry_delay": 0,
+        "backup_bdb_home": env.home,
+        "backup_runtime_dir": env.runtime_dir,
+    }
+    values.update(more)
+    return values
+
+
+def restore_vars(dest: str, target: str, backup_id: str = "latest") -> t.Dict[str, t.Any]:
+    return {"backup_engine": "bdb", "backup_dest": dest, "backup_id": backup_id, "restore_target": target}
+
+
+@pytest.fixture
+def bdb_env(tmp_path):
+    made = BdbEnv(str(tmp_path / "bdb"))
+    yield made
+    made.stop_writer()
+    assert made.writer is None or not pid_alive(made.writer.pid)

@@ -2144,10 +2144,9 @@ def stream_set_to_tape(set_path: str, spec: _tar_sink.TarSpec, ops: t.Optional[T
         for entry in entries:
             known = expected.get(entry["path"])
             if entry["type"] == "file" and (known is None or (known.get("size"), known.get("sha256")) != (entry["size"], entry["sha256"])):
+                why = "not listed" if known is None else "checksum differs"
                 raise CopyError("%s in the disk set %s does not match its manifest (%s); the disk copy is damaged: it is not "
-                                "copied to tape - run a new backup" % (entry["path"], set_path,
-                                                                      "not listed" if known is None else "checksum differs"),
-                                retryable=False)
+                                "copied to tape - run a new backup" % (entry["path"], set_path, why), retryable=False)
         return manifest_bytes
 
     started = time.monotonic()

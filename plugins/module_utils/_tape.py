@@ -293,8 +293,8 @@ def unmet_needs(device: str, status: t.Dict[str, t.Any], require: t.Sequence[str
     """Each need of ``require`` the status does not meet, as a sentence that says what to do."""
     state = status["state"]
     if state not in ("ready", "loading", "no_medium"):
-        return ["tape %s: %s (%s); %s" % (device, state.replace("_", " "), status.get("error", ""),
-                                           STATE_ADVICE.get(state, "check the drive and the kernel log"))]
+        advice = STATE_ADVICE.get(state, "check the drive and the kernel log")
+        return ["tape %s: %s (%s); %s" % (device, state.replace("_", " "), status.get("error", ""), advice)]
     problems = []
     for need in require:
         if need == "loaded" and not status["loaded"]:

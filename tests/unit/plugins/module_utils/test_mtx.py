@@ -9,13 +9,15 @@ import pytest
 
 from ansible_collections.consistent.backup.plugins.module_utils import _mtx
 
-STATUS = """      Storage Changer /dev/sg6:2 Drives, 38 Slots ( 36 Import/Export )
-Data Transfer Element 0:Full (Storage Element 2 Loaded):VolumeTag = LT1000L3                        
-Data Transfer Element 1:Empty
-      Storage Element 1:Full :VolumeTag=LT1001L3                        
-      Storage Element 2:Empty
-      Storage Element 5 IMPORT/EXPORT:Full :VolumeTag=LT1002L3                        
-"""
+PAD = " " * 24  # mtx pads volume tags with blanks (reference/tape.md: "volume tags carry trailing blanks")
+STATUS = (
+    "      Storage Changer /dev/sg6:2 Drives, 38 Slots ( 36 Import/Export )\n"
+    "Data Transfer Element 0:Full (Storage Element 2 Loaded):VolumeTag = LT1000L3" + PAD + "\n"
+    "Data Transfer Element 1:Empty\n"
+    "      Storage Element 1:Full :VolumeTag=LT1001L3" + PAD + "\n"
+    "      Storage Element 2:Empty\n"
+    "      Storage Element 5 IMPORT/EXPORT:Full :VolumeTag=LT1002L3" + PAD + "\n"
+)
 
 
 def test_status_drives_slots_and_tags_without_trailing_blanks():

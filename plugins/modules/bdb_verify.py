@@ -189,7 +189,11 @@ from ansible_collections.consistent.backup.plugins.module_utils._copy import Fil
 
 def copy_checked(source: str, destination: str, entry: dict) -> None:
     """One file of a set into the copy through the copy engine; refused unless it matches the manifest."""
-    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, 'O_CLOEXEC', 0))
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, 'O_CLOEXEC', 0))
+    except OSError as exc:
+        raise BdbError('%s is listed in its set\'s manifest.json but cannot be read (%s): the set was changed or the medium '
+                       'is damaged; restore another set' % (source, exc.strerror)) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

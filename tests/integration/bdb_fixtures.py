@@ -17,7 +17,7 @@ import typing as t
 
 import pytest
 
-from helpers import PYTHON, ROOT, pid_alive, wait_until
+from helpers import PYTHON, ROOT, inventory, pid_alive, run_playbook, wait_until
 
 INVENTORY = os.path.join(ROOT, "tests", "integration", "files", "bdb_inventory.py")
 
@@ -111,3 +111,34 @@ def bdb_env(tmp_path):
     yield made
     made.stop_writer()
     assert made.writer is None or not pid_alive(made.writer.pid)
+
+
+def run_module(tmp_path: t.Any, module: str, args: t.Dict[str, t.Any], check: bool = False) -> t.Dict[str, t.Any]:
+    """One task of ``module`` with ``args`` on the local host, through ansible-playbook; its registered result."""
+    playbook = os.path.join(str(tmp_path), "one-%s.yml" % module)
+    with open(playbook, "w", encoding="utf-8") as handle:
+        json.dump([{"name": "one module", "hosts": "all", "gather_facts": False, "tasks": [
+            {"name": "run " + module, "consistent.backup." + module: args, "register": "outcome", "ignore_errors": True}]}],
+            handle)
+    run = run_playbook(playbook, inventory(tmp_path), check=check)
+    return run.registered("outcome")
+
+
+def strip_logs(set_path: str, keep: t.Callable[[str], bool]) -> t.List[str]:
+    """Remove from a set the logs for which keep(name) is false, from data/ and from manifest.json (as a copy that
+    never had them would be); the names removed."""
+    manifest_file = os.path.join(set_path, "manifest.json")
+    with open(manifest_file, encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    removed, files = [], []
+    for entry in manifest["files"]:
+        name = os.path.basename(entry["path"])
+        if name.startswith("log.") and not keep(name):
+            os.unlink(os.path.join(set_path, "data", entry["path"]))
+            removed.append(name)
+        else:
+            files.append(entry)
+    manifest["files"] = files
+    with open(manifest_file, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle)
+    return removed

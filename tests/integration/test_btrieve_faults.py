@@ -128,7 +128,11 @@ def test_post_when_nothing_is_in_continuous_operation_is_ok_and_not_changed(tmp_
     assert again.rc == 0, again
     post = again.registered("__btrieve_step")
     assert post["changed"] is False and not post.get("failed")
-    assert engine.commands() == ["-startbu", "-endbu"]  # the second post called nothing
+    in_check_mode = run_playbook(os.path.join(os.path.dirname(__file__), "files", "btrieve_post.yml"), inventory(tmp_path),
+                                 btrieve_job(engine, media.path, "b1", shop.files), check=True)
+    assert in_check_mode.rc == 0, in_check_mode
+    assert in_check_mode.registered("__btrieve_step")["changed"] is False
+    assert engine.commands() == ["-startbu", "-endbu"]  # neither later post called butil
 
 
 # --- deltas left by a crash -------------------------------------------------------------------------------------

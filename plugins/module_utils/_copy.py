@@ -79,7 +79,7 @@ from ansible_collections.consistent.backup.plugins.module_utils._layout import C
 from ansible_collections.consistent.backup.plugins.module_utils._layout import set_path as layout_set_path
 from ansible_collections.consistent.backup.plugins.module_utils import _manifest
 from ansible_collections.consistent.backup.plugins.module_utils import _tar_sink
-from ansible_collections.consistent.backup.plugins.module_utils._tape import TapeError, TapeOps, default_ops
+from ansible_collections.consistent.backup.plugins.module_utils._tape import TapeError, TapeOps, default_ops, explain_errno
 
 DEFAULT_BLOCK_SIZE = 8192
 DEFAULT_READ_SIZE = 1024 * 1024
@@ -2053,8 +2053,7 @@ def _tar_error(exc: Exception, device: str) -> CopyError:
     if isinstance(exc, CopyError):
         return exc
     if isinstance(exc, OSError):
-        return CopyError("writing the tar stream to tape %s failed: [Errno %s] %s; check the drive and run again"
-                         % (device, exc.errno, exc.strerror), retryable=retryable_errno(exc))
+        return CopyError(str(explain_errno(device, exc, "writing the tar stream")), retryable=retryable_errno(exc))
     return CopyError(str(exc), retryable=not isinstance(exc, _tar_sink.TarSinkError))
 
 
@@ -2077,6 +2076,9 @@ def _copy_to_tar(plan: CopyPlan, spec: _tar_sink.TarSpec, ops: TapeOps, copier: 
         raise CopyError(str(exc), retryable=False)
     records = _tar_sink.RecordWriter(target.write, spec.record_size)
     stream = _tar_sink.TarStream(records)
+    # A file of several reads goes through the engine's ring: read, hash and the stream's writes overlap (one file at a
+    # time, so the stream's bytes stay in order); the out fd is unused (-1): the writer is the stream.
+    ring = _Ring(copier.read_size, copier.reader, lambda _fd, chunk: _tar_write(copier, stream, chunk))
     try:
         for item in plan.items:
             name = _tar_sink.DATA_PREFIX + item.rel
@@ -2091,7 +2093,7 @@ def _copy_to_tar(plan: CopyPlan, spec: _tar_sink.TarSpec, ops: TapeOps, copier: 
                                        "mtime_ns": item.mtime_ns, "mode": mode_string(item.mode), "phase": item.phase,
                                        "target": item.target})
             else:
-                _tar_one_file(copier, stream, item, name, view)
+                _tar_one_file(copier, stream, ring, item, name, view)
             copier._row(item.phase)  # pylint: disable=protected-access
         walked = set(entry["path"] for entry in copier.entries if entry["type"] == "dir")
         for rel in plan.create_dirs:
@@ -2107,6 +2109,7 @@ def _copy_to_tar(plan: CopyPlan, spec: _tar_sink.TarSpec, ops: TapeOps, copier: 
     except (TapeError, _tar_sink.TarSinkError, OSError) as exc:
         raise _tar_error(exc, spec.device) from None
     finally:
+        ring.close()
         target.close()
         view.release()
         buffer.close()
@@ -2162,7 +2165,7 @@ def _tar_write(copier: _Copier, stream: _tar_sink.TarStream, chunk: memoryview) 
     return written
 
 
-def _tar_one_file(copier: _Copier, stream: _tar_sink.TarStream, item: Item, name: str, view: memoryview) -> None:
+def _tar_one_file(copier: _Copier, stream: _tar_sink.TarStream, ring: _Ring, item: Item, name: str, view: memoryview) -> None:
     opened = copier._open_checked(item)  # pylint: disable=protected-access
     if opened is None:
         return
@@ -2170,7 +2173,10 @@ def _tar_one_file(copier: _Copier, stream: _tar_sink.TarStream, item: Item, name
     try:
         stream.begin_file(name, before.st_size, item.mode, item.uid, item.gid, item.mtime_ns)
         try:
-            digest, size = stream_file(fd, 0, view, copier.reader, lambda _fd, chunk: _tar_write(copier, stream, chunk), direct)
+            if before.st_size >= copier.read_size:
+                digest, size = ring.stream(fd, -1, direct, copier.tick)
+            else:
+                digest, size = stream_file(fd, -1, view, copier.reader, lambda _fd, chunk: _tar_write(copier, stream, chunk), direct)
         except _DirectIORefused:
             raise CopyError("source %s refused O_DIRECT; copy to tape with direct: false" % item.src, retryable=False)
         except _WriteFailed as exc:

@@ -212,7 +212,8 @@ class TapeTarget:
         return wanted
 
     def write(self, view: memoryview) -> int:
-        return self.drive.write(view)
+        """One record; an OSError propagates as it is (the engine's writer thread reports it as a write error)."""
+        return self.drive.ops.write(self.drive.fd, view)
 
     def finish(self) -> None:
         """The filemark that ends the set's tape file (st also writes one at close after a write; one is enough)."""

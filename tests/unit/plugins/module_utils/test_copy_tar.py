@@ -162,3 +162,28 @@ def test_a_rotten_disk_set_is_not_streamed(tmp_path, tree, drive):
     with pytest.raises(_copy.CopyError, match="does not match its manifest"):
         _copy.stream_set_to_tape(disk.set_path, _tar_sink.TarSpec(device=drive, record_size=RECORD, file_number=0),
                                  fake_tape.make_ops())
+
+
+class FailingDrive(fake_tape.FakeTapeOps):
+    """The drive double whose fourth record fails with an I/O error (a medium error half way through a file)."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+
+    def write(self, fd, data):
+        self.writes += 1
+        if self.writes == 4:
+            raise OSError(5, "Input/output error")
+        return super().write(fd, data)
+
+
+def test_a_write_error_in_the_middle_of_a_large_file_names_the_drive_and_is_retryable(tmp_path, tree, drive):
+    dest = tmp_path / "catalog"
+    dest.mkdir()
+    plan = _copy.plan_copy(_copy.normalize_sources([{"path": str(tree), "dest": "db"}]))
+    with pytest.raises(_copy.CopyError) as failure:
+        _copy.run_copy(plan, str(dest), "b1", tar=_tar_sink.TarSpec(device=drive, record_size=RECORD, file_number=0),
+                       tape_ops=FailingDrive())
+    assert str(failure.value).startswith("tape %s: writing the tar stream failed with [Errno 5]" % drive)
+    assert failure.value.retryable is True

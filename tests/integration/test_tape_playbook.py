@@ -177,3 +177,26 @@ def test_disk_then_tape_fails_the_job_when_the_tape_copy_fails(tmp_path, fakedb,
     stats = run.stats("consistent_backup_tape")["db1"]
     assert (stats["disk_verdict"], stats["tape_verdict"]) == ("success", "failed")
     assert "differs from the manifest" in stats["failure"]
+
+
+def test_check_mode_reports_the_moves_and_writes_nothing(tmp_path, fakedb, library):  # noqa: F811
+    run = run_tape_job(tmp_path, tape_vars(fakedb, tmp_path, library), check=True)
+    assert run.rc == 0, run
+    changer = run.registered("__media_tape_changer_result")
+    assert changer["changed"] is True and [(m["action"], m["slot"]) for m in changer["moves"]] == [("unload", 2), ("load", 1)]
+    assert library.mtx_calls() == ["status"] and library.tape()["volume"] == "LT1000L3"
+    assert library.records() == [] and fakedb.calls() == []
+    assert not os.path.exists(os.path.join(str(tmp_path / "sets"), ".tape-catalog"))
+
+
+def test_a_failed_copy_is_not_read_back_and_the_catalog_is_untouched(tmp_path, fakedb, library):  # noqa: F811
+    fakedb.fail_next("pre", 3)
+    values = tape_vars(fakedb, tmp_path, library)
+    run = run_tape_job(tmp_path, values)
+    assert run.rc != 0, run
+    assert fakedb.calls() == ["pre fail", "pre fail", "pre fail", "post ok already-open"]
+    assert run.registered("backup_read_back")["skipped_reason"].startswith("the copy did not succeed")
+    report = load_json(os.path.join(values["backup_dest"], "b1", "report.json"))
+    assert report["verdict"] == "failed" and "readback" not in report["phases"]
+    catalog = load_json(os.path.join(values["backup_dest"], ".tape-catalog", "LT1001L3.json"))
+    assert [f["kind"] for f in catalog["files"]] == ["label"]

@@ -37,6 +37,10 @@ class BdbEnv:
         self.writer = subprocess.Popen([PYTHON, INVENTORY, "write", self.home, self.state], stdin=subprocess.DEVNULL)
         wait_until(lambda: self.committed() > 0, 30, "the writer's first commit")
 
+    def write(self, upto: int) -> None:
+        """Transactions until the ``upto``th, then a clean close."""
+        subprocess.run([PYTHON, INVENTORY, "write", self.home, self.state, str(upto)], check=True, timeout=120)
+
     def stop_writer(self) -> None:
         if self.writer is not None and self.writer.poll() is None:
             self.writer.send_signal(signal.SIGTERM)

@@ -6,7 +6,7 @@
 Getting Started guide (../shared/seeds/003). Real transactional environments through the PyPI berkeleydb binding.
 
     bdb_inventory.py create HOME            make the environment (parts.db, locations.db, history.db)
-    bdb_inventory.py write HOME STATE       the writer: transactions until killed; pauses while STATE/paused exists
+    bdb_inventory.py write HOME STATE [N]   the writer: transactions until killed (or the Nth); pauses while STATE/paused exists
     bdb_inventory.py pause STATE            pre command: ask the writer to pause, wait until it has
     bdb_inventory.py resume STATE           post command: let it go on (succeeds when it already runs)
     bdb_inventory.py check HOME             print JSON: per part its total and the sum over its locations, last txn
@@ -83,14 +83,14 @@ def create(home, log_max=65536):
     env.close()
 
 
-def write(home, state, seed=1):
+def write(home, state, count=0, seed=1):
     rng = random.Random(seed)
     env = open_env(home)
     parts, locations = open_db(env, "parts.db"), open_db(env, "locations.db")
     committed = open(os.path.join(state, "committed"), "a", encoding="utf-8")
     paused_flag, paused_ack = os.path.join(state, "paused"), os.path.join(state, "writer-paused")
     seq = int(parts.get(b"~seq"))
-    while True:
+    while not count or seq < count:
         if os.path.exists(paused_flag):
             if not os.path.exists(paused_ack):
                 open(paused_ack, "w", encoding="utf-8").close()
@@ -109,6 +109,9 @@ def write(home, state, seed=1):
         committed.write("%d\n" % seq)
         committed.flush()
         time.sleep(0.001)  # a steady writer, not a benchmark: the machine is shared with the playbook under test
+    parts.close()
+    locations.close()
+    env.close()
 
 
 def pause(state, timeout=30.0):
@@ -151,7 +154,7 @@ if __name__ == "__main__":
     if command == "create":
         create(sys.argv[2], *(int(arg) for arg in sys.argv[3:]))
     elif command == "write":
-        write(sys.argv[2], sys.argv[3])
+        write(sys.argv[2], sys.argv[3], *(int(arg) for arg in sys.argv[4:]))
     elif command == "pause":
         pause(sys.argv[2])
     elif command == "resume":

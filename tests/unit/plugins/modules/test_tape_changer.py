@@ -128,3 +128,15 @@ def test_cleaning_alert_from_tapeinfo_fails_no_cleaning(library, capsys):
     assert result["failed"] is True and result["cleaning_needed"] is True
     assert result["tape_alerts"] == [{"flag": 20, "text": "Clean Now: The tape drive needs cleaning NOW."}]
     assert "asks for cleaning" in result["msg"]
+
+
+def test_check_real_idempotent_and_idempotent_in_check_mode(library, capsys):
+    args = changer_args(library, slot=3)
+    checked = run(tape_changer, capsys, _ansible_check_mode=True, **args)
+    assert checked["changed"] is True and library.state()["drives"]["0"]["tag"] == "LT1000L3"
+    real = run(tape_changer, capsys, **args)
+    assert real["changed"] is True and library.state()["drives"]["0"]["tag"] == "LT1003L3"
+    again = run(tape_changer, capsys, **args)
+    assert again["changed"] is False and again["moves"] == []
+    again_checked = run(tape_changer, capsys, _ansible_check_mode=True, **args)
+    assert again_checked["changed"] is False and again_checked["moves"] == []

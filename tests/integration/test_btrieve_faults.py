@@ -238,13 +238,16 @@ def test_controller_sigtermed_during_the_copy_the_guard_ends_continuous_operatio
         assert engine.continuous() == sorted(big.files)
         killed_at = time.monotonic()
         os.kill(controller.pid, signal.SIGTERM)
+        assert engine.commands() == ["-startbu"], "the controller's post ran before the kill: %s" % engine.calls()
         controller.wait(timeout=30)
-        wait_until(lambda: engine.continuous() == [], GUARD_LEASE + 30, "the guard to end continuous operation")
+        wait_until(lambda: engine.continuous() == [], GUARD_LEASE + 30, "the guard to end continuous operation (%s)"
+                   % (tmp_path / "controller.log"))
         ended_after = time.monotonic() - killed_at
     finally:
         writer.stop.set()
         writer.join(30)
     assert writer.error is None, writer.error
+    # The bound: the copy's last progress plus the lease (plus the guard's poll); the orphaned copy may run to its end.
     assert ended_after < GUARD_LEASE + 25, ended_after
     wait_until(lambda: not any(os.path.exists(delta(path)) for path in big.files), 30, "the roll-in")
     assert big.read_files(big.parts_file, big.locations_file) == big.model_state()

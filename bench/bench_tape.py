@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -61,7 +60,7 @@ def main() -> int:
         os.mkdir(src_dir)
         src = os.path.join(src_dir, "big.dat")
         with open(src, "wb") as handle:
-            for _ in range(args.size_mib):
+            for _mib in range(args.size_mib):
                 handle.write(os.urandom(1024 * 1024))
         tape = os.path.join(work, "tape.file")
         rows = []

@@ -7,7 +7,7 @@ Getting Started guide (../shared/seeds/003). Real transactional environments thr
 
     bdb_inventory.py create HOME            make the environment (parts.db, locations.db, history.db)
     bdb_inventory.py write HOME STATE [N]   the writer: transactions until killed (or the Nth); pauses while STATE/paused exists
-    bdb_inventory.py pause STATE            pre command: ask the writer to pause, wait until it has
+    bdb_inventory.py pause STATE [S]        pre command: ask the writer to pause, wait until it has (then S seconds)
     bdb_inventory.py resume STATE           post command: let it go on (succeeds when it already runs)
     bdb_inventory.py check HOME             print JSON: per part its total and the sum over its locations, last txn
 
@@ -114,7 +114,7 @@ def write(home, state, count=0, seed=1):
     env.close()
 
 
-def pause(state, timeout=30.0):
+def pause(state, linger=0, timeout=30.0):
     open(os.path.join(state, "paused"), "w", encoding="utf-8").close()
     deadline = time.monotonic() + timeout
     while not os.path.exists(os.path.join(state, "writer-paused")):
@@ -123,6 +123,7 @@ def pause(state, timeout=30.0):
         time.sleep(0.01)
     with open(os.path.join(state, "calls.log"), "a", encoding="utf-8") as log:
         log.write("pause\n")
+    time.sleep(linger)  # a slow quiesce: the tests kill the controller while the writers are paused
 
 
 def resume(state):
@@ -156,7 +157,7 @@ if __name__ == "__main__":
     elif command == "write":
         write(sys.argv[2], sys.argv[3], *(int(arg) for arg in sys.argv[4:]))
     elif command == "pause":
-        pause(sys.argv[2])
+        pause(sys.argv[2], *(float(arg) for arg in sys.argv[3:]))
     elif command == "resume":
         resume(sys.argv[2])
     elif command == "check":

@@ -17,6 +17,8 @@ description:
     catalog records (the tape and its catalog must agree, or nothing is written) - or, only with O(overwrite) and
     when every set the catalog records on the volume has expired, rewinds and relabels the volume. A blank tape is
     labelled O(volume).
+  - O(state=verified) after a copy that failed (the ledger says so) reads nothing back; when the failed copy left a
+    partial tape file, it is recorded in the catalog (expired, never verified), so the tape and its catalog agree.
   - O(state=verified) reads the set in tape file O(file_number) back - record by record, every record of
     O(record_size) bytes - and compares every member with the set's manifest (size and SHA-256) and the stream's
     manifest with the one on disk. Only then it writes C(<set>/tape.json), which backup_set requires before COMPLETE
@@ -133,6 +135,10 @@ catalog_path:
   description: The volume's catalog file.
   returned: always
   type: str
+partial_file:
+  description: The tape file a failed copy left and that was recorded in the catalog, or null.
+  returned: state=verified, when the copy did not succeed
+  type: int
 read_back:
   description: verified, problems (one sentence each), files_checked, members, records, file_number, record_size.
   returned: state=verified or state=copied, when the set was read
@@ -244,9 +250,33 @@ def positioned(module: AnsibleModule, ops: TapeOps) -> None:
     module.exit_json(**result)
 
 
-def copy_succeeded(set_path: str, run_id: str) -> bool:
-    phases = phases_from_ledger(read_ledger(set_path, run_id))
-    return phases.get("copy", {}).get("result") == "ok"
+def copy_result(set_path: str, run_id: str) -> t.Optional[str]:
+    """The copy phase's last result in this run's ledger: 'ok', 'failed', or None when it was never attempted."""
+    return phases_from_ledger(read_ledger(set_path, run_id)).get("copy", {}).get("result")
+
+
+def record_partial(module: AnsibleModule, ops: TapeOps) -> t.Optional[int]:
+    """A copy that failed after it began writing left a tape file the catalog does not know; record it (expired at once,
+    never verified), so the next job's end of data agrees with the catalog. Returns its file number, or None."""
+    p = module.params
+    if p["file_number"] < 0 or module.check_mode:
+        return None
+    try:
+        with Drive(p["device"], ops) as drive:
+            at_end = drive.to_end_of_data()
+    except TapeError:
+        return None  # the drive itself failed: the next job's positioning says what it finds
+    if at_end <= p["file_number"]:
+        return None
+    now = utc_iso()
+    entry = {"file_number": p["file_number"], "kind": "partial", "backup_id": os.path.basename(p["set_path"].rstrip("/")),
+             "written": now, "expires": now, "verified": False}
+
+    def add(catalog: t.Dict[str, t.Any]) -> None:
+        catalog["files"] = [f for f in catalog.get("files", []) if int(f["file_number"]) < p["file_number"]] + [entry]
+
+    update_catalog(p["catalog"], p["volume"], add)
+    return p["file_number"]
 
 
 def check_and_record(module: AnsibleModule, ops: TapeOps, set_path: str, file_number: int, volume: str,
@@ -287,9 +317,13 @@ def check_and_record(module: AnsibleModule, ops: TapeOps, set_path: str, file_nu
 def verified(module: AnsibleModule, ops: TapeOps) -> None:
     p = module.params
     set_path, ledger = p["set_path"], p["ledger"]
-    if ledger and not copy_succeeded(set_path, ledger.get("run_id", "")):
-        module.exit_json(changed=False, skipped_reason="the copy did not succeed; there is no set on tape to read back",
-                         volume=p["volume"], record_size=p["record_size"], catalog_path="")
+    copied_result = copy_result(set_path, ledger.get("run_id", "")) if ledger else "ok"
+    if copied_result != "ok":
+        partial = record_partial(module, ops) if copied_result == "failed" else None
+        module.exit_json(changed=partial is not None, partial_file=partial, volume=p["volume"], record_size=p["record_size"],
+                         skipped_reason="the copy did not succeed; there is no set on tape to read back%s"
+                         % ("" if partial is None else " (its partial tape file %d is recorded in the catalog, expired)" % partial),
+                         catalog_path=catalog_path(p["catalog"], p["volume"]))
     PhaseLedger(module, ledger)
     if module.check_mode:
         module.exit_json(changed=False, volume=p["volume"], file_number=p["file_number"], record_size=p["record_size"],

@@ -200,3 +200,21 @@ def test_a_failed_copy_is_not_read_back_and_the_catalog_is_untouched(tmp_path, f
     assert report["verdict"] == "failed" and "readback" not in report["phases"]
     catalog = load_json(os.path.join(values["backup_dest"], ".tape-catalog", "LT1001L3.json"))
     assert [f["kind"] for f in catalog["files"]] == ["label"]
+
+
+def test_a_copy_that_fails_half_way_leaves_a_partial_file_the_catalog_records_and_the_next_job_appends(tmp_path, fakedb, library):  # noqa: F811,E501
+    library.set_tape(eio_after_offset=4 * RECORD)
+    values = tape_vars(fakedb, tmp_path, library)
+    run = run_tape_job(tmp_path, values)
+    assert run.rc != 0, run
+    assert fakedb.calls() == ["pre ok", "post ok"]
+    report = load_json(os.path.join(values["backup_dest"], "b1", "report.json"))
+    assert report["phases"]["copy"]["result"] == "failed" and report["phases"]["copy"]["attempts"] == 3
+    assert "writing the tar stream failed with [Errno 5]" in report["phases"]["copy"]["msg"]
+    assert run.registered("backup_read_back")["partial_file"] == 1
+    library.set_tape(eio_after_offset=None)
+    second = run_tape_job(tmp_path, dict(values, backup_id="b2"))
+    assert second.rc == 0, second
+    assert second.registered("__media_tape_position")["file_number"] == 2
+    catalog = load_json(os.path.join(values["backup_dest"], ".tape-catalog", "LT1001L3.json"))
+    assert [(f["file_number"], f["kind"]) for f in catalog["files"]] == [(0, "label"), (1, "partial"), (2, "set")]

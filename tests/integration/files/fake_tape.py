@@ -21,7 +21,8 @@ unloads volumes by editing it). Each behaviour follows ../shared/reference/tape.
 * write(2) in fixed-block mode must be a multiple of the block size (EINVAL, st(4)); a write erases everything
   after it (tape semantics); EACCES on a write-protected tape ("errno" section);
 * read(2) returns at most the rest of the current file; at a filemark it returns 0 and moves past it (st(4)).
-Fault injection (no source; a damaged medium): "flip_at": {"volume", "file", "offset"} stores that byte inverted.
+Fault injection (no source; a damaged medium): "flip_at": {"volume", "file", "offset"} stores that byte inverted;
+"eio_after_offset": N fails every write that would go past byte N of a tape file with EIO.
 """
 
 from __future__ import annotations
@@ -201,6 +202,8 @@ class FakeTapeOps:
             raise OSError(errno.EACCES, os.strerror(errno.EACCES))
         if state["block_size"] and len(data) % state["block_size"]:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        if state.get("eio_after_offset") is not None and state["offset"] + len(data) > state["eio_after_offset"]:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))  # fault injection: a medium error at that offset
         path = tape_file(drive, state["volume"], state["file"])
         _erase_after(drive, state["volume"], state["file"])
         data = bytearray(data)

@@ -409,7 +409,8 @@ def start(view: Files, butil: Butil, check_mode: bool, stale_deltas: str, acknow
     ours = view.ours
     if ours and set(ours) == set(view.files) and not view.stale:
         return dict(result, msg="every file is already in continuous operation (started %s by run %s)"
-                    % (view.started.get("started_at"), view.started.get("run_id")), started_at=view.started.get("started_at"))
+                    % (view.started.get("started_at"), view.started.get("run_id")), started_at=view.started.get("started_at"),
+                    quiesce_start=view.started.get("started_epoch"))
     if ours:
         raise BtrieveError("%s are in continuous operation (started %s by run %s) but %s are not; end it first (state=stopped)"
                            % (", ".join(ours), view.started.get("started_at"), view.started.get("run_id"),
@@ -447,7 +448,7 @@ def start(view: Files, butil: Butil, check_mode: bool, stale_deltas: str, acknow
     view.record.write({"files": view.files, "list_file": view.record.list_file, "started_at": utc_iso(began),
                        "started_epoch": began, "run_id": run_id, "start_seconds": ran.seconds})
     missing = [path for path in view.files if not os.path.exists(delta_path(path))]
-    return dict(facts, changed=True, start_seconds=ran.seconds, started_at=utc_iso(began), missing_deltas=missing,
+    return dict(facts, changed=True, start_seconds=ran.seconds, started_at=utc_iso(began), quiesce_start=began, missing_deltas=missing,
                 msg="%d files in continuous operation; the start took %.3f s (that is how long rolling the database into "
                     "continuous operation takes)" % (len(view.files), ran.seconds))
 
@@ -481,14 +482,15 @@ def stop(view: Files, butil: Butil, check_mode: bool, timeout: float) -> t.Dict[
             msg, retryable = describe(ran, "ending continuous operation failed")
             raise BtrieveError(msg, retryable, **facts)
     waited = wait_gone([delta_path(path) for path in ours], timeout)
-    facts.update(progress=waited["progress"], rollin_seconds=round(time.time() - began, 3), warnings=warnings)
+    ended = time.time()
+    facts.update(progress=waited["progress"], rollin_seconds=round(ended - began, 3), warnings=warnings)
     if waited["remaining"]:
         raise BtrieveError(
             "continuous operation ended, but %d delta(s) are still being rolled in after %.0f s (%s). The engine goes on "
             "rolling them in (a busy database takes long); raise backup_btrieve_timeout, and do not start the next backup "
             "before they are gone" % (len(waited["remaining"]), waited["seconds"], ", ".join(waited["remaining"])), True, **facts)
     view.record.remove()
-    return dict(facts, changed=True,
+    return dict(facts, changed=True, quiesce_end=ended,
                 msg="continuous operation ended after %.3f s; the roll-in of %d deltas took %.3f s"
                     % (facts["continuous_seconds"], len(ours), facts["rollin_seconds"]))
 

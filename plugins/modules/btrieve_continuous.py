@@ -189,6 +189,16 @@ started_at:
   description: When continuous operation started (UTC).
   returned: when started
   type: str
+quiesce_start:
+  description:
+    - Epoch seconds just before C(butil -startbu) (or when this module's earlier start began); the database leaves its
+      normal state here. Recorded in the set's ledger, so C(report.json) measures the quiesce window from the engine's side.
+  returned: when started
+  type: float
+quiesce_end:
+  description: Epoch seconds when the last delta was gone after C(-endbu); the database is back in its normal state.
+  returned: when stopped
+  type: float
 continuous_seconds:
   description: How long the files were in continuous operation, from the start to C(-endbu).
   returned: when stopped
@@ -234,7 +244,9 @@ from ansible_collections.consistent.backup.plugins.module_utils._backup_set impo
 
 
 def ledger_facts(result: dict) -> dict:
-    return {key: result[key] for key in ("start_seconds", "continuous_seconds", "rollin_seconds") if key in result}
+    # quiesce_start and quiesce_end make report.json's quiesce_seconds the engine's own window (quiesce_source engine).
+    keys = ("start_seconds", "continuous_seconds", "rollin_seconds", "quiesce_start", "quiesce_end")
+    return {key: result[key] for key in keys if result.get(key) is not None}
 
 
 def main() -> None:

@@ -75,6 +75,9 @@ def test_the_set_is_a_snapshot_at_startbu_and_the_writes_during_the_copy_reach_t
     assert float(report["continuous_seconds"]) >= copy["end"] - copy["start"]
     assert float(report["rollin_seconds"]) >= 0
     assert engine.commands() == ["-startbu", "-endbu"]
+    written = load_json(os.path.join(media.path, "snap", "report.json"))
+    assert written["quiesce_source"] == "engine" and written["quiesce_seconds"] >= float(report["continuous_seconds"])
+    assert written["continuous_files"] == shop.files and written["files"] == 2
     manifest = load_json(os.path.join(media.path, "snap", "manifest.json"))
     assert manifest["engine"] == "btrieve" and manifest["block_size"] == 4096
     assert manifest["facts"]["files"] == shop.files

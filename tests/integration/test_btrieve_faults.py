@@ -82,8 +82,15 @@ def test_two_files_with_one_base_name_in_a_directory_are_refused_before_butil_is
 
 def test_a_transient_failure_of_the_start_is_retried_and_the_backup_succeeds(tmp_path, engine, shop, media):
     engine.switch("fail-startbu", "1 85")
-    run = run_playbook("backup.yml", inventory(tmp_path), btrieve_job(engine, media.path, "b1", shop.files))
+    ddf_dir = os.path.dirname(shop.parts_file)
+    with open(os.path.join(ddf_dir, "FILE.DDF"), "wb") as handle:
+        handle.truncate(4096)
+    run = run_playbook("backup.yml", inventory(tmp_path),
+                       btrieve_job(engine, media.path, "b1", shop.files, backup_btrieve_ddf_dir=ddf_dir))
     assert run.rc == 0, run
+    # The data dictionary is in the list and in the set, as the article asks.
+    manifest = load_json(os.path.join(media.path, "b1", "manifest.json"))
+    assert manifest["facts"]["files"] == shop.files + [os.path.join(ddf_dir, "FILE.DDF")]
     pre = phase_attempts(media.path, "b1", "pre")
     assert [attempt["result"] for attempt in pre] == ["failed", "ok"]
     assert "status 85" in pre[0]["msg"]
@@ -109,11 +116,13 @@ def test_engine_down_fails_pre_naming_the_engine_with_no_copy_and_post_runs_ok(t
 
 # --- the end ----------------------------------------------------------------------------------------------------
 
-def test_a_slow_roll_in_is_waited_for_and_its_duration_reported(tmp_path, engine, shop, media):
+def test_a_slow_start_and_a_slow_roll_in_are_waited_for_and_their_durations_reported(tmp_path, engine, shop, media):
     engine.switch("sleep-rollin", "1.5")  # per file, after -endbu returned
+    engine.switch("sleep-startbu", "1")  # and a slow start: its duration is reported too
     run = run_playbook("backup.yml", inventory(tmp_path), btrieve_job(engine, media.path, "b1", shop.files))
     assert run.rc == 0, run
     report = run.fact("btrieve_report")
+    assert float(report["start_seconds"]) >= 1.0
     assert float(report["rollin_seconds"]) >= 3.0
     assert [entry["remaining"] for entry in report["rollin_progress"]] == [2, 1, 0]
     assert not any(os.path.exists(delta(path)) for path in shop.files)

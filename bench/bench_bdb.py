@@ -1,0 +1,173 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Benchmark: playbooks/backup.yml (bdb engine, hot mode, with its recovery proof) vs db_hotbackup, same
+environment, same disk, same run.
+
+    .venv/bin/python bench/bench_bdb.py [--mib 1024] [--rounds 3] [--dir /var/tmp/consistent-bench-bdb] [--write-docs]
+
+The environment: four databases (btree with 4, 8 and 16 KiB pages, hash with 4 KiB pages) of incompressible
+1000-byte records, about --mib MiB in all, made with the berkeleydb binding; then checkpointed and its old logs
+removed, as a long-running environment would look. Peer: ``db5.3_hotbackup -h ENV -b TARGET`` (copies the data
+files and logs, then runs catastrophic recovery in the target). Ours: the whole ``ansible-playbook
+playbooks/backup.yml`` (media check, set lock, guard, checkpoint, page-aligned copy with SHA-256 and manifest,
+then the proof: a scratch copy of the set, ``db_recover -c`` and ``db_verify`` of every database, report,
+COMPLETE), timed from outside. Rounds alternate, page cache warm for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+# name, access method, page size, share of the bytes
+DATABASES = (("parts.db", "btree", 4096, 0.25), ("locations.db", "btree", 8192, 0.35),
+             ("history.db", "btree", 16384, 0.25), ("index.db", "hash", 4096, 0.15))
+
+
+def make_environment(home: str, mib: int) -> int:
+    from berkeleydb import db  # pylint: disable=import-outside-toplevel
+    os.makedirs(os.path.join(home, "data"))
+    os.makedirs(os.path.join(home, "logs"))
+    with open(os.path.join(home, "DB_CONFIG"), "w", encoding="utf-8") as handle:
+        handle.write("set_data_dir data\nset_lg_dir logs\nset_lg_max 10485760\nset_cachesize 0 268435456 1\n")
+    env = db.DBEnv()
+    env.open(home, db.DB_CREATE | db.DB_INIT_TXN | db.DB_INIT_LOG | db.DB_INIT_LOCK | db.DB_INIT_MPOOL | db.DB_RECOVER)
+    env.set_flags(db.DB_TXN_NOSYNC, 1)
+    rng = random.Random(7)
+    payload = os.urandom(1 << 20)
+    for name, method, page, share in DATABASES:
+        handle = db.DB(env)
+        handle.set_pagesize(page)
+        txn = env.txn_begin()
+        handle.open(name, dbtype=db.DB_BTREE if method == "btree" else db.DB_HASH, flags=db.DB_CREATE, txn=txn)
+        txn.commit()
+        records = int(mib * share * (1 << 20) / 1000)
+        for start in range(0, records, 2000):
+            txn = env.txn_begin()
+            for number in range(start, min(records, start + 2000)):
+                offset = rng.randrange(0, len(payload) - 1000)
+                handle.put(b"%010d" % number, payload[offset:offset + 1000], txn=txn)
+            txn.commit()
+        handle.close()
+        env.txn_checkpoint(0, 0, db.DB_FORCE)
+    env.txn_checkpoint(0, 0, db.DB_FORCE)
+    for path in env.log_archive(db.DB_ARCH_ABS):
+        os.unlink(path)
+    env.close()
+    return sum(os.path.getsize(os.path.join(home, "data", name)) for name, *_rest in DATABASES)
+
+
+def ours(home: str, dest: str, backup_id: str, inventory: str) -> dict:
+    extra = {"backup_engine": "bdb", "backup_dest": dest, "backup_id": backup_id, "backup_retry_delay": 1,
+             "backup_media_require_mountpoint": False, "backup_bdb_home": home, "backup_bdb_read_size": "4MiB"}
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
+               ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"))
+    start = time.monotonic()
+    proc = subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), "-i", inventory, os.path.join(ROOT, "playbooks", "backup.yml"),
+                           "-e", json.dumps(extra)], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    wall = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SystemExit("backup.yml failed:\n" + proc.stdout[-4000:] + proc.stderr[-2000:])
+    with open(os.path.join(dest, backup_id, "report.json"), encoding="utf-8") as handle:
+        report = json.load(handle)
+    assert report["complete"] and report["bdb"]["verification"]["ok"], report
+    phases = report["phases"]
+    return {"wall": wall, "copy": phases["copy"]["seconds"], "verify": phases["verify"]["seconds"], "bytes": report["bytes"]}
+
+
+def peer(home: str, target: str) -> dict:
+    start = time.monotonic()
+    subprocess.run(["db5.3_hotbackup", "-h", home, "-b", target], check=True, capture_output=True)
+    return {"wall": time.monotonic() - start}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dir", default="/var/tmp/consistent-bench-bdb")
+    parser.add_argument("--write-docs", action="store_true", help="write docs/performance-bdb.png")
+    args = parser.parse_args()
+    if os.path.exists(args.dir):
+        shutil.rmtree(args.dir)
+    os.makedirs(args.dir)
+    home, dest = os.path.join(args.dir, "env"), os.path.join(args.dir, "dest")
+    os.makedirs(dest)
+    inventory = os.path.join(args.dir, "inventory.json")
+    with open(inventory, "w", encoding="utf-8") as handle:
+        json.dump({"all": {"hosts": {"bench": {"ansible_connection": "local",
+                                               "ansible_python_interpreter": os.path.join(VENV_BIN, "python")}}}}, handle)
+    try:
+        print("making a %d MiB environment ..." % args.mib, flush=True)
+        started = time.monotonic()
+        data_bytes = make_environment(home, args.mib)
+        print("environment: %.2f GiB of databases in %.0f s" % (data_bytes / 2 ** 30, time.monotonic() - started), flush=True)
+        results = {"ours": [], "db_hotbackup": []}
+        for round_no in range(args.rounds):
+            order = ("ours", "db_hotbackup") if round_no % 2 == 0 else ("db_hotbackup", "ours")
+            for name in order:
+                subprocess.run(["sync"], check=True)
+                if name == "ours":
+                    figures = ours(home, dest, "bench%d" % round_no, inventory)
+                    shutil.rmtree(os.path.join(dest, "bench%d" % round_no))
+                else:
+                    target = os.path.join(dest, "hotbackup")
+                    figures = peer(home, target)
+                    shutil.rmtree(target)
+                results[name].append(figures)
+                print("round %d %-12s %s" % (round_no + 1, name, " ".join("%s=%.3f" % kv for kv in figures.items() if kv[0] != "bytes")),
+                      flush=True)
+        ours_wall = statistics.median(r["wall"] for r in results["ours"])
+        peer_wall = statistics.median(r["wall"] for r in results["db_hotbackup"])
+        summary = {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": "%s, %d cores" % (platform.platform(), os.cpu_count()),
+            "data_bytes": data_bytes, "set_bytes": results["ours"][0]["bytes"], "rounds": args.rounds,
+            "ours_wall_median": round(ours_wall, 3), "db_hotbackup_wall_median": round(peer_wall, 3),
+            "ratio": round(ours_wall / peer_wall, 3),
+            "copy_median": round(statistics.median(r["copy"] for r in results["ours"]), 3),
+            "verify_median": round(statistics.median(r["verify"] for r in results["ours"]), 3),
+            "results": results,
+        }
+        print("\nmedian wall: backup.yml %.2f s (copy %.2f s, verification %.2f s), db_hotbackup %.2f s, ratio %.3f (target <= 1.0)"
+              % (ours_wall, summary["copy_median"], summary["verify_median"], peer_wall, ours_wall / peer_wall))
+        os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+        with open(os.path.join(ROOT, "bench", "results", "bdb-%s.json" % time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())),
+                  "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=2)
+        if args.write_docs:
+            write_chart(summary)
+    finally:
+        shutil.rmtree(args.dir, ignore_errors=True)
+    return 0
+
+
+def write_chart(summary: dict) -> None:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    names = ["backup.yml (copy + proof)", "db_hotbackup"]
+    walls = [[r["wall"] for r in summary["results"]["ours"]], [r["wall"] for r in summary["results"]["db_hotbackup"]]]
+    medians = [statistics.median(w) for w in walls]
+    fig, axis = plt.subplots(figsize=(7, 3.5))
+    axis.bar(names, medians, yerr=[[m - min(w) for m, w in zip(medians, walls)], [max(w) - m for m, w in zip(medians, walls)]],
+             capsize=6, color=["#3572a5", "#999999"])
+    axis.set_ylabel("seconds (median, min-max)")
+    axis.set_title("Berkeley DB 5.3, %.2f GiB environment: ratio %.2f" % (summary["data_bytes"] / 2 ** 30, summary["ratio"]))
+    fig.tight_layout()
+    fig.savefig(os.path.join(ROOT, "docs", "performance-bdb.png"), dpi=100)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -200,6 +200,16 @@ def find_utilities(which: Which, prefix: t.Optional[str] = None, bindir: t.Optio
     return found
 
 
+def module_environment(module: t.Any, home: str) -> "Environment":
+    """The environment ``home`` seen through the utilities the module's options name (utility_prefix, bindir), each
+    run with AnsibleModule.run_command under LC_ALL=C: the one runner of both bdb modules."""
+    utilities = find_utilities(module.get_bin_path, module.params["utility_prefix"], module.params["bindir"])
+
+    def run(argv: t.List[str]) -> t.Tuple[int, str, str]:
+        return module.run_command(argv, environ_update={"LC_ALL": "C", "LANG": "C"})
+    return Environment(home, utilities, run)
+
+
 def _utility_failure(argv: t.List[str], rc: int, err: str, home: str) -> BdbError:
     text = (err or "").strip()
     if "Permission denied" in text or "EACCES" in text:
@@ -305,8 +315,8 @@ class Environment:
     def describe(self) -> t.Dict[str, t.Any]:
         """Everything a backup of this environment needs to know, read-only."""
         data_dirs, log_dir = self.directories()
-        log_files = sorted(set(self._archive("-l")) | {os.path.join(log_dir, n) if log_dir != "." else n
-                                                        for n in self.log_names(log_dir)}, key=_log_sort_key)
+        on_disk = {os.path.join(log_dir, n) if log_dir != "." else n for n in self.log_names(log_dir)}
+        log_files = sorted(set(self._archive("-l")) | on_disk, key=_log_sort_key)
         listed = set(self._archive("-s"))
         data_files = set()
         for directory in data_dirs:
@@ -500,8 +510,8 @@ def check_logs(logs: t.List[str], source_checkpoint: t.Optional[str]) -> t.List[
     if ckp is not None:
         holds = bool(numbers) and min(numbers) <= ckp[0] <= max(numbers)
         checks.append({"check": "checkpoint log present", "ok": holds,
-                       "detail": "the source checkpoint %s is in %s, %s" % (source_checkpoint, log_name(ckp[0]),
-                                                                           "in the copy" if holds else "not in the copy")})
+                       "detail": "the source checkpoint %s is in %s, %s" % (
+                           source_checkpoint, log_name(ckp[0]), "in the copy" if holds else "not in the copy")})
     return checks
 
 

@@ -229,16 +229,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
 from ansible_collections.consistent.backup.plugins.module_utils._bdb import (
-    BdbError, Environment, archivable_in_set, find_utilities, previous_set)
-
-
-def module_environment(module: AnsibleModule) -> Environment:
-    """The environment of O(home) with its utilities (shared with bdb_verify's option names)."""
-    utilities = find_utilities(lambda name: module.get_bin_path(name), module.params['utility_prefix'], module.params['bindir'])
-
-    def run(argv):
-        return module.run_command(argv, environ_update={'LC_ALL': 'C', 'LANG': 'C'})
-    return Environment(module.params['home'], utilities, run)
+    BdbError, archivable_in_set, module_environment, previous_set)
 
 
 def main() -> None:
@@ -257,7 +248,7 @@ def main() -> None:
     PhaseLedger(module, module.params['ledger'], facts=lambda result: {
         'checkpoint_lsn_before': result.get('checkpoint_lsn_before'), 'checkpoint_lsn_after': result.get('checkpoint_lsn_after')})
     try:
-        env = module_environment(module)
+        env = module_environment(module, module.params['home'])
         env.check()
         before = env.describe()
         do_checkpoint = module.params['force'] or before['checkpoint_due']
@@ -266,10 +257,10 @@ def main() -> None:
             after = env.describe()
         else:
             after = before
-        result = dict(after, checkpoint_due=before['checkpoint_due'], log_bytes_since_checkpoint=before['log_bytes_since_checkpoint'],
-                      checkpoint_lsn_before=before['checkpoint_lsn'], checkpoint_lsn_after=after['checkpoint_lsn'],
+        result = dict(after)
+        result.update(checkpoint_due=before['checkpoint_due'], log_bytes_since_checkpoint=before['log_bytes_since_checkpoint'],
+                      checkpoint_lsn_before=before['checkpoint_lsn'], checkpoint_lsn_after=result.pop('checkpoint_lsn'),
                       utilities=env.utilities, previous_set=None)
-        del result['checkpoint_lsn']
         changed = bool(do_checkpoint) if module.check_mode else after['checkpoint_lsn'] != before['checkpoint_lsn']
         if module.params['backup_dest']:
             result['previous_set'] = previous_set(module.params['backup_dest'], env.home)

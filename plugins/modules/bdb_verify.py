@@ -182,7 +182,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
 from ansible_collections.consistent.backup.plugins.module_utils._bdb import (
-    BdbError, Environment, chain_logs, check_logs, check_target, find_utilities, lay_out, remove_regions, remove_tree,
+    BdbError, chain_logs, check_logs, check_target, find_utilities, lay_out, module_environment, remove_regions, remove_tree,
     resolve_chain, verify_copy)
 from ansible_collections.consistent.backup.plugins.module_utils._copy import FileMeta, copy_file
 
@@ -230,7 +230,7 @@ def main() -> None:
     result = {'ok': False, 'checks': []}
     scratch = None
     try:
-        utilities = find_utilities(lambda name: module.get_bin_path(name), params['utility_prefix'], params['bindir'])
+        find_utilities(module.get_bin_path, params['utility_prefix'], params['bindir'])  # refused before anything is laid out
         chain = resolve_chain(params['backup_dest'], params['backup_id'], params['head_complete'])
         head = chain[-1]
         result.update(backup_id=head['backup_id'], chain=[link['backup_id'] for link in chain],
@@ -252,10 +252,7 @@ def main() -> None:
         result['target'] = home
         result.update(lay_out(chain, home, copy_checked))
         del result['logs']
-
-        def run(argv):
-            return module.run_command(argv, environ_update={'LC_ALL': 'C', 'LANG': 'C'})
-        proof = verify_copy(Environment(home, utilities, run), head.get('checkpoint_lsn'))
+        proof = verify_copy(module_environment(module, home), head.get('checkpoint_lsn'))
         del proof['logs']
         result.update(proof)
         remove_regions(home)

@@ -62,6 +62,7 @@ def test_controller_killed_after_pre_the_guard_resumes_the_writer_within_its_bou
     assert resumed_after <= GUARD_LEASE + 30
     assert not os.path.exists(os.path.join(media.path, "killed", "COMPLETE"))
     # it was the guard that resumed the writer: its record says it fired and its post (the resume command) succeeded
+
     def guard_fired_and_post_succeeded():
         paths = (glob.glob(os.path.join(bdb_env.runtime_dir, "guards", "*", "state.json"))
                  + glob.glob(os.path.join(bdb_env.runtime_dir, "guards", "*", "history", "*.json")))

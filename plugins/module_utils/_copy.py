@@ -1992,9 +1992,13 @@ def run_copy(
 
         try:
             os.makedirs(set_path, mode=0o700, exist_ok=True)
+            if plan.key is not None:
+                record_plan(plan, set_path)  # a retry streams at least this list again, as with the directory sink
         except OSError as exc:
             raise _write_error(exc, "the set directory", set_path, dest)
         _copy_to_tar(plan, tar, tape_ops or default_ops(), copier, write_manifest)
+        if plan.key is not None:
+            discard_plan(set_path)
         result.seconds = time.monotonic() - started
         result.phases = [copier.rows[p] for p in sorted(copier.rows)]
         result.vanished = list(copier.vanished)

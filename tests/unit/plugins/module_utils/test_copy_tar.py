@@ -187,3 +187,20 @@ def test_a_write_error_in_the_middle_of_a_large_file_names_the_drive_and_is_retr
                        tape_ops=FailingDrive())
     assert str(failure.value).startswith("tape %s: writing the tar stream failed with [Errno 5]" % drive)
     assert failure.value.retryable is True
+
+
+def test_a_retried_stream_keeps_the_first_attempts_list_so_a_vanished_file_fails_again(tmp_path, tree, drive):
+    dest = tmp_path / "catalog"
+    dest.mkdir()
+    sources = _copy.normalize_sources([{"path": str(tree), "dest": "db"}])
+    set_path = os.path.join(str(dest), "b1")
+    os.makedirs(set_path)
+    spec = _tar_sink.TarSpec(device=drive, record_size=RECORD, file_number=0)
+    first = _copy.plan_attempt(sources, [], set_path, "run1")
+    failing = FailingDrive()
+    with pytest.raises(_copy.CopyError):
+        _copy.run_copy(first, str(dest), "b1", tar=spec, tape_ops=failing)
+    assert os.path.exists(_copy.plan_path(set_path))
+    os.unlink(str(tree / "logs" / "log.1"))
+    with pytest.raises(_copy.CopyError, match="listed by the first attempt of this copy"):
+        _copy.plan_attempt(sources, [], set_path, "run1")

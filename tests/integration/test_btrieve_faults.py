@@ -234,9 +234,9 @@ def test_check_mode_on_a_clean_database_calls_no_butil_and_says_what_it_would_do
 # --- the controller dies ------------------------------------------------------------------------------------------
 
 def test_controller_sigtermed_during_the_copy_the_guard_ends_continuous_operation(tmp_path, engine, tmpfs_factory):
-    big = Inventory(str(tmp_path / "zen" / "big"), engine, mib=700)
+    big = Inventory(str(tmp_path / "zen" / "big"), engine, mib=300)
     big.fill(5)
-    media = tmpfs_factory("backup", size="1600m")
+    media = tmpfs_factory("backup", size="800m")
     writer = Writer(big, pause=0.01)
     writer.start()
     job = btrieve_job(engine, media.path, "killed", big.files, backup_guard_lease=GUARD_LEASE)
@@ -249,15 +249,15 @@ def test_controller_sigtermed_during_the_copy_the_guard_ends_continuous_operatio
         os.kill(controller.pid, signal.SIGTERM)
         assert engine.commands() == ["-startbu"], "the controller's post ran before the kill: %s" % engine.calls()
         controller.wait(timeout=30)
-        wait_until(lambda: engine.continuous() == [], GUARD_LEASE + 30, "the guard to end continuous operation (%s)"
-                   % (tmp_path / "controller.log"))
+        wait_until(lambda: engine.continuous() == [], GUARD_LEASE + 30, "the guard to end continuous operation (calls %s)"
+                   % engine.calls())
         ended_after = time.monotonic() - killed_at
     finally:
         writer.stop.set()
         writer.join(30)
     assert writer.error is None, writer.error
     # The bound: the copy's last progress plus the lease (plus the guard's poll); the orphaned copy may run to its end.
-    assert ended_after < GUARD_LEASE + 25, ended_after
+    assert ended_after < GUARD_LEASE + 25, (ended_after, engine.calls())
     wait_until(lambda: not any(os.path.exists(delta(path)) for path in big.files), 30, "the roll-in")
     assert big.read_files(big.parts_file, big.locations_file) == big.model_state()
     assert engine.commands()[-1] == "-endbu"

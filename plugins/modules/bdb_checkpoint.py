@@ -36,14 +36,6 @@ options:
       - The environment's home directory (the one given to C(DB_ENV->open), holding C(DB_CONFIG) and C(__db.*)).
     type: path
     required: true
-  utility_prefix:
-    description:
-      - Name prefix of the Berkeley DB utilities, for example V(db5.3_) or V(db_). Default - try V(db5.3_), then V(db_).
-    type: str
-  bindir:
-    description:
-      - Directory of the utilities (with O(utility_prefix) or the default prefixes), instead of the PATH.
-    type: path
   force:
     description:
       - Write a checkpoint even when nothing was logged since the last one.
@@ -60,12 +52,8 @@ options:
         checkpoint, the archivable logs that this set holds with the same size and SHA-256 are removed from the
         environment; the others are kept and listed in RV(kept_logs) with the reason.
     type: path
-  ledger:
-    description:
-      - Record this attempt in the set's phase ledger, C({set_path, run_id, phase}) (see M(consistent.backup.backup_set)).
-      - Not used in check mode.
-    type: dict
 extends_documentation_fragment:
+  - consistent.backup._bdb
   - consistent.backup._attributes
   - consistent.backup._attributes.actiongroup_all
 attributes:

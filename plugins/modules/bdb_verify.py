@@ -49,20 +49,8 @@ options:
       - Whether the set O(backup_id) itself must be C(COMPLETE). The sets before it must always be.
     type: bool
     default: true
-  utility_prefix:
-    description:
-      - Name prefix of the Berkeley DB utilities, for example V(db5.3_) or V(db_). Default - try V(db5.3_), then V(db_).
-    type: str
-  bindir:
-    description:
-      - Directory of the utilities instead of the PATH.
-    type: path
-  ledger:
-    description:
-      - Record this attempt in the set's phase ledger, C({set_path, run_id, phase}) (see M(consistent.backup.backup_set)).
-      - Not used in check mode.
-    type: dict
 extends_documentation_fragment:
+  - consistent.backup._bdb
   - consistent.backup._attributes
   - consistent.backup._attributes.actiongroup_all
 attributes:

@@ -261,10 +261,15 @@ def test_controller_sigtermed_during_the_copy_the_guard_ends_continuous_operatio
     wait_until(lambda: not any(os.path.exists(delta(path)) for path in big.files), 30, "the roll-in")
     assert big.read_files(big.parts_file, big.locations_file) == big.model_state()
     assert engine.commands()[-1] == "-endbu"
-    states = glob.glob(os.path.join(os.path.dirname(engine.state_dir), "guards", "*", "state.json"))
-    states += glob.glob(os.path.join(os.path.dirname(engine.state_dir), "guards", "*", "history", "*.json"))
-    fired = [load_json(path) for path in states if load_json(path).get("state") == "fired"]
-    assert fired and fired[0]["post_result"]["ok"] is True
+
+    def fired():
+        """The guard's record once it has written its post's result (it does so just after butil returned)."""
+        guards = os.path.join(os.path.dirname(engine.state_dir), "guards", "*")
+        states = glob.glob(os.path.join(guards, "state.json")) + glob.glob(os.path.join(guards, "history", "*.json"))
+        return [load_json(path) for path in states if load_json(path).get("state") == "fired"]
+
+    wait_until(fired, 10, "the guard to record its post")
+    assert fired()[0]["post_result"]["ok"] is True
     assert not os.path.exists(os.path.join(media.path, "killed", "COMPLETE"))
 
 

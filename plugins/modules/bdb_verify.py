@@ -172,11 +172,11 @@ from ansible_collections.consistent.backup.plugins.module_utils._backup_set impo
 from ansible_collections.consistent.backup.plugins.module_utils._bdb import (
     BdbError, chain_logs, check_logs, check_target, find_utilities, lay_out, module_environment, remove_regions, remove_tree,
     resolve_chain, verify_copy)
-from ansible_collections.consistent.backup.plugins.module_utils._copy import FileMeta, copy_file
+from ansible_collections.consistent.backup.plugins.module_utils._copy import DirectorySink, FileMeta, copy_file
 
 
-def copy_checked(source: str, destination: str, entry: dict) -> None:
-    """One file of a set into the copy through the copy engine; refused unless it matches the manifest."""
+def copy_checked(source: str, destination: str, entry: dict, sink: DirectorySink) -> None:
+    """One file of a set into the copy through the copy engine's ``sink``; refused unless it matches the manifest."""
     try:
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, 'O_CLOEXEC', 0))
     except OSError as exc:
@@ -193,7 +193,7 @@ def copy_checked(source: str, destination: str, entry: dict) -> None:
                                'sha256 %s): the set was changed or the medium is damaged; restore another set'
                                % (source, entry.get('size'), entry.get('sha256'), size, checksum))
         copy_file(fd, destination, FileMeta(stat.S_IMODE(info.st_mode), -1, -1, info.st_atime_ns, info.st_mtime_ns),
-                  chown=False, check=check)
+                  chown=False, check=check, sink=sink)
     finally:
         os.close(fd)
 
@@ -238,7 +238,12 @@ def main() -> None:
             scratch = tempfile.mkdtemp(prefix='.bdb-verify-', dir=params['scratch_dir'] or params['backup_dest'])
             home = scratch
         result['target'] = home
-        result.update(lay_out(chain, home, copy_checked))
+        # One batch: a restore target is made durable by one barrier at the end; a scratch copy, thrown away after
+        # the proof, is never synced (its bytes only have to reach db_recover and db_verify through the page cache).
+        sink = DirectorySink(home, home, chown=False)
+        result.update(lay_out(chain, home, lambda source, destination, entry: copy_checked(source, destination, entry, sink)))
+        if params['target']:
+            sink.barrier()
         del result['logs']
         proof = verify_copy(module_environment(module, home), head.get('checkpoint_lsn'))
         del proof['logs']

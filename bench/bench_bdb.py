@@ -69,9 +69,10 @@ def make_environment(home: str, mib: int) -> int:
     return sum(os.path.getsize(os.path.join(home, "data", name)) for name, *_rest in DATABASES)
 
 
-def ours(home: str, dest: str, backup_id: str, inventory: str) -> dict:
+def ours(home: str, dest: str, backup_id: str, inventory: str, verify: bool = True) -> dict:
     extra = {"backup_engine": "bdb", "backup_dest": dest, "backup_id": backup_id, "backup_retry_delay": 1,
-             "backup_media_require_mountpoint": False, "backup_bdb_home": home, "backup_bdb_read_size": "4MiB"}
+             "backup_media_require_mountpoint": False, "backup_bdb_home": home, "backup_bdb_read_size": "4MiB",
+             "backup_bdb_verify": verify}
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
                ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"))
     start = time.monotonic()
@@ -82,9 +83,10 @@ def ours(home: str, dest: str, backup_id: str, inventory: str) -> dict:
         raise SystemExit("backup.yml failed:\n" + proc.stdout[-4000:] + proc.stderr[-2000:])
     with open(os.path.join(dest, backup_id, "report.json"), encoding="utf-8") as handle:
         report = json.load(handle)
-    assert report["complete"] and report["bdb"]["verification"]["ok"], report
+    assert report["complete"] and report["bdb"]["verification"]["ok"] is (True if verify else None), report
     phases = report["phases"]
-    return {"wall": wall, "copy": phases["copy"]["seconds"], "verify": phases["verify"]["seconds"], "bytes": report["bytes"]}
+    return {"wall": wall, "copy": phases["copy"]["seconds"], "verify": phases["verify"]["seconds"] if verify else 0.0,
+            "bytes": report["bytes"]}
 
 
 def peer(home: str, target: str) -> dict:
@@ -114,34 +116,39 @@ def main() -> int:
         started = time.monotonic()
         data_bytes = make_environment(home, args.mib)
         print("environment: %.2f GiB of databases in %.0f s" % (data_bytes / 2 ** 30, time.monotonic() - started), flush=True)
-        results = {"ours": [], "db_hotbackup": []}
+        results = {"ours": [], "ours_without_proof": [], "db_hotbackup": []}
         for round_no in range(args.rounds):
-            order = ("ours", "db_hotbackup") if round_no % 2 == 0 else ("db_hotbackup", "ours")
-            for name in order:
+            order = ("ours", "ours_without_proof", "db_hotbackup")
+            for name in order if round_no % 2 == 0 else reversed(order):
                 subprocess.run(["sync"], check=True)
-                if name == "ours":
-                    figures = ours(home, dest, "bench%d" % round_no, inventory)
-                    shutil.rmtree(os.path.join(dest, "bench%d" % round_no))
+                if name.startswith("ours"):
+                    backup_id = "bench%d%s" % (round_no, "" if name == "ours" else "n")
+                    figures = ours(home, dest, backup_id, inventory, verify=name == "ours")
+                    shutil.rmtree(os.path.join(dest, backup_id))
                 else:
                     target = os.path.join(dest, "hotbackup")
                     figures = peer(home, target)
                     shutil.rmtree(target)
                 results[name].append(figures)
-                print("round %d %-12s %s" % (round_no + 1, name, " ".join("%s=%.3f" % kv for kv in figures.items() if kv[0] != "bytes")),
+                print("round %d %-18s %s" % (round_no + 1, name, " ".join("%s=%.3f" % kv for kv in figures.items() if kv[0] != "bytes")),
                       flush=True)
         ours_wall = statistics.median(r["wall"] for r in results["ours"])
         peer_wall = statistics.median(r["wall"] for r in results["db_hotbackup"])
+        bare_wall = statistics.median(r["wall"] for r in results["ours_without_proof"])
         summary = {
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": "%s, %d cores" % (platform.platform(), os.cpu_count()),
             "data_bytes": data_bytes, "set_bytes": results["ours"][0]["bytes"], "rounds": args.rounds,
             "ours_wall_median": round(ours_wall, 3), "db_hotbackup_wall_median": round(peer_wall, 3),
             "ratio": round(ours_wall / peer_wall, 3),
+            "ours_without_proof_wall_median": round(bare_wall, 3), "ratio_without_proof": round(bare_wall / peer_wall, 3),
             "copy_median": round(statistics.median(r["copy"] for r in results["ours"]), 3),
             "verify_median": round(statistics.median(r["verify"] for r in results["ours"]), 3),
             "results": results,
         }
-        print("\nmedian wall: backup.yml %.2f s (copy %.2f s, verification %.2f s), db_hotbackup %.2f s, ratio %.3f (target <= 1.0)"
-              % (ours_wall, summary["copy_median"], summary["verify_median"], peer_wall, ours_wall / peer_wall))
+        print("\nmedian wall: backup.yml %.2f s (copy %.2f s, verification %.2f s), without the proof %.2f s, db_hotbackup %.2f s, "
+              "ratio %.3f (target <= 1.0), without the proof %.3f"
+              % (ours_wall, summary["copy_median"], summary["verify_median"], bare_wall, peer_wall, ours_wall / peer_wall,
+                 bare_wall / peer_wall))
         os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
         with open(os.path.join(ROOT, "bench", "results", "bdb-%s.json" % time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())),
                   "w", encoding="utf-8") as handle:
@@ -157,12 +164,12 @@ def write_chart(summary: dict) -> None:
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    names = ["backup.yml (copy + proof)", "db_hotbackup"]
-    walls = [[r["wall"] for r in summary["results"]["ours"]], [r["wall"] for r in summary["results"]["db_hotbackup"]]]
+    names = ["backup.yml\n(copy + proof)", "backup.yml\n(no proof)", "db_hotbackup"]
+    walls = [[r["wall"] for r in summary["results"][name]] for name in ("ours", "ours_without_proof", "db_hotbackup")]
     medians = [statistics.median(w) for w in walls]
     fig, axis = plt.subplots(figsize=(7, 3.5))
     axis.bar(names, medians, yerr=[[m - min(w) for m, w in zip(medians, walls)], [max(w) - m for m, w in zip(medians, walls)]],
-             capsize=6, color=["#3572a5", "#999999"])
+             capsize=6, color=["#3572a5", "#7fa7cf", "#999999"])
     axis.set_ylabel("seconds (median, min-max)")
     axis.set_title("Berkeley DB 5.3, %.2f GiB environment: ratio %.2f" % (summary["data_bytes"] / 2 ** 30, summary["ratio"]))
     fig.tight_layout()

@@ -1,0 +1,79 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to consistent.backup
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Specification of the bdb_verify module's interface: the chain it resolves, the checks it reports in check mode,
+and its refusals (a set that is not COMPLETE, a target that is not empty). Recovery itself is in the integration tests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.consistent.backup.plugins.modules import bdb_verify
+
+
+def run(capsys, check_mode=False, **args) -> dict:
+    if check_mode:
+        args["_ansible_check_mode"] = True
+    with patch_module_args(args):
+        with pytest.raises(SystemExit):
+            bdb_verify.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def make_set(dest, backup_id, facts, files, complete=True):
+    path = os.path.join(str(dest), backup_id)
+    entries = []
+    for rel, content in files.items():
+        os.makedirs(os.path.dirname(os.path.join(path, "data", "env", rel)), exist_ok=True)
+        with open(os.path.join(path, "data", "env", rel), "wb") as handle:
+            handle.write(content)
+        entries.append({"path": "env/" + rel, "type": "file", "size": len(content), "sha256": hashlib.sha256(content).hexdigest()})
+    with open(os.path.join(path, "manifest.json"), "w", encoding="utf-8") as handle:
+        json.dump({"files": entries, "facts": {"bdb": facts}}, handle)
+    if complete:
+        open(os.path.join(path, "COMPLETE"), "w", encoding="utf-8").close()
+    return path
+
+
+LOGS = {"logs/log.0000000003": b"3", "logs/log.0000000004": b"4", "logs/log.0000000005": b"5"}
+
+
+def test_check_mode_resolves_the_chain_and_checks_its_logs(capsys, tmp_path):
+    make_set(tmp_path, "f1", {"home": "/env", "mode": "hot", "checkpoint_lsn": "3/28"}, dict(LOGS, **{"data/a.db": b"a"}))
+    make_set(tmp_path, "i1", {"home": "/env", "mode": "incremental", "previous_set": "f1", "checkpoint_lsn": "6/28"},
+             {"logs/log.0000000005": b"55", "logs/log.0000000006": b"6"})
+    result = run(capsys, check_mode=True, backup_dest=str(tmp_path), backup_id="latest")
+    assert result["chain"] == ["f1", "i1"] and result["ok"] is True
+    assert (result["first_log"], result["last_log"]) == ("log.0000000003", "log.0000000006")
+    assert not [name for name in os.listdir(str(tmp_path)) if name.startswith(".bdb-verify")]
+
+
+def test_check_mode_reports_a_gap_across_the_chain(capsys, tmp_path):
+    make_set(tmp_path, "f1", {"home": "/env", "mode": "hot", "checkpoint_lsn": "3/28"}, LOGS)
+    make_set(tmp_path, "i1", {"home": "/env", "mode": "incremental", "previous_set": "f1", "checkpoint_lsn": "7/28"},
+             {"logs/log.0000000007": b"7"})
+    result = run(capsys, check_mode=True, backup_dest=str(tmp_path), backup_id="i1")
+    assert result["ok"] is False
+    assert [c["detail"] for c in result["checks"] if c["check"] == "logs contiguous"] == ["missing log.0000000006"]
+
+
+def test_a_set_that_is_not_complete_is_refused(capsys, tmp_path):
+    make_set(tmp_path, "f1", {"home": "/env", "mode": "hot"}, LOGS, complete=False)
+    result = run(capsys, backup_dest=str(tmp_path), backup_id="f1")
+    assert result["failed"] is True and "not marked COMPLETE" in result["msg"] and result["retryable"] is False
+
+
+def test_a_restore_target_that_is_not_empty_is_refused(capsys, tmp_path):
+    make_set(tmp_path, "f1", {"home": "/env", "mode": "hot"}, LOGS)
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep.db").write_bytes(b"x")
+    result = run(capsys, backup_dest=str(tmp_path), backup_id="f1", target=str(target))
+    assert result["failed"] is True and "not an empty directory" in result["msg"]
+    assert os.listdir(str(target)) == ["keep.db"]

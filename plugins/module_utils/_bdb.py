@@ -485,6 +485,44 @@ def lay_out(chain: t.List[t.Dict[str, t.Any]], target: str,
             "logs": sorted((rel for rel in chosen if log_number(rel) is not None), key=_log_sort_key)}
 
 
+# "Recover as you go": a kept, recovered copy of a chain, extended by each new incremental set.
+KEPT_STATE = ".bdb-kept.json"
+
+
+def plan_kept(keep_dir: str, chain: t.List[t.Dict[str, t.Any]]) -> t.List[t.Dict[str, t.Any]]:
+    """The sets to lay out into the kept copy ``keep_dir``: only the newest when the copy already holds the chain up
+    to the set before it; else the whole chain, into a directory emptied first (it must be empty or ours)."""
+    state = _read_json(os.path.join(keep_dir, KEPT_STATE)) if os.path.isdir(keep_dir) else None
+    ids = [link["backup_id"] for link in chain]
+    if state and state.get("chain") == ids[:-1] and len(ids) > 1:
+        return chain[-1:]
+    if os.path.isdir(keep_dir) and os.listdir(keep_dir) and state is None:
+        raise BdbError("keep_dir %s is not empty and holds no %s: it is not a copy this module keeps. Give an empty or new "
+                       "directory" % (keep_dir, KEPT_STATE))
+    if os.path.isdir(keep_dir):
+        for name in os.listdir(keep_dir):
+            path = os.path.join(keep_dir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+    else:
+        os.makedirs(keep_dir, mode=0o750)
+    return chain
+
+
+def record_kept(keep_dir: str, ids: t.Optional[t.List[str]]) -> None:
+    """Record which chain the kept copy holds (None: the copy is not to be trusted; the next call rebuilds it)."""
+    path = os.path.join(keep_dir, KEPT_STATE)
+    if ids is None:
+        if os.path.exists(path):
+            os.unlink(path)
+        return
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump({"chain": ids}, handle)
+    os.replace(path + ".tmp", path)
+
+
 def check_target(target: str) -> None:
     if not os.path.isabs(target):
         raise BdbError("target must be an absolute path; found %r" % target)

@@ -44,6 +44,16 @@ options:
       - Where the scratch copy is made (a new directory C(.bdb-verify-*) in it), when O(target) is not given.
       - Default - O(backup_dest) (the copy needs as much room as the chain's files).
     type: path
+  keep_dir:
+    description:
+      - Recover as you go - keep the recovered copy in this directory. When it already holds the chain up to the set
+        before O(backup_id) (an incremental), only the new set's files are laid out over it (its logs replace the
+        copies of the same logs) before catastrophic recovery runs, so each run replays the new logs only once, and
+        the directory always holds a recovered environment up to the newest set.
+      - Otherwise (a new full set, another chain) the directory is emptied and the whole chain is laid out. A
+        non-empty directory this module did not make is refused. A proof that fails leaves it to be rebuilt next time.
+      - Not with O(target).
+    type: path
   head_complete:
     description:
       - Whether the set O(backup_id) itself must be C(COMPLETE). The sets before it must always be.
@@ -98,8 +108,14 @@ target:
   returned: success
   type: str
   sample: /srv/restore/inventory
+laid_out:
+  description: The sets laid out by this call (with O(keep_dir), only the newest when the kept copy held the rest).
+  returned: success, not in check mode
+  type: list
+  elements: str
+  sample: [db1-20261122T040000Z]
 kept:
-  description: Whether the recovered copy was kept (a restore).
+  description: Whether the recovered copy was kept (a restore, or O(keep_dir)).
   returned: success
   type: bool
   sample: true
@@ -170,13 +186,16 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
 from ansible_collections.consistent.backup.plugins.module_utils._bdb import (
-    BdbError, chain_logs, check_logs, check_target, find_utilities, lay_out, module_environment, remove_regions, remove_tree,
-    resolve_chain, verify_copy)
+    BdbError, chain_logs, check_logs, check_target, find_utilities, lay_out, module_environment, plan_kept, record_kept,
+    remove_regions, remove_tree, resolve_chain, verify_copy)
 from ansible_collections.consistent.backup.plugins.module_utils._copy import DirectorySink, FileMeta, copy_file
 
 
-def copy_checked(source: str, destination: str, entry: dict, sink: DirectorySink) -> None:
-    """One file of a set into the copy through the copy engine's ``sink``; refused unless it matches the manifest."""
+def copy_checked(source: str, destination: str, entry: dict, sink: DirectorySink, replace: bool = False) -> None:
+    """One file of a set into the copy through the copy engine's ``sink``; refused unless it matches the manifest.
+    With ``replace`` (a kept copy) the file takes the place of an older copy of it (a log that has grown since)."""
+    if replace and os.path.lexists(destination):
+        os.unlink(destination)
     try:
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, 'O_CLOEXEC', 0))
     except OSError as exc:
@@ -205,12 +224,14 @@ def main() -> None:
             backup_id=dict(type='str', default='latest'),
             target=dict(type='path'),
             scratch_dir=dict(type='path'),
+            keep_dir=dict(type='path'),
             head_complete=dict(type='bool', default=True),
             utility_prefix=dict(type='str'),
             bindir=dict(type='path'),
             ledger=dict(type='dict'),
         ),
         supports_check_mode=True,
+        mutually_exclusive=[('target', 'keep_dir')],
     )
     PhaseLedger(module, module.params['ledger'], facts=lambda result: {
         'verified': result.get('ok'), 'last_valid_lsn': result.get('last_valid_lsn')})
@@ -222,7 +243,7 @@ def main() -> None:
         chain = resolve_chain(params['backup_dest'], params['backup_id'], params['head_complete'])
         head = chain[-1]
         result.update(backup_id=head['backup_id'], chain=[link['backup_id'] for link in chain],
-                      source_checkpoint_lsn=head.get('checkpoint_lsn'), kept=bool(params['target']))
+                      source_checkpoint_lsn=head.get('checkpoint_lsn'), kept=bool(params['target'] or params['keep_dir']))
         if params['target']:
             check_target(params['target'])
         if module.check_mode:
@@ -231,9 +252,14 @@ def main() -> None:
             result.update(ok=all(c['ok'] for c in result['checks']), target=params['target'],
                           first_log=os.path.basename(logs[0]) if logs else None, last_log=os.path.basename(logs[-1]) if logs else None)
             module.exit_json(changed=bool(params['target']), **result)
+        to_lay_out = chain
         if params['target']:
             os.makedirs(params['target'], mode=0o750, exist_ok=True)
             home = params['target']
+        elif params['keep_dir']:
+            home = params['keep_dir']
+            to_lay_out = plan_kept(home, chain)
+            record_kept(home, None)  # until this proof passes
         else:
             scratch = tempfile.mkdtemp(prefix='.bdb-verify-', dir=params['scratch_dir'] or params['backup_dest'])
             home = scratch
@@ -241,7 +267,9 @@ def main() -> None:
         # One batch: a restore target is made durable by one barrier at the end; a scratch copy, thrown away after
         # the proof, is never synced (its bytes only have to reach db_recover and db_verify through the page cache).
         sink = DirectorySink(home, home, chown=False)
-        result.update(lay_out(chain, home, lambda source, destination, entry: copy_checked(source, destination, entry, sink)))
+        result.update(lay_out(to_lay_out, home, lambda source, destination, entry: copy_checked(
+            source, destination, entry, sink, replace=bool(params['keep_dir']))))
+        result['laid_out'] = [link['backup_id'] for link in to_lay_out]
         if params['target']:
             sink.barrier()
         del result['logs']
@@ -249,6 +277,8 @@ def main() -> None:
         del proof['logs']
         result.update(proof)
         remove_regions(home)
+        if params['keep_dir'] and result['ok']:
+            record_kept(home, result['chain'])
     except BdbError as exc:
         if scratch:
             remove_tree(scratch)

@@ -66,3 +66,21 @@ def test_a_full_set_is_forced_every_full_every_runs_and_after_a_bulk_load(tmp_pa
     assert "backup_bdb_full_every" in forced["full_reason"]
     assert bulk["mode"] == "hot" and "bulk" in bulk["full_reason"]
     assert "env/data/parts.db" in set_files(media, "f3")
+
+
+def test_recover_as_you_go_lays_out_only_each_new_incremental_over_the_kept_recovered_copy(tmp_path, bdb_env, media):
+    kept = str(tmp_path / "kept")
+    bdb_env.start_writer()
+    full = backup(tmp_path, bdb_env, media, "f1", backup_bdb_recover_dir=kept)
+    first = backup(tmp_path, bdb_env, media, "i1", backup_bdb_mode="incremental", backup_bdb_recover_dir=kept)
+    before_last = bdb_env.committed()
+    last = backup(tmp_path, bdb_env, media, "i2", backup_bdb_mode="incremental", backup_bdb_recover_dir=kept)
+    bdb_env.stop_writer()
+    assert full["verification"]["laid_out"] == ["f1"]
+    assert first["verification"]["laid_out"] == ["i1"] and last["verification"]["laid_out"] == ["i2"]
+    assert last["verification"]["ok"] is True and last["verification"]["chain"] == ["f1", "i1", "i2"]
+    assert load_json(os.path.join(kept, ".bdb-kept.json")) == {"chain": ["f1", "i1", "i2"]}
+    # the kept copy is an environment recovered up to the last incremental
+    state = inventory_state(kept)
+    assert state["seq"] >= before_last
+    assert all(total == spread for total, spread in state["parts"].values()), state

@@ -79,3 +79,16 @@ def test_archival_needs_a_complete_verified_set(capsys, home, tmp_path):
     (tmp_path / "set").mkdir()
     result = run(capsys, home=home, archive_set=str(tmp_path / "set"))
     assert result["failed"] is True and "not COMPLETE" in result["msg"]
+
+
+def test_without_region_files_the_checkpoint_is_read_from_the_last_log(capsys, home):
+    for name in os.listdir(home):
+        if name.startswith("__db."):
+            os.unlink(os.path.join(home, name))  # no process has the environment open: db_stat cannot join it
+    before = run(capsys, check_mode=True, home=home)
+    assert before["checkpoint_due"] is True and before["checkpoint_lsn_before"] is None
+    first = run(capsys, home=home)
+    assert first["changed"] is True and first["checkpoint_lsn_after"] is not None
+    assert not [name for name in os.listdir(home) if name.startswith("__db.")]  # still no regions left behind
+    second = run(capsys, home=home)
+    assert second["changed"] is False and second["checkpoint_lsn_before"] == first["checkpoint_lsn_after"]

@@ -201,6 +201,11 @@ def find_utilities(which: Which, prefix: t.Optional[str] = None, bindir: t.Optio
     return found
 
 
+def utility_argument_spec() -> t.Dict[str, t.Dict[str, str]]:
+    """The options every bdb module takes (documented once in doc_fragments/_bdb.py)."""
+    return dict(utility_prefix=dict(type="str"), bindir=dict(type="path"), ledger=dict(type="dict"))
+
+
 def module_environment(module: t.Any, home: str) -> "Environment":
     """The environment ``home`` seen through the utilities the module's options name (utility_prefix, bindir), each
     run with AnsibleModule.run_command under LC_ALL=C: the one runner of both bdb modules."""

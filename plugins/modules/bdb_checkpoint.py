@@ -217,19 +217,17 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
 from ansible_collections.consistent.backup.plugins.module_utils._bdb import (
-    BdbError, archivable_in_set, module_environment, previous_set)
+    BdbError, archivable_in_set, module_environment, previous_set, utility_argument_spec)
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             home=dict(type='path', required=True),
-            utility_prefix=dict(type='str'),
-            bindir=dict(type='path'),
             force=dict(type='bool', default=False),
             backup_dest=dict(type='path'),
             archive_set=dict(type='path'),
-            ledger=dict(type='dict'),
+            **utility_argument_spec()
         ),
         supports_check_mode=True,
     )

@@ -187,7 +187,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
 from ansible_collections.consistent.backup.plugins.module_utils._bdb import (
     BdbError, chain_logs, check_logs, check_target, find_utilities, lay_out, module_environment, plan_kept, record_kept,
-    remove_regions, remove_tree, resolve_chain, verify_copy)
+    remove_regions, remove_tree, resolve_chain, utility_argument_spec, verify_copy)
 from ansible_collections.consistent.backup.plugins.module_utils._copy import DirectorySink, FileMeta, copy_file
 
 
@@ -226,9 +226,7 @@ def main() -> None:
             scratch_dir=dict(type='path'),
             keep_dir=dict(type='path'),
             head_complete=dict(type='bool', default=True),
-            utility_prefix=dict(type='str'),
-            bindir=dict(type='path'),
-            ledger=dict(type='dict'),
+            **utility_argument_spec()
         ),
         supports_check_mode=True,
         mutually_exclusive=[('target', 'keep_dir')],

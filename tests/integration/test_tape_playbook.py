@@ -93,6 +93,18 @@ def test_write_protected_tape_stops_the_job_before_pre(tmp_path, fakedb, library
     assert not os.path.exists(os.path.join(str(tmp_path / "sets"), "b1"))
 
 
+@pytest.mark.parametrize("engine", ["postgresql", "bdb"])
+def test_an_engine_whose_set_is_not_one_copy_is_refused_tape_media_before_anything(tmp_path, fakedb, library, engine):  # noqa: F811
+    run = run_tape_job(tmp_path, tape_vars(fakedb, tmp_path, library, backup_engine=engine))
+    assert run.rc != 0, run
+    (message,) = run.failure_messages()
+    assert message.startswith("backup_media tape cannot hold a %s set:" % engine), message
+    assert message.endswith("Use backup_media disk with backup_tape_copy true (disk, then tape): the COMPLETE set is "
+                            "streamed to tape after post."), message
+    assert library.state()["drives"]["0"]["tag"] == "LT1000L3"  # no media movement either
+    assert not os.path.exists(os.path.join(str(tmp_path / "sets"), "b1"))
+
+
 def test_wrong_volume_stops_the_job_before_pre(tmp_path, fakedb, library):  # noqa: F811
     # No changer: LT1000L3 (labelled by an earlier job) is in the drive, the job wants LT1001L3.
     first = run_tape_job(tmp_path, tape_vars(fakedb, tmp_path, library, backup_tape_changer="", backup_tape_barcode="LT1000L3",

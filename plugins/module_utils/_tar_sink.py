@@ -138,7 +138,8 @@ class TarStream:
     def file_data(self, data: t.Any) -> int:
         """Bytes of the open member; never more than its header declared (the engine then reports the change)."""
         member = self.open_member
-        assert member is not None
+        if member is None:
+            raise RuntimeError("tar sink: file data with no open member (the engine calls begin_file first)")
         length = len(data)
         room = member[0] - member[1]
         if length > room:
@@ -150,7 +151,8 @@ class TarStream:
     def end_file(self) -> int:
         """Close the member (zero-filled up to its declared size, then to a 512-byte block); the bytes it got."""
         member = self.open_member
-        assert member is not None
+        if member is None:
+            raise RuntimeError("tar sink: end of a file with no open member (the engine calls begin_file first)")
         self.open_member = None
         declared, written = member
         if written < declared:

@@ -22,8 +22,8 @@ if FILES not in sys.path:
 
 import fake_tape  # noqa: E402  pylint: disable=wrong-import-position
 
-MTX = os.path.join(FILES, "mtx.py")
-TAPEINFO = os.path.join(FILES, "tapeinfo.py")
+MTX = os.path.join(FILES, "mtx")
+TAPEINFO = os.path.join(FILES, "tapeinfo")
 FAKE_TAPE = os.path.join(FILES, "fake_tape.py")
 OPS_ENV = {"CONSISTENT_BACKUP_TAPE_OPS": FAKE_TAPE}
 

@@ -93,7 +93,7 @@ def test_sense_noise_on_stderr_does_not_spoil_a_valid_status(library, capsys):
 
 
 def test_drive_full_from_mtx_itself_is_recognised(library):
-    proc = subprocess.run([sys.executable, MTX, "-f", library.changer, "load", "1", "0"], capture_output=True, text=True, check=False)
+    proc = subprocess.run([MTX, "-f", library.changer, "load", "1", "0"], capture_output=True, text=True, check=False)
     assert proc.returncode == 1 and proc.stderr == "Drive 0 Full (Storage Element 2 loaded)\n"
     assert _mtx.parse_error(proc.stderr)["kind"] == "drive_full"
 

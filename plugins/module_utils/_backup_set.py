@@ -30,7 +30,7 @@ from ansible_collections.consistent.backup.plugins.module_utils._manifest import
 
 # The phase ledger: one JSON line per attempt of pre, copy or post, appended by the module that made the attempt.
 LEDGER_NAME = "phases.jsonl"
-PHASE_ORDER = ("media", "pre", "copy", "post")
+PHASE_ORDER = ("media", "pre", "copy", "post", "verify", "readback")
 
 
 class BackupSetError(Exception):

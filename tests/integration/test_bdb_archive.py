@@ -58,3 +58,21 @@ def test_archival_removes_only_verified_logs_of_the_set_and_the_environment_stil
     assert recovered.returncode == 0, recovered.stderr
     state = inventory_state(bdb_env.home)
     assert state["seq"] == 6000 and all(total == spread for total, spread in state["parts"].values())
+
+
+def test_the_backup_job_archives_the_logs_of_its_own_verified_set_when_asked(tmp_path, bdb_env, media):
+    bdb_env.write(6000)
+    live_before = bdb_env.logs()
+    run = run_playbook("backup.yml", inventory(tmp_path), dict(bdb_job(bdb_env, media.path, "j1"), backup_bdb_archive_logs=True))
+    assert run.rc == 0, run
+    assert os.path.exists(os.path.join(media.path, "j1", "COMPLETE"))
+    in_set = {os.path.basename(e["path"]): e["sha256"] for e in load_json(os.path.join(media.path, "j1", "manifest.json"))["files"]
+              if os.path.basename(e["path"]).startswith("log.")}
+    archived = run.fact("bdb_archived")
+    removed = sorted(os.path.basename(path) for path in archived["removed"])
+    assert removed and all(name in in_set for name in removed), (removed, sorted(in_set))
+    assert set(removed) == set(live_before) - set(bdb_env.logs())
+    recovered = subprocess.run(["db5.3_recover", "-h", bdb_env.home], capture_output=True, text=True, check=False)
+    assert recovered.returncode == 0, recovered.stderr
+    state = inventory_state(bdb_env.home)
+    assert state["seq"] == 6000 and all(total == spread for total, spread in state["parts"].values())

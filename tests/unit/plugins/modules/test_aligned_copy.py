@@ -6,26 +6,22 @@ check -> real -> idempotent -> idempotent in check mode."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.consistent.backup.plugins.module_utils import _copy
 from ansible_collections.consistent.backup.plugins.modules import aligned_copy
+from module_result import module_result  # noqa: E402  pylint: disable=wrong-import-position
 
 RETURN_KEYS = {"set_path", "manifest_path", "files", "copied", "skipped_identical", "bytes_copied", "bytes_total",
                "dirs_created", "symlinks", "vanished", "seconds", "read_size", "block_size", "direct", "plan", "phases",
                "changed_during_copy", "lease_renewals", "engine_seconds"}
 
 
-def run(capsys, **args) -> dict:
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            aligned_copy.main()
-    return json.loads(capsys.readouterr().out)
+run = functools.partial(module_result, aligned_copy)  # run(capsys, [check_mode=True,] **options)
 
 
 @pytest.fixture

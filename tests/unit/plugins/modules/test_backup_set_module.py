@@ -6,21 +6,17 @@ it refuses and what check mode reports (closing and the phase ledger: tests/unit
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.consistent.backup.plugins.modules import backup_set
+from module_result import module_result  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def run(capsys, **args) -> dict:
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            backup_set.main()
-    return json.loads(capsys.readouterr().out)
+run = functools.partial(module_result, backup_set)  # run(capsys, [check_mode=True,] **options)
 
 
 def read_lock(set_path) -> dict:

@@ -6,25 +6,18 @@ environment (berkeleydb binding) and the real db5.3 utilities: they are the subj
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.consistent.backup.plugins.modules import bdb_checkpoint
+from module_result import module_result  # noqa: E402  pylint: disable=wrong-import-position
 
 db = pytest.importorskip("berkeleydb.db")
 
 
-def run(capsys, check_mode=False, **args) -> dict:
-    if check_mode:
-        args["_ansible_check_mode"] = True
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            bdb_checkpoint.main()
-    return json.loads(capsys.readouterr().out)
+run = functools.partial(module_result, bdb_checkpoint)  # run(capsys, [check_mode=True,] **options)
 
 
 @pytest.fixture

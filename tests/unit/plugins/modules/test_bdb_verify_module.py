@@ -6,24 +6,16 @@ and its refusals (a set that is not COMPLETE, a target that is not empty). Recov
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 
-import pytest
-
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.consistent.backup.plugins.modules import bdb_verify
+from module_result import module_result  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def run(capsys, check_mode=False, **args) -> dict:
-    if check_mode:
-        args["_ansible_check_mode"] = True
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            bdb_verify.main()
-    return json.loads(capsys.readouterr().out)
+run = functools.partial(module_result, bdb_verify)  # run(capsys, [check_mode=True,] **options)
 
 
 def make_set(dest, backup_id, facts, files, complete=True):

@@ -5,20 +5,13 @@
 
 from __future__ import annotations
 
-import json
-
-import pytest
-
-from ansible.module_utils.testing import patch_module_args
+import functools
 
 from ansible_collections.consistent.backup.plugins.modules import mount_check
+from module_result import module_result  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def run(capsys, **args) -> dict:
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            mount_check.main()
-    return json.loads(capsys.readouterr().out)
+run = functools.partial(module_result, mount_check)  # run(capsys, [check_mode=True,] **options)
 
 
 def test_ready_directory_reports_facts_and_is_not_changed(tmp_path, capsys):

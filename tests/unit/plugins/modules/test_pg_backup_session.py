@@ -6,21 +6,17 @@ stopped, aborted and status do when there is no session of this run to act on.""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.consistent.backup.plugins.modules import pg_backup_session
+from module_result import module_result  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def run(capsys, **args) -> dict:
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            pg_backup_session.main()
-    return json.loads(capsys.readouterr().out)
+run = functools.partial(module_result, pg_backup_session)  # run(capsys, [check_mode=True,] **options)
 
 
 class RecordingSession:

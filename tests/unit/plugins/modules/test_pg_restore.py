@@ -5,27 +5,21 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import pwd
 
-import pytest
-
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.consistent.backup.plugins.modules import pg_restore
+from module_result import module_result  # noqa: E402  pylint: disable=wrong-import-position
 
 LABEL = b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTART TIMELINE: 1\nLABEL: b1\n"
 OWNER = pwd.getpwuid(os.getuid()).pw_name
 FILES = {"pgdata/PG_VERSION": b"18\n", "pgdata/base/5/16384": b"\0" * 8192, "pgdata/global/pg_control": b"control"}
 
 
-def run(capsys, **args) -> dict:
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            pg_restore.main()
-    return json.loads(capsys.readouterr().out)
+run = functools.partial(module_result, pg_restore)  # run(capsys, [check_mode=True,] **options)
 
 
 def build_set(dest, backup_id="b1", complete=True) -> str:

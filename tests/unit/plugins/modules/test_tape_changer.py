@@ -5,27 +5,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.consistent.backup.plugins.module_utils import _mtx
 from ansible_collections.consistent.backup.plugins.modules import tape_changer, tape_status
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "integration"))
 from tape_fixtures import FAKE_TAPE, MTX, TAPEINFO, Library  # noqa: E402  pylint: disable=wrong-import-position
+from module_result import module_result  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def run(module, capsys, **args) -> dict:
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            module.main()
-    return json.loads(capsys.readouterr().out)
+run = module_result  # run(module, capsys, **options)
 
 
 @pytest.fixture

@@ -5,28 +5,23 @@
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import sys
 
 import pytest
-
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.consistent.backup.plugins.module_utils import _tape
 from ansible_collections.consistent.backup.plugins.modules import tape_set
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "integration"))
 from tape_fixtures import FAKE_TAPE, fake_tape  # noqa: E402  pylint: disable=wrong-import-position
+from module_result import module_result  # noqa: E402  pylint: disable=wrong-import-position
 
 RECORD = 64 * 1024
 
 
-def run(capsys, **args) -> dict:
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            tape_set.main()
-    return json.loads(capsys.readouterr().out)
+run = functools.partial(module_result, tape_set)  # run(capsys, [check_mode=True,] **options)
 
 
 @pytest.fixture

@@ -5,26 +5,21 @@
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import sys
 
 import pytest
-
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.consistent.backup.plugins.modules import tape_status
 
 FILES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "integration", "files")
 sys.path.insert(0, FILES)
 import fake_tape  # noqa: E402  pylint: disable=wrong-import-position
+from module_result import module_result  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def run(capsys, **args) -> dict:
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            tape_status.main()
-    return json.loads(capsys.readouterr().out)
+run = functools.partial(module_result, tape_status)  # run(capsys, [check_mode=True,] **options)
 
 
 @pytest.fixture

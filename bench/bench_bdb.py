@@ -30,7 +30,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+from backup_job import VENV_BIN, run_backup_job  # noqa: E402  pylint: disable=wrong-import-position
+
 # name, access method, page size, share of the bytes
 DATABASES = (("parts.db", "btree", 4096, 0.25), ("locations.db", "btree", 8192, 0.35),
              ("history.db", "btree", 16384, 0.25), ("index.db", "hash", 4096, 0.15))
@@ -73,16 +74,7 @@ def ours(home: str, dest: str, backup_id: str, inventory: str, verify: bool = Tr
     extra = {"backup_engine": "bdb", "backup_dest": dest, "backup_id": backup_id, "backup_retry_delay": 1,
              "backup_media_require_mountpoint": False, "backup_bdb_home": home, "backup_bdb_read_size": "4MiB",
              "backup_bdb_verify": verify}
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
-               ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"))
-    start = time.monotonic()
-    proc = subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), "-i", inventory, os.path.join(ROOT, "playbooks", "backup.yml"),
-                           "-e", json.dumps(extra)], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    wall = time.monotonic() - start
-    if proc.returncode != 0:
-        raise SystemExit("backup.yml failed:\n" + proc.stdout[-4000:] + proc.stderr[-2000:])
-    with open(os.path.join(dest, backup_id, "report.json"), encoding="utf-8") as handle:
-        report = json.load(handle)
+    wall, report = run_backup_job(inventory, extra)
     assert report["complete"] and report["bdb"]["verification"]["ok"] is (True if verify else None), report
     phases = report["phases"]
     return {"wall": wall, "copy": phases["copy"]["seconds"], "verify": phases["verify"]["seconds"] if verify else 0.0,

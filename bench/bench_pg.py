@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from pgcluster import Cluster, free_port  # noqa: E402  pylint: disable=wrong-import-position
 
-VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+from backup_job import VENV_BIN, run_backup_job  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def ours(cluster: Cluster, dest: str, backup_id: str, inventory: str) -> dict:
@@ -41,16 +41,7 @@ def ours(cluster: Cluster, dest: str, backup_id: str, inventory: str) -> dict:
         "backup_postgresql_host": cluster.run_dir, "backup_postgresql_port": cluster.port, "backup_postgresql_user": "postgres",
         "backup_postgresql_runtime_dir": os.path.join(cluster.base_dir, "holders"),
     }
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
-               ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"))
-    start = time.monotonic()
-    proc = subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), "-i", inventory, os.path.join(ROOT, "playbooks", "backup.yml"),
-                           "-e", json.dumps(extra)], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    wall = time.monotonic() - start
-    if proc.returncode != 0:
-        raise SystemExit("backup.yml failed:\n" + proc.stdout[-4000:] + proc.stderr[-2000:])
-    with open(os.path.join(dest, backup_id, "report.json"), encoding="utf-8") as handle:
-        report = json.load(handle)
+    wall, report = run_backup_job(inventory, extra)
     copy = report["phases"]["copy"]
     return {"wall": wall, "quiesce": report["quiesce_seconds"], "window": report["window_seconds"],
             "copy": copy["copy_seconds"], "copy_module": copy["copy_engine_seconds"], "bytes": report["bytes"]}

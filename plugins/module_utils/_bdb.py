@@ -30,6 +30,7 @@ Facts the engine relies on (checked with db5.3-util on Debian 12, see docs/bdb.m
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ import re
 import shutil
 import stat
 import struct
+import tempfile
 import time
 import typing as t
 
@@ -234,8 +236,28 @@ class Environment:
 
     def __init__(self, home: str, utilities: t.Dict[str, str], run: Runner) -> None:
         self.home = os.path.normpath(home)
+        # The home the utilities' reads are pointed at: the home itself, or a shadow of it (see reading_aside).
+        self.read_home = self.home
         self.utilities = utilities
         self._run = run
+
+    @contextlib.contextmanager
+    def reading_aside(self) -> t.Iterator[None]:
+        """Point the utilities' reads at a shadow home: a private directory of symlinks to every entry of the home
+        but its __db.* region files. A utility run with -h on the home itself joins the environment and so writes
+        to its region files (mutex and statistics counters); in the shadow it finds no regions, builds a private
+        one in memory and only reads the logs and databases. Check mode and the preflight read this way, so they
+        leave every file of the environment as it was."""
+        shadow = tempfile.mkdtemp(prefix="consistent-backup-bdb-")
+        try:
+            for name in os.listdir(self.home):
+                if not is_region_file(name):
+                    os.symlink(os.path.join(self.home, name), os.path.join(shadow, name))
+            self.read_home = shadow
+            yield
+        finally:
+            self.read_home = self.home
+            shutil.rmtree(shadow, ignore_errors=True)
 
     def run_raw(self, argv: t.List[str]) -> t.Tuple[int, str, str]:
         return self._run(argv)
@@ -289,20 +311,20 @@ class Environment:
             return []
 
     def has_regions(self) -> bool:
-        return any(is_region_file(name) for name in os.listdir(self.home))
+        return any(is_region_file(name) for name in os.listdir(self.read_home))
 
     def _archive(self, *flags: str) -> t.List[str]:
         """db_archive's list, as paths relative to the home."""
-        out = self.run("archive", "-h", self.home, "-a", *flags)
-        return [os.path.relpath(os.path.normpath(line.strip()), self.home) for line in out.splitlines() if line.strip()]
+        out = self.run("archive", "-h", self.read_home, "-a", *flags)
+        return [os.path.relpath(os.path.normpath(line.strip()), self.read_home) for line in out.splitlines() if line.strip()]
 
     def checkpoint_state(self) -> t.Tuple[t.Optional[t.Tuple[int, int]], t.Optional[int]]:
         """(last checkpoint LSN, log bytes written since it). Without region files (no process has the environment
         open) db_stat cannot join it: the last log file's records say the same."""
         if self.has_regions():
-            lsn_line = self.run("stat", "-h", self.home, "-t").splitlines()
+            lsn_line = self.run("stat", "-h", self.read_home, "-t").splitlines()
             lsn = parse_lsn(lsn_line[0].split("\t")[0]) if lsn_line else None
-            since = stat_values(self.run("stat", "-h", self.home, "-l")).get("Log bytes written since last checkpoint")
+            since = stat_values(self.run("stat", "-h", self.read_home, "-l")).get("Log bytes written since last checkpoint")
             lsn = lsn if lsn and lsn != (0, 0) else None
             return lsn, (parse_stat_bytes(since) if since is not None else None)
         return self._checkpoint_from_log()
@@ -311,7 +333,7 @@ class Environment:
         _data_dirs, log_dir = self.directories()
         logs = self.log_names(log_dir)
         last = log_number(logs[-1])
-        out = self.run("printlog", "-h", self.home, "-b", "%d/0" % last)
+        out = self.run("printlog", "-h", self.read_home, "-b", "%d/0" % last)
         records = [(parse_lsn(m.group(1)), m.group(2)) for m in re.finditer(r"^(\[\d+\]\[\d+\])(\S+):", out, re.MULTILINE)]
         checkpoints = [lsn for lsn, kind in records if kind == "__txn_ckp"]
         if not checkpoints:

@@ -60,9 +60,10 @@ attributes:
   check_mode:
     support: full
     details: >-
-      Reports whether a checkpoint is due and what would be archived, and writes nothing. C(db_stat) and C(db_archive)
-      join the environment, which updates its shared-memory region files (C(__db.*)) as any process that opens the
-      environment does; no database, log or configuration file is written.
+      Reports whether a checkpoint is due and what would be archived, and writes nothing, not even the environment's
+      shared-memory region files (C(__db.*)) - the utilities read through a shadow home of symlinks without the
+      region files, so they do not join the environment; whether a checkpoint is due is then read from the last log
+      file (records still in a live writer's log buffer are not seen until they are flushed).
   diff_mode:
     support: none
     details: The LSNs before and after describe the change.
@@ -236,7 +237,11 @@ def main() -> None:
     try:
         env = module_environment(module, module.params['home'])
         env.check()
-        before = env.describe()
+        if module.check_mode:
+            with env.reading_aside():  # not even the region files are written
+                before = env.describe()
+        else:
+            before = env.describe()
         do_checkpoint = module.params['force'] or before['checkpoint_due']
         if do_checkpoint and not module.check_mode:
             env.checkpoint()

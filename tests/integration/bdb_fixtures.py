@@ -78,14 +78,11 @@ def inventory_state(home: str) -> t.Dict[str, t.Any]:
     return json.loads(out)
 
 
-def tree_checksums(path: str, skip_regions: bool = False) -> t.Dict[str, str]:
-    """SHA-256 of every file below ``path``; with skip_regions, the __db.* shared-memory region files are left out
-    (every process that joins an environment updates them, the application's own readers too)."""
+def tree_checksums(path: str) -> t.Dict[str, str]:
+    """SHA-256 of every file below ``path`` (an environment's __db.* region files included)."""
     sums = {}
     for root, _dirs, files in os.walk(path):
         for name in files:
-            if skip_regions and name.startswith("__db."):
-                continue
             full = os.path.join(root, name)
             with open(full, "rb") as handle:
                 sums[os.path.relpath(full, path)] = hashlib.sha256(handle.read()).hexdigest()

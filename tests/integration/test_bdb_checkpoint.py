@@ -15,11 +15,11 @@ from helpers import inventory, run_playbook
 def test_checkpoint_check_then_real_then_idempotent_then_idempotent_in_check_mode(tmp_path, bdb_env):
     bdb_env.write(50)
     args = {"home": bdb_env.home}
-    before = tree_checksums(bdb_env.home, skip_regions=True)
+    before = tree_checksums(bdb_env.home)
     check = run_module(tmp_path, "bdb_checkpoint", args, check=True)
     assert check["changed"] is True and check["checkpoint_due"] is True
     assert check["checkpoint_lsn_after"] == check["checkpoint_lsn_before"]
-    assert tree_checksums(bdb_env.home, skip_regions=True) == before  # check mode wrote no database, log or config file
+    assert tree_checksums(bdb_env.home) == before  # check mode wrote nothing: no database, log, config or region file
     real = run_module(tmp_path, "bdb_checkpoint", args)
     assert real["changed"] is True and real["checkpoint_lsn_after"] != real["checkpoint_lsn_before"]
     again = run_module(tmp_path, "bdb_checkpoint", args)
@@ -63,7 +63,7 @@ def test_checkpoint_names_missing_utilities(tmp_path, bdb_env):
 
 def test_backup_playbook_in_check_mode_reports_readiness_and_changes_nothing(tmp_path, bdb_env, media):
     bdb_env.write(50)
-    before = tree_checksums(bdb_env.home, skip_regions=True)
+    before = tree_checksums(bdb_env.home)
     run = run_playbook("backup.yml", inventory(tmp_path), bdb_job(bdb_env, media.path, "dry"), check=True)
     assert run.rc == 0, run
     closed = run.registered("backup_closed")
@@ -71,5 +71,5 @@ def test_backup_playbook_in_check_mode_reports_readiness_and_changes_nothing(tmp
     declares = run.fact("bdb_declares")
     assert declares["database"] == bdb_env.home and declares["post"] == {"none": True}
     assert "checkpoint" in declares["would"]["pre"] and "hot set" in declares["would"]["copy"]
-    assert tree_checksums(bdb_env.home, skip_regions=True) == before
+    assert tree_checksums(bdb_env.home) == before  # the region files included
     assert os.listdir(media.path) == [] or not os.path.exists(os.path.join(media.path, "dry", "data"))

@@ -29,3 +29,19 @@ def run_backup_job(inventory: str, extra: t.Dict[str, t.Any]) -> t.Tuple[float, 
         raise SystemExit("backup.yml failed:\n" + proc.stdout[-4000:] + proc.stderr[-2000:])
     with open(os.path.join(extra["backup_dest"], extra["backup_id"], "report.json"), encoding="utf-8") as handle:
         return wall, json.load(handle)
+
+
+def alternating_rounds(rounds: int, runners: t.Dict[str, t.Callable[[int], t.Dict[str, float]]]) -> t.Dict[str, t.List[t.Dict[str, float]]]:
+    """Each runner once per round, the order reversed every other round (so neither side always runs on a cache
+    the other warmed), after a sync; each round's figures printed as they come."""
+    results: t.Dict[str, t.List[t.Dict[str, float]]] = {name: [] for name in runners}
+    width = max(len(name) for name in runners)
+    for round_no in range(rounds):
+        order = list(runners) if round_no % 2 == 0 else list(reversed(list(runners)))
+        for name in order:
+            subprocess.run(["sync"], check=True)
+            figures = runners[name](round_no)
+            results[name].append(figures)
+            print("round %d %-*s %s" % (round_no + 1, width, name,
+                                        " ".join("%s=%.3f" % kv for kv in figures.items() if kv[0] != "bytes")), flush=True)
+    return results

@@ -27,10 +27,11 @@ import statistics
 import subprocess
 import sys
 import time
+import typing as t
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-from backup_job import VENV_BIN, run_backup_job  # noqa: E402  pylint: disable=wrong-import-position
+from backup_job import VENV_BIN, alternating_rounds, run_backup_job  # noqa: E402  pylint: disable=wrong-import-position
 
 # name, access method, page size, share of the bytes
 DATABASES = (("parts.db", "btree", 4096, 0.25), ("locations.db", "btree", 8192, 0.35),
@@ -108,22 +109,23 @@ def main() -> int:
         started = time.monotonic()
         data_bytes = make_environment(home, args.mib)
         print("environment: %.2f GiB of databases in %.0f s" % (data_bytes / 2 ** 30, time.monotonic() - started), flush=True)
-        results = {"ours": [], "ours_without_proof": [], "db_hotbackup": []}
-        for round_no in range(args.rounds):
-            order = ("ours", "ours_without_proof", "db_hotbackup")
-            for name in order if round_no % 2 == 0 else reversed(order):
-                subprocess.run(["sync"], check=True)
-                if name.startswith("ours"):
-                    backup_id = "bench%d%s" % (round_no, "" if name == "ours" else "n")
-                    figures = ours(home, dest, backup_id, inventory, verify=name == "ours")
-                    shutil.rmtree(os.path.join(dest, backup_id))
-                else:
-                    target = os.path.join(dest, "hotbackup")
-                    figures = peer(home, target)
-                    shutil.rmtree(target)
-                results[name].append(figures)
-                print("round %d %-18s %s" % (round_no + 1, name, " ".join("%s=%.3f" % kv for kv in figures.items() if kv[0] != "bytes")),
-                      flush=True)
+
+        def backup(verify: bool) -> t.Callable[[int], t.Dict[str, float]]:
+            def run(round_no: int) -> t.Dict[str, float]:
+                backup_id = "bench%d%s" % (round_no, "" if verify else "n")
+                figures = ours(home, dest, backup_id, inventory, verify=verify)
+                shutil.rmtree(os.path.join(dest, backup_id))
+                return figures
+            return run
+
+        def hotbackup(_round_no: int) -> t.Dict[str, float]:
+            target = os.path.join(dest, "hotbackup")
+            figures = peer(home, target)
+            shutil.rmtree(target)
+            return figures
+
+        results = alternating_rounds(args.rounds, {"ours": backup(True), "ours_without_proof": backup(False),
+                                                   "db_hotbackup": hotbackup})
         ours_wall = statistics.median(r["wall"] for r in results["ours"])
         peer_wall = statistics.median(r["wall"] for r in results["db_hotbackup"])
         bare_wall = statistics.median(r["wall"] for r in results["ours_without_proof"])

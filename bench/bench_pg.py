@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from pgcluster import Cluster, free_port  # noqa: E402  pylint: disable=wrong-import-position
 
-from backup_job import VENV_BIN, run_backup_job  # noqa: E402  pylint: disable=wrong-import-position
+from backup_job import VENV_BIN, alternating_rounds, run_backup_job  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def ours(cluster: Cluster, dest: str, backup_id: str, inventory: str) -> dict:
@@ -82,21 +82,19 @@ def main() -> int:
         cluster.psql("CHECKPOINT")
         size = int(cluster.psql("SELECT sum(pg_database_size(oid)) FROM pg_database"))
         print("cluster: %.2f GiB of databases" % (size / 2 ** 30), flush=True)
-        results = {"ours": [], "pg_basebackup": []}
-        for round_no in range(args.rounds):
-            order = ("ours", "pg_basebackup") if round_no % 2 == 0 else ("pg_basebackup", "ours")
-            for name in order:
-                subprocess.run(["sync"], check=True)
-                if name == "ours":
-                    figures = ours(cluster, dest, "bench%d" % round_no, inventory)
-                    shutil.rmtree(os.path.join(dest, "bench%d" % round_no))
-                else:
-                    target = os.path.join(dest, "basebackup")
-                    figures = peer(cluster, target)
-                    shutil.rmtree(target)
-                results[name].append(figures)
-                print("round %d %-13s %s" % (round_no + 1, name, " ".join("%s=%.3f" % kv for kv in figures.items() if kv[0] != "bytes")),
-                      flush=True)
+
+        def backup(round_no: int) -> dict:
+            figures = ours(cluster, dest, "bench%d" % round_no, inventory)
+            shutil.rmtree(os.path.join(dest, "bench%d" % round_no))
+            return figures
+
+        def basebackup(_round_no: int) -> dict:
+            target = os.path.join(dest, "basebackup")
+            figures = peer(cluster, target)
+            shutil.rmtree(target)
+            return figures
+
+        results = alternating_rounds(args.rounds, {"ours": backup, "pg_basebackup": basebackup})
         ours_wall = statistics.median(r["wall"] for r in results["ours"])
         peer_wall = statistics.median(r["wall"] for r in results["pg_basebackup"])
         overhead = statistics.median(r["quiesce"] - r["copy"] for r in results["ours"])

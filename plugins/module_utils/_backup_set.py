@@ -251,10 +251,13 @@ def _as_float(value: t.Any) -> t.Optional[float]:
 
 
 def build_report(backup_id: str, engine: str, phases: t.Dict[str, t.Dict[str, t.Any]], manifest: t.Optional[t.Dict[str, t.Any]],
-                 failure: t.Optional[str], check_mode: bool) -> t.Dict[str, t.Any]:
+                 failure: t.Optional[str], check_mode: bool, required_phases: t.Sequence[str] = ()) -> t.Dict[str, t.Any]:
     """The report.json document: phases in order with times and attempts, quiesce_seconds, bytes, verdict.
 
     quiesce_seconds is the database's time out of its normal state: from the start of pre to the end of post.
+    pre, copy and post, and the engine's ``required_phases`` (bdb: verify, its proof), must each have an attempt that
+    ended in the ledger: a module that crashed before it could record its attempt leaves its phase without a result,
+    and the verdict fails rather than trust a step that never said how it ended.
     """
     ordered = {}
     for name in PHASE_ORDER:
@@ -279,7 +282,8 @@ def build_report(backup_id: str, engine: str, phases: t.Dict[str, t.Dict[str, t.
     else:
         quiesce, quiesce_source = window, "controller"
     failed = [name for name, phase in ordered.items() if phase.get("result") == "failed"]
-    incomplete = [name for name in ("pre", "copy", "post") if ordered.get(name, {}).get("result") not in ("ok", "failed")]
+    must_end = ["pre", "copy", "post"] + [name for name in required_phases if name not in ("pre", "copy", "post")]
+    incomplete = [name for name in must_end if ordered.get(name, {}).get("result") not in ("ok", "failed")]
     if check_mode:
         verdict = "failed" if failed else "ready"
     elif failed:
@@ -340,7 +344,8 @@ def guard_section(armed: t.Optional[t.Dict[str, t.Any]], disarmed: t.Optional[t.
 
 
 def close_set(path: str, backup_id: str, run_id: str, engine: str, phases: t.Dict[str, t.Dict[str, t.Any]],
-              failure: t.Optional[str], require: t.List[str], extra: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+              failure: t.Optional[str], require: t.List[str], extra: t.Dict[str, t.Any],
+              require_phases: t.Sequence[str] = ()) -> t.Dict[str, t.Any]:
     """Write report.json, then COMPLETE (only on success, last), then drop our lock."""
     if not os.path.isdir(path):
         raise BackupSetError("backup set %s does not exist; the set is opened before pre, so open it first (state=open)" % path)
@@ -355,7 +360,7 @@ def close_set(path: str, backup_id: str, run_id: str, engine: str, phases: t.Dic
     if failure is None:
         failure = "; ".join(failed_phase_message(name, phase) for name, phase in phases.items()
                             if phase.get("result") == "failed") or None
-    report = build_report(backup_id, engine, phases, manifest, failure, check_mode=False)
+    report = build_report(backup_id, engine, phases, manifest, failure, check_mode=False, required_phases=require_phases)
     if report["verdict"] == "success":
         missing = missing_for_complete(path, require, manifest_problem)
         if missing:

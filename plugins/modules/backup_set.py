@@ -79,6 +79,15 @@ options:
     type: list
     elements: str
     default: []
+  require_phases:
+    description:
+      - For O(state=closed), ledger phases besides pre, copy and post that must have an attempt that ended (ok or
+        failed) before C(COMPLETE) may be written; for example C(verify), the Berkeley DB engine's proof.
+      - A phase without an ended attempt (its module crashed before it could record one, or it never ran) fails the
+        verdict with V(phases NAME did not run to the end).
+    type: list
+    elements: str
+    default: []
   extra:
     description: For O(state=closed), more facts to record at the top level of C(report.json) (for example the start LSN).
     type: dict
@@ -238,6 +247,7 @@ def main() -> None:
             phases=dict(type='dict', default={}),
             failure=dict(type='str'),
             require=dict(type='list', elements='str', default=[]),
+            require_phases=dict(type='list', elements='str', default=[]),
             extra=dict(type='dict', default={}),
             guard=dict(type='dict', default={}),
             guard_disarmed=dict(type='dict', default={}),
@@ -289,7 +299,8 @@ def main() -> None:
                              summary=summary(report, path), failure_message=failure_message(report, path))
         held_before = read_lock(path)
         report = close_set(path, params['backup_id'], params['run_id'], params['engine'], params['phases'],
-                           params['failure'], params['require'], dict(params['extra'], guard=guard))
+                           params['failure'], params['require'], dict(params['extra'], guard=guard),
+                           require_phases=params['require_phases'])
         module.exit_json(changed=True, set_path=path, report=report, verdict=report['verdict'],
                          complete=report['complete'], quiesce_seconds=report['quiesce_seconds'],
                          released=bool(held_before and held_before.get('run_id') == params['run_id']),

@@ -43,6 +43,7 @@ options:
     description:
       - Where the scratch copy is made (a new directory C(.bdb-verify-*) in it), when O(target) is not given.
       - Default - O(backup_dest) (the copy needs as much room as the chain's files).
+      - Created (mode 0700, with its parents) when it does not exist.
     type: path
   keep_dir:
     description:
@@ -279,6 +280,8 @@ def main() -> None:
             to_lay_out = plan_kept(home, chain)
             record_kept(home, None)  # until this proof passes
         else:
+            if params['scratch_dir']:
+                os.makedirs(params['scratch_dir'], mode=0o700, exist_ok=True)
             scratch = tempfile.mkdtemp(prefix='.bdb-verify-', dir=params['scratch_dir'] or params['backup_dest'])
             home = scratch
         result['target'] = home
@@ -303,6 +306,15 @@ def main() -> None:
         if scratch:
             remove_tree(scratch)
         module.fail_json(msg=str(exc), retryable=exc.retryable, **result)
+    except OSError as exc:
+        # Failed, and said so (the ledger records it): the proof of this set was not made, so it is not COMPLETE.
+        if scratch:
+            remove_tree(scratch)
+        module.fail_json(msg='the copy of backup set %s in %s could not be made or checked: %s [Errno %s] %s; check that the '
+                         'directory exists, is writable by this user and has room for the chain\'s files'
+                         % (result.get('backup_id', params['backup_id']), result.get('target') or params['target']
+                            or params['keep_dir'] or params['scratch_dir'] or params['backup_dest'],
+                            exc.filename or '', exc.errno, exc.strerror), retryable=False, **result)
     if scratch:
         remove_tree(scratch)
     if not result['ok']:

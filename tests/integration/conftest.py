@@ -12,7 +12,7 @@ import typing as t
 
 import pytest
 
-from helpers import ROOT, Tmpfs
+from helpers import ROOT, Tmpfs, first_port
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from pgcluster import Cluster, free_port  # noqa: E402  pylint: disable=wrong-import-position
@@ -44,7 +44,7 @@ def _requires_root():
 def cluster(request):
     """A fresh cluster of the requested version with WAL archiving, pgbench data, stopped and removed at the end."""
     version = request.param if hasattr(request, "param") else 18
-    port = free_port()
+    port = free_port(first_port())
     while os.path.exists(os.path.join(CLUSTERS, "pg%d-%d" % (version, port))):  # another run's cluster
         port = free_port(port + 1)
     made = Cluster(version, os.path.join(CLUSTERS, "pg%d-%d" % (version, port)), port)

@@ -20,7 +20,7 @@ import tempfile
 
 import pytest
 
-from helpers import PYTHON, ROOT, VENV_BIN, ansible_env, load_json, run_playbook, write_inventory
+from helpers import PYTHON, ROOT, VENV_BIN, ansible_env, first_port, load_json, run_playbook, write_inventory
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from pgcluster import Cluster, free_port  # noqa: E402  pylint: disable=wrong-import-position
@@ -33,7 +33,7 @@ BACKUP_ID = "safety1"
 def real_set(tmp_path_factory):
     """One real backup (backup.yml) of a PostgreSQL 18 cluster with pgbench data and a tablespace; its set's path."""
     work = tmp_path_factory.mktemp("restore-safety")
-    port = free_port()
+    port = free_port(first_port())
     while os.path.exists(os.path.join(BASE, "pg18-%d" % port)):
         port = free_port(port + 1)
     cluster = Cluster(18, os.path.join(BASE, "pg18-%d" % port), port)

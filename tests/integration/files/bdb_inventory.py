@@ -9,6 +9,10 @@ Getting Started guide (../shared/seeds/003). Real transactional environments thr
     bdb_inventory.py pause STATE [S]        pre command: ask the writer to pause, wait until it has (then S seconds)
     bdb_inventory.py resume STATE           post command: let it go on (succeeds when it already runs)
     bdb_inventory.py check HOME             print JSON: per part its total and the sum over its locations, last txn
+    bdb_inventory.py drop-when HOME STATE NAME DIR PART
+                                            make database NAME (committed), then remove it (DB_ENV->dbremove in a
+                                            transaction) as soon as DIR holds a file whose name contains PART (the
+                                            copy's partial file included); STATE/dropped says when
 
 Each transaction adds a quantity to one part in parts.db (its total) and to one of its locations in locations.db,
 in one transaction, so a part's total always equals the sum over its locations; parts.db's key ~seq holds the
@@ -134,6 +138,33 @@ def resume(state):
         log.write("resume\n")
 
 
+def drop_when(home, state, name, directory, part, timeout=300.0):
+    """An application that removes one of its databases while a hot backup copies the others: the database is made
+    and committed first (so the backup's checkpoint lists it), the removal waits for the copy to start writing a file
+    whose name contains ``part`` into ``directory``."""
+    env = open_env(home)
+    handle = open_db(env, name, 4096)
+    txn = env.txn_begin()
+    for number in range(500):
+        handle.put(b"%06d" % number, os.urandom(200), txn=txn)
+    txn.commit()
+    handle.close()
+    open(os.path.join(state, "drop-ready"), "w", encoding="utf-8").close()
+    deadline = time.monotonic() + timeout
+    seen = []
+    while not seen:
+        if time.monotonic() > deadline:
+            sys.exit("no file named *%s* in %s within %d s" % (part, directory, timeout))
+        time.sleep(0.002)
+        seen = [entry for entry in (os.listdir(directory) if os.path.isdir(directory) else []) if part in entry]
+    txn = env.txn_begin()
+    env.dbremove(name, txn=txn)
+    txn.commit()
+    with open(os.path.join(state, "dropped"), "w", encoding="utf-8") as marker:
+        marker.write("%s removed when %s appeared\n" % (name, seen[0]))
+    env.close()
+
+
 def check(home):
     env = open_env(home)
     parts, locations = open_db(env, "parts.db"), open_db(env, "locations.db")
@@ -161,5 +192,7 @@ if __name__ == "__main__":
         resume(sys.argv[2])
     elif command == "check":
         check(sys.argv[2])
+    elif command == "drop-when":
+        drop_when(*sys.argv[2:7])
     else:
         sys.exit("unknown command %s" % command)

@@ -153,6 +153,25 @@ def test_a_phase_that_never_finished_fails_the_verdict(tmp_path):
     assert report["verdict"] == "failed" and "copy" in report["failure"]
 
 
+def test_a_required_engine_phase_that_never_recorded_an_end_fails_the_verdict(tmp_path):
+    # bdb's proof (ledger phase verify) crashed before it could record its attempt: the set is not COMPLETE
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    write_manifest(path)
+    report = bs.close_set(path, "b1", "run-1", "bdb", PHASES_OK, None, [], {}, require_phases=["verify"])
+    assert report["verdict"] == "failed" and report["complete"] is False
+    assert report["failure"] == "phases verify did not run to the end"
+    assert not (tmp_path / "b1" / "COMPLETE").exists()
+
+
+def test_a_required_engine_phase_that_ended_ok_lets_the_set_be_complete(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    write_manifest(path)
+    phases = dict(PHASES_OK, verify={"start": 112.0, "end": 120.0, "attempts": 1, "result": "ok"})
+    report = bs.close_set(path, "b1", "run-1", "bdb", phases, None, [], {}, require_phases=["verify"])
+    assert report["verdict"] == "success" and report["complete"] is True
+    assert (tmp_path / "b1" / "COMPLETE").exists()
+
+
 def test_close_by_a_run_that_does_not_hold_the_lock_is_refused(tmp_path):
     path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
     with pytest.raises(bs.BackupSetError, match="not by this run"):

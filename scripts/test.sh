@@ -41,7 +41,9 @@ step_sanity() {
   scripts/sanity.sh
 }
 step_unit() { pytest -q -p no:cacheprovider tests/unit; }
-step_integration() { pytest -q -p no:cacheprovider --durations=15 tests/integration; }
+# Two workers (pytest-xdist), each running whole test files (--dist loadfile): the tests are CPU-bound playbook runs,
+# isolated by their own tmp_path, tmpfs mounts, runtime directories and PostgreSQL port range (helpers.first_port).
+step_integration() { pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15 tests/integration; }
 step_lint() { ansible-lint --nocolor; }
 
 run_step() {

@@ -1148,13 +1148,17 @@ class DirectorySink:
     that gained a name). Nothing vouches for a file before its barrier: the manifest and the resume journal are written
     after it, so a crash can leave named files nobody vouches for (copied again by the next run) but never a vouched-for
     file that is not on the medium. ``durable_each`` fsyncs every file before its rename instead (one-off copies).
+    ``writeback=False`` starts no writeback at all: for a scratch copy that is read once and removed (bdb_verify's
+    proof), whose bytes only have to reach the page cache; removed before the kernel writes them, they never cost the
+    disk a write.
     """
 
-    def __init__(self, root: str, dest_label: str, chown: bool, durable_each: bool = False) -> None:
+    def __init__(self, root: str, dest_label: str, chown: bool, durable_each: bool = False, writeback: bool = True) -> None:
         self.root = root
         self.dest_label = dest_label
         self.chown = chown
         self.durable_each = durable_each
+        self.writeback = writeback
         self.lock = threading.Lock()
         self.pending = []  # type: t.List[str]
         self.dirty_dirs = set()  # type: t.Set[str]
@@ -1243,7 +1247,7 @@ class DirectorySink:
             os.utime(sink_file.fd, ns=(meta.atime_ns, meta.mtime_ns))
             if self.durable_each:
                 os.fsync(sink_file.fd)
-            elif size < 0 or size >= EARLY_WRITEBACK_MIN:
+            elif self.writeback and (size < 0 or size >= EARLY_WRITEBACK_MIN):
                 start_writeback(sink_file.fd)
         finally:
             os.close(sink_file.fd)

@@ -99,3 +99,22 @@ def test_a_proof_that_cannot_make_its_scratch_copy_fails_the_job_and_the_set_is_
     assert report["verdict"] == "failed" and report["complete"] is False
     assert not os.path.exists(os.path.join(media.path, "unproven", "COMPLETE"))
     assert "verify failed after 1 attempt" in run.out
+
+
+def env_bytes(home):
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _dirs, names in os.walk(home) for name in names
+               if not name.startswith("__db."))
+
+
+def test_a_medium_with_room_for_the_set_but_not_its_scratch_copy_is_refused_before_pre(tmp_path, bdb_env, tmpfs_factory):
+    small = tmpfs_factory("backup", size="%dk" % (env_bytes(bdb_env.home) * 3 // 2 // 1024 + 64))
+    refused = run_playbook("backup.yml", inventory(tmp_path), bdb_job(bdb_env, small.path, "roomless"))
+    assert refused.rc != 0, refused
+    assert "for the set and the proof's scratch copy of it" in refused.out, refused
+    assert not os.path.exists(os.path.join(small.path, "roomless"))  # stopped before the set was opened, before pre
+    # the same medium with the scratch copy elsewhere: the set fits, is proven and COMPLETE
+    run = run_playbook("backup.yml", inventory(tmp_path),
+                       bdb_job(bdb_env, small.path, "roomless", backup_bdb_scratch_dir=str(tmp_path / "scratch")))
+    assert run.rc == 0, run
+    assert load_json(os.path.join(small.path, "roomless", "report.json"))["bdb"]["verification"]["ok"] is True
+    assert os.path.exists(os.path.join(small.path, "roomless", "COMPLETE"))

@@ -52,6 +52,11 @@ UTILITIES = ("archive", "checkpoint", "recover", "stat", "verify", "printlog")
 DEFAULT_PREFIXES = ("db5.3_", "db_")
 # Where an environment's files go in a set: data/<SET_PREFIX>/<path relative to the home>.
 SET_PREFIX = "env"
+# A data or log directory outside the home (DB_CONFIG set_data_dir /srv/db-data, set_lg_dir /srv/db-logs: logs on
+# another disk, as the Berkeley DB guide advises for catastrophic recovery) keeps its absolute path under this name:
+# /srv/db-logs/log.0000000001 is data/env/_outside_home/srv/db-logs/log.0000000001 in the set, and a copy laid out
+# from the set (the proof, a restore) holds it there too, with its DB_CONFIG rewritten to point at it.
+OUTSIDE_DIR = "_outside_home"
 LOG_RE = re.compile(r"^log\.(\d{10})$")
 # The first 24 bytes of a database file: LSN file, LSN offset, page number, magic, version, page size (u32 each).
 MAGICS = {0x053162: "btree", 0x061561: "hash", 0x042253: "queue", 0x074582: "heap"}
@@ -156,13 +161,46 @@ def read_db_config(home: str) -> t.Tuple[t.List[str], str]:
     return [os.path.normpath(d) for d in data_dirs] or ["."], os.path.normpath(log_dir)
 
 
-def _relative_inside(home: str, path: str, what: str) -> str:
+def place(home: str, path: str) -> str:
+    """A path of the environment as the engine names it: relative to the home when it is inside the home, else
+    absolute (a directory outside the home)."""
     full = os.path.normpath(os.path.join(home, path))
     rel = os.path.relpath(full, home)
-    if rel == ".." or rel.startswith("../"):
-        raise BdbError("environment %s: the %s %s is outside the home; expected directories inside the home (the set "
-                       "keeps paths relative to it). Move it under the home and point DB_CONFIG there" % (home, what, full))
-    return rel
+    return full if rel == ".." or rel.startswith("../") else rel
+
+
+def set_rel(path: str) -> str:
+    """Where a file of the environment (``place``'s name for it) is in a set, below data/<SET_PREFIX>/, and in a copy
+    laid out from the set: its path relative to the home, or OUTSIDE_DIR and its absolute path."""
+    return OUTSIDE_DIR + path if os.path.isabs(path) else path
+
+
+_DIR_DIRECTIVES = ("set_data_dir", "add_data_dir", "set_lg_dir")
+
+
+def rewrite_db_config(copy_home: str) -> t.Dict[str, str]:
+    """Point the DB_CONFIG of a copy laid out from a set at the copy's own directories: a directory that was outside
+    the source's home (an absolute path) is OUTSIDE_DIR/<that path> in the copy. The file as it was backed up is kept
+    beside it as DB_CONFIG.original. Returns {directive as backed up: as rewritten} (empty: nothing to rewrite)."""
+    path = os.path.join(copy_home, "DB_CONFIG")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, "r", encoding="utf-8", errors="surrogateescape") as handle:
+        lines = handle.read().splitlines(True)
+    rewritten, out = {}, []
+    for line in lines:
+        words = line.split()
+        if len(words) >= 2 and words[0] in _DIR_DIRECTIVES and os.path.isabs(words[1]):
+            new = "%s %s\n" % (words[0], set_rel(os.path.normpath(words[1])))
+            rewritten[line.strip()] = new.strip()
+            line = new
+        out.append(line)
+    if rewritten:
+        os.replace(path, path + ".original")
+        with open(path + ".tmp", "w", encoding="utf-8", errors="surrogateescape") as handle:
+            handle.write("".join(out))
+        os.replace(path + ".tmp", path)
+    return rewritten
 
 
 def is_region_file(name: str) -> bool:
@@ -300,9 +338,9 @@ class Environment:
                                % (home, full, os.geteuid()))
 
     def directories(self) -> t.Tuple[t.List[str], str]:
+        """The data directories and the log directory: relative to the home, or absolute outside it."""
         data_dirs, log_dir = read_db_config(self.home)
-        return ([_relative_inside(self.home, d, "data directory") for d in data_dirs],
-                _relative_inside(self.home, log_dir, "log directory"))
+        return [place(self.home, d) for d in data_dirs], place(self.home, log_dir)
 
     def log_names(self, log_dir: str) -> t.List[str]:
         try:
@@ -316,7 +354,7 @@ class Environment:
     def _archive(self, *flags: str) -> t.List[str]:
         """db_archive's list, as paths relative to the home."""
         out = self.run("archive", "-h", self.read_home, "-a", *flags)
-        return [os.path.relpath(os.path.normpath(line.strip()), self.read_home) for line in out.splitlines() if line.strip()]
+        return [place(self.read_home, os.path.normpath(line.strip())) for line in out.splitlines() if line.strip()]
 
     def checkpoint_state(self) -> t.Tuple[t.Optional[t.Tuple[int, int]], t.Optional[int]]:
         """(last checkpoint LSN, log bytes written since it). Without region files (no process has the environment
@@ -363,6 +401,7 @@ class Environment:
             if header:
                 page_sizes[rel] = header[0]
         lsn, since = self.checkpoint_state()
+        config = ["DB_CONFIG"] if os.path.isfile(os.path.join(self.home, "DB_CONFIG")) else []
         return {
             "home": self.home,
             "data_dirs": data_dirs,
@@ -376,7 +415,10 @@ class Environment:
             "checkpoint_lsn": format_lsn(lsn),
             "log_bytes_since_checkpoint": since,
             "checkpoint_due": since is None or since > 0 or lsn is None,
-            "config_file": "DB_CONFIG" if os.path.isfile(os.path.join(self.home, "DB_CONFIG")) else None,
+            "config_file": config[0] if config else None,
+            # each file as a copy source: where it is, and where it goes in the set
+            "copy_sources": {rel: {"path": os.path.join(self.home, rel), "dest": SET_PREFIX + "/" + set_rel(rel)}
+                             for rel in sorted(data_files) + log_files + config},
         }
 
     def checkpoint(self) -> None:
@@ -514,7 +556,8 @@ def lay_out(chain: t.List[t.Dict[str, t.Any]], target: str,
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(copy_rel, order))  # list(): the first failure is raised here
     return {"files": len(chosen), "bytes": sum(int(entry.get("size") or 0) for _s, entry in chosen.values()),
-            "logs": sorted((rel for rel in chosen if log_number(rel) is not None), key=_log_sort_key)}
+            "logs": sorted((rel for rel in chosen if log_number(rel) is not None), key=_log_sort_key),
+            "config_rewritten": rewrite_db_config(target) if "DB_CONFIG" in chosen else {}}
 
 
 # "Recover as you go": a kept, recovered copy of a chain, extended by each new incremental set.
@@ -671,7 +714,7 @@ def archivable_in_set(env_info: t.Dict[str, t.Any], set_path: str) -> t.Tuple[t.
     in_set = manifest_files(set_path)
     remove, kept = [], []
     for rel in env_info["archivable_logs"]:
-        entry = in_set.get(rel)
+        entry = in_set.get(set_rel(rel))
         live = os.path.join(env_info["home"], rel)
         if entry is None:
             kept.append({"log": rel, "why": "not in the set"})

@@ -25,12 +25,13 @@ INVENTORY = os.path.join(ROOT, "tests", "integration", "files", "bdb_inventory.p
 class BdbEnv:
     """An environment in ``<base>/env`` and its writer's state in ``<base>/state``."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, data_dir: str = "data", log_dir: str = "logs") -> None:
         self.home = os.path.join(base, "env")
         self.state = os.path.join(base, "state")
         self.runtime_dir = os.path.join(base, "run")
+        self.log_dir = os.path.join(self.home, log_dir)  # log_dir (and data_dir) may be absolute: outside the home
         os.makedirs(self.state)
-        subprocess.run([PYTHON, INVENTORY, "create", self.home], check=True)
+        subprocess.run([PYTHON, INVENTORY, "create", self.home, "65536", data_dir, log_dir], check=True)
         self.writer: t.Optional[subprocess.Popen] = None
 
     def start_writer(self) -> None:
@@ -69,7 +70,7 @@ class BdbEnv:
         return open(log, encoding="utf-8").read().split() if os.path.exists(log) else []
 
     def logs(self) -> t.List[str]:
-        return sorted(os.path.basename(path) for path in glob.glob(os.path.join(self.home, "logs", "log.*")))
+        return sorted(os.path.basename(path) for path in glob.glob(os.path.join(self.log_dir, "log.*")))
 
 
 def inventory_state(home: str) -> t.Dict[str, t.Any]:

@@ -16,15 +16,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 PYTHON = os.path.join(VENV_BIN, "python")
 
+COLLECTIONS = os.path.join(ROOT, ".build", "collections")
+FAKEDB = os.path.join(ROOT, "tests", "integration", "files", "fakedb.py")
+RECORDER_DIR = os.path.join(ROOT, "tests", "integration", "files", "callback_plugins")
+
 
 def first_port() -> int:
     """Where this test process starts looking for a free PostgreSQL port: scripts/test.sh runs the integration tests
     in two pytest-xdist workers (gw0, gw1), and each searches its own range, so two never pick one port at once."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     return 25432 + 200 * int(worker[2:] or 0)
-COLLECTIONS = os.path.join(ROOT, ".build", "collections")
-FAKEDB = os.path.join(ROOT, "tests", "integration", "files", "fakedb.py")
-RECORDER_DIR = os.path.join(ROOT, "tests", "integration", "files", "callback_plugins")
 
 
 def ansible_env(extra: t.Optional[t.Dict[str, str]] = None) -> t.Dict[str, str]:

@@ -4,7 +4,9 @@
 """The tests' Berkeley DB application: an inventory after the parts/locations example of the Berkeley DB
 Getting Started guide (../shared/seeds/003). Real transactional environments through the PyPI berkeleydb binding.
 
-    bdb_inventory.py create HOME            make the environment (parts.db, locations.db, history.db)
+    bdb_inventory.py create HOME [LOG_MAX [DATA_DIR LOG_DIR]]
+                                            make the environment (parts.db, locations.db, history.db); DATA_DIR and
+                                            LOG_DIR (default data and logs) may be absolute: outside the home
     bdb_inventory.py write HOME STATE [N]   the writer: transactions until killed (or the Nth); pauses while STATE/paused exists
     bdb_inventory.py pause STATE [S]        pre command: ask the writer to pause, wait until it has (then S seconds)
     bdb_inventory.py resume STATE           post command: let it go on (succeeds when it already runs)
@@ -50,11 +52,12 @@ def open_db(env, name, pagesize=None, dbtype=db.DB_BTREE):
     return handle
 
 
-def create(home, log_max=65536):
-    os.makedirs(os.path.join(home, "data"), exist_ok=True)
-    os.makedirs(os.path.join(home, "logs"), exist_ok=True)
+def create(home, log_max=65536, data_dir="data", log_dir="logs"):
+    os.makedirs(home, exist_ok=True)
+    os.makedirs(os.path.join(home, data_dir), exist_ok=True)
+    os.makedirs(os.path.join(home, log_dir), exist_ok=True)
     with open(os.path.join(home, "DB_CONFIG"), "w", encoding="utf-8") as handle:
-        handle.write("set_data_dir data\nset_lg_dir logs\nset_lg_max %d\n" % log_max)
+        handle.write("set_data_dir %s\nset_lg_dir %s\nset_lg_max %d\n" % (data_dir, log_dir, log_max))
     env = open_env(home, recover=True)
     # history.db is written once, then never opened again: after the old logs are archived, db_archive -s does not
     # list it, but a backup must still hold it.
@@ -183,7 +186,7 @@ def check(home):
 if __name__ == "__main__":
     command = sys.argv[1]
     if command == "create":
-        create(sys.argv[2], *(int(arg) for arg in sys.argv[3:]))
+        create(sys.argv[2], *([int(sys.argv[3])] + sys.argv[4:6] if len(sys.argv) > 3 else []))
     elif command == "write":
         write(sys.argv[2], sys.argv[3], *(int(arg) for arg in sys.argv[4:]))
     elif command == "pause":

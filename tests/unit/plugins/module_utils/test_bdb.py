@@ -81,13 +81,34 @@ def test_without_db_config_everything_is_in_the_home(tmp_path):
     assert _bdb.read_db_config(str(tmp_path)) == (["."], ".")
 
 
-def test_a_data_directory_outside_the_home_is_refused(tmp_path):
+def test_directories_outside_the_home_are_absolute_and_inside_ones_relative(tmp_path):
     home = tmp_path / "env"
     home.mkdir()
-    (home / "DB_CONFIG").write_text("set_data_dir /elsewhere\n")
-    with pytest.raises(_bdb.BdbError) as caught:
-        _bdb.Environment(str(home), {}, lambda argv: (0, "", "")).directories()
-    assert "outside the home" in str(caught.value)
+    (home / "DB_CONFIG").write_text("set_data_dir data\nadd_data_dir /srv/db-data/\nset_lg_dir ../logs\n")
+    assert _bdb.Environment(str(home), {}, lambda argv: (0, "", "")).directories() == (
+        ["data", "/srv/db-data"], str(tmp_path / "logs"))
+
+
+def test_a_file_outside_the_home_keeps_its_absolute_path_under_the_outside_directory_of_the_set():
+    assert _bdb.set_rel("data/parts.db") == "data/parts.db"
+    assert _bdb.set_rel("/srv/db-logs/log.0000000001") == "_outside_home/srv/db-logs/log.0000000001"
+
+
+def test_a_laid_out_db_config_points_at_the_copys_own_outside_directories_and_keeps_the_original(tmp_path):
+    original = "set_data_dir data\nadd_data_dir /srv/db-data\nset_lg_dir /srv/db-logs/\nset_lg_max 65536\n"
+    (tmp_path / "DB_CONFIG").write_text(original)
+    assert _bdb.rewrite_db_config(str(tmp_path)) == {"add_data_dir /srv/db-data": "add_data_dir _outside_home/srv/db-data",
+                                                     "set_lg_dir /srv/db-logs/": "set_lg_dir _outside_home/srv/db-logs"}
+    assert (tmp_path / "DB_CONFIG").read_text() == (
+        "set_data_dir data\nadd_data_dir _outside_home/srv/db-data\nset_lg_dir _outside_home/srv/db-logs\nset_lg_max 65536\n")
+    assert (tmp_path / "DB_CONFIG.original").read_text() == original
+    assert _bdb.read_db_config(str(tmp_path)) == (["data", "_outside_home/srv/db-data"], "_outside_home/srv/db-logs")
+
+
+def test_a_db_config_with_only_relative_directories_is_left_as_it_is(tmp_path):
+    (tmp_path / "DB_CONFIG").write_text("set_data_dir data\nset_lg_dir logs\n")
+    assert _bdb.rewrite_db_config(str(tmp_path)) == {}
+    assert not (tmp_path / "DB_CONFIG.original").exists()
 
 
 def test_utilities_db53_first_then_db(tmp_path):

@@ -132,7 +132,9 @@ log_bytes_since_checkpoint:
   type: int
   sample: 509565
 data_files:
-  description: The data files to copy, relative to the home (every file of the data directories and db_archive -s).
+  description:
+    - The data files to copy (every file of the data directories and db_archive -s), relative to the home; a file of
+      a data directory outside the home by its absolute path.
   returned: success
   type: list
   elements: str
@@ -144,13 +146,13 @@ unlisted_data_files:
   elements: str
   sample: [data/history.db]
 log_files:
-  description: Every log file, relative to the home, in log order (after the checkpoint).
+  description: Every log file, in log order (after the checkpoint), relative to the home (absolute outside it).
   returned: success
   type: list
   elements: str
   sample: [logs/log.0000000008, logs/log.0000000009]
 archivable_logs:
-  description: The logs no longer needed for normal recovery (db_archive -a), relative to the home.
+  description: The logs no longer needed for normal recovery (db_archive -a), relative to the home (absolute outside it).
   returned: success
   type: list
   elements: str
@@ -166,13 +168,13 @@ block_size:
   type: int
   sample: 8192
 data_dirs:
-  description: The data directories (DB_CONFIG set_data_dir), relative to the home.
+  description: The data directories (DB_CONFIG set_data_dir, add_data_dir), relative to the home, or absolute outside it.
   returned: success
   type: list
   elements: str
   sample: [data]
 log_dir:
-  description: The log directory (DB_CONFIG set_lg_dir), relative to the home.
+  description: The log directory (DB_CONFIG set_lg_dir), relative to the home, or absolute outside it.
   returned: success
   type: str
   sample: logs
@@ -181,6 +183,15 @@ config_file:
   returned: success
   type: str
   sample: DB_CONFIG
+copy_sources:
+  description:
+    - Each file of O(home) to copy (DB_CONFIG, data files, logs) by its name in RV(data_files), RV(log_files) and
+      RV(config_file) - C(path), where it is, and C(dest), where it goes in a set (C(env/<path relative to the home>),
+      or C(env/_outside_home/<absolute path>) for a directory outside the home) - as aligned_copy sources.
+  returned: success
+  type: dict
+  sample: {data/parts.db: {path: /srv/inventory/data/parts.db, dest: env/data/parts.db},
+           /srv/db-logs/log.0000000009: {path: /srv/db-logs/log.0000000009, dest: env/_outside_home/srv/db-logs/log.0000000009}}
 utilities:
   description: The utilities used, by name.
   returned: success

@@ -130,6 +130,14 @@ bytes:
   returned: success, not in check mode
   type: int
   sample: 1048576
+config_rewritten:
+  description:
+    - The lines of the laid-out C(DB_CONFIG) that named a directory outside the source's home, as backed up and as
+      rewritten to point at the copy's own C(_outside_home/<absolute path>); the file as backed up is kept as
+      C(DB_CONFIG.original). Empty when every directory is inside the home.
+  returned: success, not in check mode
+  type: dict
+  sample: {set_lg_dir /srv/db-logs: set_lg_dir _outside_home/srv/db-logs}
 source_checkpoint_lsn:
   description: The checkpoint LSN the newest set recorded when it was taken.
   returned: always

@@ -70,3 +70,24 @@ def test_archival_removes_verified_logs_from_a_log_directory_outside_the_home(tm
     assert recovered.returncode == 0, recovered.stderr
     state = inventory_state(outside_env.home)
     assert state["seq"] == 6000 and all(total == spread for total, spread in state["parts"].values())
+
+
+def test_an_incremental_set_takes_the_new_logs_from_a_log_directory_outside_the_home_and_restores(tmp_path, outside_env, media):
+    outside_env.write(1000)
+    full = run_playbook("backup.yml", inventory(tmp_path), bdb_job(outside_env, media.path, "full"))
+    assert full.rc == 0, full
+    outside_env.write(2000)
+    incremental = run_playbook("backup.yml", inventory(tmp_path),
+                               bdb_job(outside_env, media.path, "inc", backup_bdb_mode="incremental"))
+    assert incremental.rc == 0, incremental
+    report = load_json(os.path.join(media.path, "inc", "report.json"))
+    assert report["bdb"]["mode"] == "incremental" and report["bdb"]["verification"]["ok"] is True
+    in_set = [entry["path"] for entry in load_json(os.path.join(media.path, "inc", "manifest.json"))["files"]]
+    outside_logs = "env/_outside_home%s/log." % (tmp_path / "disk2" / "logs")
+    assert in_set and all(path.startswith(outside_logs) for path in in_set)  # logs only, from the outside log dir
+    target = str(tmp_path / "restored")
+    restored = run_playbook("restore.yml", inventory(tmp_path), restore_vars(media.path, target))
+    assert restored.rc == 0, restored
+    assert restored.fact("bdb_restored")["chain"] == ["full", "inc"]
+    state = inventory_state(target)
+    assert state["seq"] == 2000 and all(total == spread for total, spread in state["parts"].values())

@@ -150,9 +150,13 @@ def open_set(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int
 # ---------------------------------------------------------------------------------------------------------
 #
 # Each attempt of a phase is recorded by the module that makes it (backup_command for operator commands,
-# pg_backup_session, aligned_copy), when it ends, in <set>/phases.jsonl: one line per attempt, appended and fsynced.
-# Ansible's until/retries keeps only the last attempt's result; the ledger keeps every attempt, with its message.
-# close_set reads it back into report.json's phases.
+# pg_backup_session, aligned_copy), in <set>/phases.jsonl: a line when it starts (result "started") and a line when it
+# ends (ok or failed), appended and fsynced. Ansible's until/retries keeps only the last attempt's result; the ledger
+# keeps every attempt, with its message. An attempt that started and never said how it ended (its module crashed or
+# was killed) counts as failed: a step that never reported is not trusted. close_set reads it back into report.json.
+
+# The result of an attempt's first line; the attempt's end line follows it (ok or failed), unless the module died.
+STARTED = "started"
 
 def record_attempt(set_dir: str, run_id: str, phase: str, record: t.Dict[str, t.Any]) -> bool:
     """Append one attempt to the set's ledger. False (nothing written) when the set does not exist: a run that was
@@ -186,11 +190,33 @@ def read_ledger(set_dir: str, run_id: str) -> t.List[t.Dict[str, t.Any]]:
     return attempts
 
 
+def _unreported(started: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+    """The end of an attempt that started and never said how it ended: a failure."""
+    when = _as_float(started.get("start"))
+    return {"start": started.get("start"), "end": None, "result": "failed", "rc": None, "stdout_tail": None,
+            "stderr_tail": None, "msg": "the attempt started at %s (pid %s) never reported how it ended: its module crashed "
+            "or was killed; see the task's output, then run the backup again"
+            % (utc_iso(when) if when is not None else "an unknown time", started.get("pid", "unknown"))}
+
+
 def phases_from_ledger(attempts: t.List[t.Dict[str, t.Any]]) -> t.Dict[str, t.Dict[str, t.Any]]:
     """report.json's phases: per phase, start of the first attempt, end of the last, attempts, the last result,
-    every failed attempt's message, and the facts of the last attempt (bytes, quiesce times, ...)."""
-    phases = {}  # type: t.Dict[str, t.Dict[str, t.Any]]
+    every failed attempt's message, and the facts of the last attempt (bytes, quiesce times, ...). An attempt whose
+    start line has no end line (the next line of the phase is another start, or there is none) is a failed attempt."""
+    ended = []  # type: t.List[t.Dict[str, t.Any]]
+    open_attempts = {}  # type: t.Dict[str, t.Dict[str, t.Any]]
     for record in attempts:
+        name = record["phase"]
+        if record.get("result") == STARTED:
+            if name in open_attempts:
+                ended.append(dict(_unreported(open_attempts[name]), phase=name))
+            open_attempts[name] = record
+            continue
+        open_attempts.pop(name, None)
+        ended.append(record)
+    ended += [dict(_unreported(started), phase=name) for name, started in open_attempts.items()]
+    phases = {}  # type: t.Dict[str, t.Dict[str, t.Any]]
+    for record in ended:
         phase = phases.setdefault(record["phase"], {"start": record.get("start"), "attempts": 0, "messages": []})
         phase["attempts"] += 1
         phase["end"] = record.get("end")
@@ -218,6 +244,11 @@ class PhaseLedger:
         self.start = time.time()
         if self.ledger is None:
             return
+        try:  # the attempt's first line: if the module dies before its end line, the attempt counts as failed
+            record_attempt(self.ledger["set_path"], self.ledger["run_id"], self.ledger["phase"],
+                           {"start": self.start, "result": STARTED, "pid": os.getpid()})
+        except (OSError, KeyError, TypeError):
+            pass
         exit_json, fail_json = module.exit_json, module.fail_json
 
         def exit_recorded(**result: t.Any) -> None:

@@ -15,9 +15,10 @@ description:
     one set. A set already marked C(COMPLETE) is refused.
   - Each attempt of pre, copy and post is recorded in the set's phase ledger C(phases.jsonl) by the module that makes
     it (M(consistent.backup.backup_command), M(consistent.backup.pg_backup_session), M(consistent.backup.aligned_copy),
-    given their C(ledger) option). O(state=closed) reads this run's attempts back - per phase the first start, the
-    last end, the number of attempts, the last result and every failed attempt's message - so C(report.json) has the
-    same shape for every engine.
+    given their C(ledger) option), with a line when the attempt starts and one when it ends. O(state=closed) reads
+    this run's attempts back - per phase the first start, the last end, the number of attempts, the last result and
+    every failed attempt's message - so C(report.json) has the same shape for every engine. An attempt that started
+    and never said how it ended (its module crashed or was killed) is a failed attempt.
   - O(state=closed) writes C(report.json) (phases with start and end times, attempts, results, C(quiesce_seconds),
     bytes, verdict) and then, only when the verdict is a success and the set's C(manifest.json) and every file in
     O(require) are present, writes C(COMPLETE) last. The lock is released in every case.

@@ -37,7 +37,8 @@ def phase_attempts(media_path, backup_id, phase):
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as handle:
-        return [attempt for attempt in map(__import__("json").loads, handle) if attempt["phase"] == phase]
+        return [attempt for attempt in map(__import__("json").loads, handle)
+                if attempt["phase"] == phase and attempt["result"] != "started"]  # ended attempts only
 
 
 def crashed_with_a_write(engine, shop):

@@ -228,6 +228,54 @@ def test_a_phase_that_failed_twice_and_passed_on_its_third_attempt_has_three_att
     assert [m["attempt"] for m in pre["messages"]] == [1, 2]
 
 
+def started(path, phase, start, run_id="run-1"):
+    bs.record_attempt(path, run_id, phase, {"start": start, "result": bs.STARTED, "pid": 4242})
+
+
+def test_an_attempt_that_started_and_ended_counts_once(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    started(path, "pre", 100.0)
+    attempt(path, "pre", "ok", 100.0)
+    pre = bs.phases_from_ledger(bs.read_ledger(path, "run-1"))["pre"]
+    assert (pre["attempts"], pre["result"], pre["messages"]) == (1, "ok", [])
+
+
+def test_an_attempt_that_started_and_never_ended_is_a_failed_attempt(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    started(path, "verify", 120.0)
+    verify = bs.phases_from_ledger(bs.read_ledger(path, "run-1"))["verify"]
+    assert (verify["attempts"], verify["result"], verify["start"], verify["end"]) == (1, "failed", 120.0, None)
+    assert "never reported how it ended" in verify["msg"] and "pid 4242" in verify["msg"]
+    assert verify["messages"] == [{"attempt": 1, "msg": verify["msg"], "rc": None, "stderr_tail": None}]
+
+
+def test_a_crashed_attempt_then_a_good_one_is_two_attempts_and_the_phase_is_ok(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    started(path, "copy", 101.0)
+    started(path, "copy", 105.0)
+    attempt(path, "copy", "ok", 105.0, facts={"bytes": 5})
+    copy = bs.phases_from_ledger(bs.read_ledger(path, "run-1"))["copy"]
+    assert (copy["attempts"], copy["result"], copy["bytes"]) == (2, "ok", 5)
+    assert [m["attempt"] for m in copy["messages"]] == [1] and "never reported" in copy["messages"][0]["msg"]
+
+
+def test_a_second_copy_of_one_phase_that_died_fails_the_verdict_although_the_first_ended_ok(tmp_path):
+    # bdb copies its data files, then its logs, both in phase copy: the logs' copy dying must not leave "ok" standing
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    write_manifest(path)
+    for phase, start in (("pre", 100.0), ("copy", 101.0)):
+        started(path, phase, start)
+        attempt(path, phase, "ok", start)
+    started(path, "copy", 103.0)
+    started(path, "post", 110.0)
+    attempt(path, "post", "ok", 110.0)
+    report = bs.close_set(path, "b1", "run-1", "bdb", {}, None, [], {})
+    assert report["verdict"] == "failed" and report["complete"] is False
+    assert report["failed_phases"] == ["copy"] and report["phases"]["copy"]["attempts"] == 2
+    assert report["failure"].startswith("copy failed after 2 attempts: the attempt started at ")
+    assert not os.path.exists(os.path.join(path, "COMPLETE"))
+
+
 def test_close_builds_report_phases_from_the_ledger_of_this_run_only(tmp_path):
     path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
     write_manifest(path)
@@ -281,3 +329,25 @@ def test_a_lock_taken_over_is_in_report_json(tmp_path):
     path = bs.open_set(str(tmp_path), "b1", "run-1", None, owner_pid=os.getpid())["set_path"]
     report = bs.close_set(path, "b1", "run-1", "files", {}, None, [], {})
     assert report["lock_taken_over"]["run_id"] == "run-dead"
+
+
+class _FakeModule:
+    check_mode = False
+
+    def exit_json(self, **result):
+        raise SystemExit(0)
+
+    def fail_json(self, **result):
+        raise SystemExit(1)
+
+
+def test_a_module_with_a_ledger_records_its_attempt_when_it_starts_and_again_when_it_ends(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    module = _FakeModule()
+    bs.PhaseLedger(module, {"set_path": path, "run_id": "run-1", "phase": "verify"})
+    assert [(r["phase"], r["result"], r["pid"]) for r in bs.read_ledger(path, "run-1")] == [("verify", "started", os.getpid())]
+    assert bs.phases_from_ledger(bs.read_ledger(path, "run-1"))["verify"]["result"] == "failed"  # if it died now
+    with pytest.raises(SystemExit):
+        module.exit_json(ok=True)
+    assert [r["result"] for r in bs.read_ledger(path, "run-1")] == ["started", "ok"]
+    assert bs.phases_from_ledger(bs.read_ledger(path, "run-1"))["verify"]["result"] == "ok"

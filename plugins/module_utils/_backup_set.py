@@ -158,6 +158,7 @@ def open_set(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int
 # The result of an attempt's first line; the attempt's end line follows it (ok or failed), unless the module died.
 STARTED = "started"
 
+
 def record_attempt(set_dir: str, run_id: str, phase: str, record: t.Dict[str, t.Any]) -> bool:
     """Append one attempt to the set's ledger. False (nothing written) when the set does not exist: a run that was
     refused before it opened its set has no ledger."""

@@ -164,18 +164,37 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def module_processes(module: str) -> t.List[int]:
-    """Pids of live processes running ``module`` (its AnsiballZ wrapper, or a detached child of it such as a guard)."""
-    needle = ("AnsiballZ_%s" % module).encode()
-    found = []
+def _parents() -> t.Dict[int, int]:
+    """{pid: parent pid} of every live process (from /proc/<pid>/stat; the command name may hold spaces and parens)."""
+    parents = {}
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
-                with open("/proc/%s/cmdline" % pid, "rb") as handle:
-                    if needle in handle.read() and pid_alive(int(pid)):
-                        found.append(int(pid))
-            except OSError:
+                with open("/proc/%s/stat" % pid, "rb") as handle:
+                    parents[int(pid)] = int(handle.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 pass
+    return parents
+
+
+def module_processes(module: str, controller: int) -> t.List[int]:
+    """Pids of live processes running ``module`` (its AnsiballZ wrapper) below the test's own ``controller`` process:
+    the integration tests run in two workers, and a test must never signal the other worker's modules."""
+    needle = ("AnsiballZ_%s" % module).encode()
+    parents = _parents()
+    found = []
+    for pid in parents:
+        ancestor = parents.get(pid)
+        while ancestor and ancestor != controller:
+            ancestor = parents.get(ancestor)
+        if ancestor != controller:
+            continue
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                if needle in handle.read() and pid_alive(pid):
+                    found.append(pid)
+        except OSError:
+            pass
     return found
 
 

@@ -82,7 +82,7 @@ def test_a_killed_many_file_copy_resumes_without_rewriting_what_it_made_durable_
     try:
         wait_until(lambda: journal_lines(set_path) > 0 or controller.poll() is not None, 120, "the copy's first journal entries")
         assert controller.poll() is None, "the copy ended before it could be killed in the middle"
-        pids = module_processes("aligned_copy")
+        pids = module_processes("aligned_copy", controller.pid)
         assert pids
         for pid in pids:
             os.kill(pid, signal.SIGKILL)

@@ -63,8 +63,8 @@ def test_second_backup_of_the_same_cluster_is_refused_before_pre(tmp_path, clust
     variables = pg_job(cluster, media.path, "first", backup_guard_lease=120,
                        backup_runtime_dir=os.path.join(cluster.base_dir, "guards"), backup_postgresql_read_size="8192")
     first = start_playbook("backup.yml", inventory(tmp_path), variables, str(tmp_path / "first.log"))
-    wait_until(lambda: os.path.isdir(os.path.join(media.path, "first", "data")) and module_processes("aligned_copy"), 120, "the first run's copy")
-    paused = module_processes("aligned_copy")
+    wait_until(lambda: os.path.isdir(os.path.join(media.path, "first", "data")) and module_processes("aligned_copy", first.pid), 120, "the first run's copy")
+    paused = module_processes("aligned_copy", first.pid)
     for pid in paused:  # hold the first run in its copy while the second one tries
         os.kill(pid, signal.SIGSTOP)
     try:

@@ -352,7 +352,7 @@ class Environment:
         return any(is_region_file(name) for name in os.listdir(self.read_home))
 
     def _archive(self, *flags: str) -> t.List[str]:
-        """db_archive's list, as paths relative to the home."""
+        """db_archive's list, as ``place`` names them: relative to the home, or absolute outside it."""
         out = self.run("archive", "-h", self.read_home, "-a", *flags)
         return [place(self.read_home, os.path.normpath(line.strip())) for line in out.splitlines() if line.strip()]
 

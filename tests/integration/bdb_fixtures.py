@@ -79,6 +79,14 @@ def inventory_state(home: str) -> t.Dict[str, t.Any]:
     return json.loads(out)
 
 
+def recovered_state(home: str) -> t.Dict[str, t.Any]:
+    """Normal recovery (db5.3_recover) of an environment, which must succeed (after log archival: the logs it still
+    needs are there), then its inventory_state."""
+    recovered = subprocess.run(["db5.3_recover", "-h", home], capture_output=True, text=True, check=False)
+    assert recovered.returncode == 0, recovered.stderr
+    return inventory_state(home)
+
+
 def tree_checksums(path: str) -> t.Dict[str, str]:
     """SHA-256 of every file below ``path`` (an environment's __db.* region files included)."""
     sums = {}

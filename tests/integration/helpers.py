@@ -25,7 +25,9 @@ def first_port() -> int:
     """Where this test process starts looking for a free PostgreSQL port: scripts/test.sh runs the integration tests
     in two pytest-xdist workers (gw0, gw1), and each searches its own range, so two never pick one port at once."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    return 25432 + 200 * int(worker[2:] or 0)
+    # CONSISTENT_BACKUP_TEST_PORT_BASE moves the whole range, so two test sessions (two checkouts) can run side by side.
+    base = int(os.environ.get("CONSISTENT_BACKUP_TEST_PORT_BASE", "25432"))
+    return base + 200 * int(worker[2:] or 0)
 
 
 def ansible_env(extra: t.Optional[t.Dict[str, str]] = None) -> t.Dict[str, str]:

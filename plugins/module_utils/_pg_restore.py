@@ -22,11 +22,11 @@ import json
 import os
 import pwd
 import re
-import shutil
 import stat
 import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils import _layout
+from ansible_collections.consistent.backup.plugins.module_utils import _restore_gate as _gate
 from ansible_collections.consistent.backup.plugins.module_utils._copy import CopyError, DirectorySink, FileMeta, copy_file, hash_file
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
 from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, backup_id_problem
@@ -178,197 +178,68 @@ def _owner_ids(owner: str) -> t.Tuple[int, int]:
 # and tablespace_map. Only then is the target written; a failure while writing removes what was written.
 # --------------------------------------------------------------------------------------------------------------
 
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
 # A tablespace is named by its OID in pg_tblspc/ and in tablespace_map: digits only, so it never leaves a directory.
 TABLESPACE_OID = re.compile(r"^[1-9][0-9]{0,9}\Z")
-ENTRY_TYPES = ("file", "dir", "symlink")
 # PostgreSQL lets pg_wal be a link (initdb --waldir). Its contents are never in a set (recovery reads the WAL
 # archive), so a pg_wal link in a set is neither followed nor recreated: the target gets an empty pg_wal directory.
 WAL_DIR = DATA_PREFIX + "/pg_wal"
 TABLESPACE_LINKS = DATA_PREFIX + "/pg_tblspc/"
+UNDER_REASON = "a PostgreSQL set holds only the data directory there"
 
 
 def manifest_path_problem(path: t.Any) -> str:
-    """'' when ``path`` is a relative, normalised path under pgdata/, else what is wrong with it."""
-    if not isinstance(path, str) or not path:
-        return "it is not a non-empty string"
-    if "\0" in path:
-        return "it holds a NUL byte"
-    if path.startswith("/"):
-        return "it is absolute"
-    parts = path.split("/")
-    if "" in parts:
-        return "it has an empty component (a doubled or trailing '/')"
-    if "." in parts or ".." in parts:
-        return "it has a '.' or '..' component"
-    if parts[0] != DATA_PREFIX:
-        return "it is not under %s/ (a PostgreSQL set holds only the data directory there)" % DATA_PREFIX
-    return ""
+    """'' when ``path`` is a relative, normalised path under pgdata/, else what is wrong with it (the gate's rule)."""
+    return _gate.path_problem(path, DATA_PREFIX, UNDER_REASON)
 
 
 def _set_problem(set_path: str, what: str) -> RestoreError:
-    return RestoreError(
-        "backup set %s: %s. The set was changed after the backup or the medium is damaged: do not use it; "
-        "restore another set" % (set_path, what))
-
-
-def _check_entries(set_path: str, manifest: t.Dict[str, t.Any]) -> t.Dict[str, t.Dict[str, t.Any]]:
-    """The manifest's entries by path, each checked: a safe path, a known type, a size and a SHA-256 for a file."""
-    entries: t.Dict[str, t.Dict[str, t.Any]] = {}
-    for entry in manifest.get("files", []):
-        path = entry.get("path") if isinstance(entry, dict) else None
-        problem = manifest_path_problem(path)
-        if problem:
-            raise _set_problem(set_path, "manifest.json lists the path %r, expected a relative, normalised path under %s/ "
-                                         "that stays inside the target, but %s" % (path, DATA_PREFIX, problem))
-        kind = entry.get("type")
-        if kind not in ENTRY_TYPES:
-            raise _set_problem(set_path, "manifest.json lists %s with type %r, expected one of %s"
-                               % (path, kind, ", ".join(ENTRY_TYPES)))
-        if kind == "file":
-            size, checksum = entry.get("size"), entry.get("sha256")
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(checksum, str) \
-                    or not SHA256_HEX.match(checksum):
-                raise _set_problem(set_path, "manifest.json lists the file %s without a byte size and a SHA-256 (found "
-                                             "size %r, sha256 %r)" % (path, size, checksum))
-        if path in entries:
-            raise _set_problem(set_path, "manifest.json lists %s twice" % path)
-        entries[path] = entry
-    return entries
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    return "special file (%s)" % stat.filemode(mode)[0]
-
-
-def _walk_set(data_root: str) -> t.Iterator[t.Tuple[str, os.stat_result]]:
-    """Every entry below ``data_root`` as (path relative to it with '/', lstat), parents first; links not followed."""
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        with os.scandir(os.path.join(data_root, rel_dir) if rel_dir else data_root) as iterator:
-            names = sorted(entry.name for entry in iterator)
-        for name in reversed(names):
-            rel = rel_dir + "/" + name if rel_dir else name
-            info = os.lstat(os.path.join(data_root, rel))
-            yield rel, info
-            if stat.S_ISDIR(info.st_mode):
-                stack.append(rel)
-
-
-def _open_regular(path: str) -> int:
-    """Open a file of the set for reading, never through a link; a descriptor of a regular file."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise RestoreError("%s is no longer a regular file; the set changed during the restore: restore another set" % path)
-    return fd
-
-
-def _checksum(path: str) -> t.Tuple[int, str]:
-    fd = _open_regular(path)
-    try:
-        checksum, size = hash_file(fd)
-    finally:
-        os.close(fd)
-    return size, checksum
+    return RestoreError(str(_gate.set_problem(set_path, what)))
 
 
 def plan_restore(set_path: str, manifest: t.Dict[str, t.Any], spcmap: t.Optional[bytes], target: str, tablespace_dir: str,
                  verify: bool) -> t.Dict[str, t.Any]:
-    """Check the whole set before the target is touched; return what to write.
+    """Check the whole set through the restore gate before the target is touched; return what to write.
 
-    Refuses (RestoreError naming the set and the file) a manifest path that is absolute, not normalised or not
-    under pgdata/; a listed file missing from the set, of another type or size, or (verify) another SHA-256; an
-    entry of the set's data tree that the manifest does not list; any symlink in the set's data tree (a link
-    would let the restored server write outside its target), except pg_wal, which is replaced by an empty
-    directory; a tablespace_map line whose OID is not a number or whose copy is not a real directory in the set.
+    The gate (_restore_gate) refuses a manifest path that is absolute, not normalised or not under pgdata/; a listed
+    file missing from the set, of another type or size, or (verify) another SHA-256; an entry of the set's data tree
+    that the manifest does not list; a setuid, setgid or device file; any symlink in the set's data tree (a link
+    would let the restored server write outside its target) but the two PostgreSQL defines: pg_wal, which is replaced
+    by an empty directory, and pg_tblspc/<oid>, which must be a real directory in a set. Then tablespace_map: a line
+    whose OID is not a number or whose copy is not a real directory in the set is refused, and every tablespace goes
+    to tablespace_dir/<oid>, whatever the map names.
     """
     data_root = os.path.join(set_path, "data")
     source_root = os.path.join(data_root, DATA_PREFIX)
     for directory in (data_root, source_root):
-        try:
-            info = os.lstat(directory)
-        except FileNotFoundError:
-            raise RestoreError("backup set %s has no %s directory; it is not a PostgreSQL set: restore another set"
-                               % (set_path, os.path.relpath(directory, set_path))) from None
-        if not stat.S_ISDIR(info.st_mode):
-            raise _set_problem(set_path, "%s is a %s, expected a directory" % (directory, _kind(info.st_mode)))
-    entries = _check_entries(set_path, manifest)
+        _gate.root_dir(set_path, directory, "a PostgreSQL set")
+    entries = _gate.check_entries(set_path, manifest, DATA_PREFIX, UNDER_REASON)
     if not entries:
-        raise _set_problem(set_path, "manifest.json lists no files, expected the copy of the data directory")
-    implied_dirs = set()
-    for path in entries:
-        parts = path.split("/")
-        implied_dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
-    dirs: t.List[t.Tuple[str, int]] = []
-    files: t.List[t.Tuple[str, int]] = []
-    found = set()
-    wal_link = False
-    for rel, info in _walk_set(data_root):
-        kind = _kind(info.st_mode)
-        source = os.path.join(data_root, rel)
-        entry = entries.get(rel)
-        if kind == "symlink":
-            link = os.readlink(source)
-            if rel == WAL_DIR and (entry is None or entry["type"] in ("symlink", "dir")):
-                wal_link = True
-                found.add(rel)
-                continue
-            if rel.startswith(TABLESPACE_LINKS) and "/" not in rel[len(TABLESPACE_LINKS):]:
-                raise _set_problem(set_path, "%s is a symlink to %s, expected the tablespace's copy as a real directory: "
-                                             "a set holds its tablespaces' files, and a restore never follows a link"
-                                   % (source, link))
-            raise _set_problem(set_path, "%s is a symlink to %s; expected no symlink in the set's data tree except "
-                                         "pg_tblspc/<oid> tablespaces (restored to tablespace_dir): a link in a "
-                                         "restored data directory would make the server read and write outside %s"
-                               % (source, link, target))
-        if entry is None:
-            server_written = rel.startswith(DATA_PREFIX + "/") and rel[len(DATA_PREFIX) + 1:] in NOT_COPIED
-            if (kind == "dir" and rel in implied_dirs) or (kind == "file" and server_written):
-                if kind == "dir":
-                    dirs.append((rel, stat.S_IMODE(info.st_mode)))
-                continue
-            raise _set_problem(set_path, "%s (a %s) is in the set's data tree but not in its manifest.json; expected only "
-                                         "what the backup copied" % (source, kind))
-        found.add(rel)
-        if entry["type"] != kind:
-            raise _set_problem(set_path, "%s is a %s in the set, expected a %s (manifest.json)" % (source, kind, entry["type"]))
-        if kind == "dir":
-            dirs.append((rel, stat.S_IMODE(info.st_mode)))
-        elif kind == "file":
-            if info.st_size != entry["size"]:
-                raise _set_problem(set_path, "%s is %d bytes, expected %d bytes (manifest.json)"
-                                   % (source, info.st_size, entry["size"]))
-            files.append((rel, info.st_size))
-        else:
-            raise _set_problem(set_path, "%s is a %s, expected only files and directories" % (source, kind))
+        raise _gate.set_problem(set_path, "manifest.json lists no files, expected the copy of the data directory")
+
+    def defined_link(rel: str, entry: t.Optional[t.Dict[str, t.Any]], link: str) -> t.Union[bool, str, None]:
+        if rel == WAL_DIR and (entry is None or entry["type"] in ("symlink", "dir")):
+            return True
+        if rel.startswith(TABLESPACE_LINKS) and "/" not in rel[len(TABLESPACE_LINKS):]:
+            return ("%s is a symlink to %s, expected the tablespace's copy as a real directory: a set holds its "
+                    "tablespaces' files, and a restore never follows a link" % (os.path.join(data_root, rel), link))
+        return ("%s is a symlink to %s; expected no symlink in the set's data tree except pg_tblspc/<oid> tablespaces "
+                "(restored to tablespace_dir): a link in a restored data directory would make the server read and write "
+                "outside %s" % (os.path.join(data_root, rel), link, target))
+
+    def server_written(rel: str, kind: str) -> bool:
+        return kind == "file" and rel.startswith(DATA_PREFIX + "/") and rel[len(DATA_PREFIX) + 1:] in NOT_COPIED
+
+    tree = _gate.inspect_tree(set_path, data_root, entries, target, defined_link, server_written)
+    dirs, files, found = tree.dirs, tree.files, set(tree.found)
+    wal_link = WAL_DIR in tree.links
     if wal_link:
         # Directories the copy recorded inside a linked pg_wal (archive_status) are made anew in the target; the link
         # is not followed to look at them.
         found.update(path for path, entry in entries.items() if path.startswith(WAL_DIR + "/") and entry["type"] == "dir")
-    missing = sorted(path for path in entries if path not in found)
-    if missing:
-        listed = entries[missing[0]]
-        raise _set_problem(set_path, "%s is listed in manifest.json (a %s%s) but missing from the set%s"
-                           % (os.path.join(data_root, missing[0]), listed["type"],
-                              ", %d bytes" % listed["size"] if listed["type"] == "file" else "",
-                              " (and %d more)" % (len(missing) - 1) if len(missing) > 1 else ""))
+    _gate.require_present(set_path, data_root, entries, found)
     tablespaces = _plan_tablespaces(set_path, spcmap, set(rel for rel, _mode in dirs), target, tablespace_dir)
     if verify:
-        for rel, _size in files:
-            source = os.path.join(data_root, rel)
-            size, checksum = _checksum(source)
-            expected = entries[rel]
-            if size != expected["size"] or checksum != expected["sha256"]:
-                raise _set_problem(set_path, "%s does not match manifest.json: expected %d bytes with sha256 %s, found %d "
-                                             "bytes with sha256 %s" % (source, expected["size"], expected["sha256"], size, checksum))
+        _gate.verify_files(set_path, data_root, entries, files)
     return {"data_root": data_root, "entries": entries, "dirs": dirs, "files": files, "wal_link": wal_link,
             "tablespaces": tablespaces, "verified": verify}
 
@@ -427,7 +298,7 @@ def _copy_file(source: str, destination: str, expected: t.Dict[str, t.Any], veri
     The file is written under a temporary name and checked again (size, and with verify its SHA-256, computed in the
     same pass as the copy) before it gets its name: a file that changed since the check is never named in the target.
     """
-    src_fd = _open_regular(source)
+    src_fd = _gate.open_regular(source)
     try:
         info = os.fstat(src_fd)
 
@@ -438,7 +309,7 @@ def _copy_file(source: str, destination: str, expected: t.Dict[str, t.Any], veri
                     "copy), found %d bytes with sha256 %s. Something writes into the set: stop it, then restore again"
                     % (source, expected["size"], expected["sha256"], size, checksum))
 
-        meta = FileMeta(stat.S_IMODE(info.st_mode), uid, gid, info.st_atime_ns, info.st_mtime_ns)
+        meta = FileMeta(stat.S_IMODE(info.st_mode) & 0o777, uid, gid, info.st_atime_ns, info.st_mtime_ns)
         size, _checksum = copy_file(src_fd, destination, meta, check=check, sink=sink)
     finally:
         os.close(src_fd)
@@ -491,41 +362,24 @@ def write_restore(plan: t.Dict[str, t.Any], target: str, tablespace_dir: str, ui
 
 def _undo(target: str, target_before: t.Optional[os.stat_result], tablespace_dir: str,
           tablespace_dir_before: t.Optional[os.stat_result], tablespaces: t.List[t.Dict[str, str]]) -> t.List[str]:
-    """Remove what a failed restore wrote (links are removed, never followed); the paths that could not be removed.
+    """Remove what a failed restore wrote (the gate's Written: links are removed, never followed); the paths that
+    could not be removed.
 
     A target that existed (empty, as check_target requires) is emptied again and gets its mode and owner back; an
     existing tablespace_dir loses the locations this restore made and gets its owner back.
     """
-    left = []
-
-    def remove(path: str) -> None:
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            elif os.path.lexists(path):
-                os.unlink(path)
-        except OSError:
-            left.append(path)
-
-    if target_before is None:
-        remove(target)
-    elif os.path.isdir(target):
-        for name in os.listdir(target):
-            remove(os.path.join(target, name))
-        try:
-            os.chown(target, target_before.st_uid, target_before.st_gid)
-            os.chmod(target, stat.S_IMODE(target_before.st_mode))
-        except OSError:
-            left.append(target)
+    written = _gate.Written(target, target_before, checked=True)
     if tablespace_dir_before is not None:
         for tablespace in tablespaces:
-            remove(tablespace["location"])
+            written.made(tablespace["location"])
+    elif tablespaces:
+        written.made(tablespace_dir)
+    left = written.undo()
+    if tablespace_dir_before is not None:
         try:
             os.chown(tablespace_dir, tablespace_dir_before.st_uid, tablespace_dir_before.st_gid)
         except OSError:
             left.append(tablespace_dir)
-    elif tablespaces:
-        remove(tablespace_dir)
     return left
 
 
@@ -673,7 +527,7 @@ def prepare(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Optional
     }
     try:
         plan = plan_restore(found["set_path"], manifest, found["spcmap"], target, tablespace_dir, verify)
-    except RestoreError as exc:
+    except (RestoreError, _gate.GateError) as exc:
         raise RestoreError("%s. Nothing was written to %s" % (exc, target)) from None
     except OSError as exc:
         raise RestoreError("cannot read backup set %s at %s: %s; check the medium and its permissions. Nothing was written to %s"
@@ -697,12 +551,8 @@ def prepare(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Optional
         write_settings(target, settings, uid, gid)
         atomic_write(os.path.join(target, "recovery.signal"), b"", 0o600, (uid, gid))
         fsync_dir(target)
-    except (RestoreError, OSError) as exc:
-        reason = str(exc) if isinstance(exc, RestoreError) else "%s: %s" % (exc.filename or "?", exc.strerror or exc)
+    except (RestoreError, _gate.GateError, OSError) as exc:
+        reason = "%s: %s" % (exc.filename or "?", exc.strerror or exc) if isinstance(exc, OSError) else str(exc)
         left = _undo(target, target_before, tablespace_dir, tablespace_dir_before, plan["tablespaces"])
-        if left:
-            raise RestoreError("restore into %s failed (%s) and what it wrote could not all be removed (%s): remove them "
-                               "by hand before trying again" % (target, reason, ", ".join(left))) from None
-        raise RestoreError("restore into %s failed: %s. What it wrote was removed; %s is as it was found"
-                           % (target, reason, target)) from None
+        raise RestoreError(_gate.undo_message(target, reason, left)) from None
     return result

@@ -42,6 +42,7 @@ import tempfile
 import time
 import typing as t
 
+from ansible_collections.consistent.backup.plugins.module_utils import _restore_gate as _gate
 from ansible_collections.consistent.backup.plugins.module_utils._layout import (
     COMPLETE_NAME, DATA_DIR, MANIFEST_NAME, REPORT_NAME, backup_id_problem)
 
@@ -175,32 +176,52 @@ def set_rel(path: str) -> str:
     return OUTSIDE_DIR + path if os.path.isabs(path) else path
 
 
-_DIR_DIRECTIVES = ("set_data_dir", "add_data_dir", "set_lg_dir")
+# The DB_CONFIG directives that name a directory (Berkeley DB 5.3's env_config.c; set_metadata_dir and set_blob_dir
+# are later releases'). A copy laid out from a set must have each of them inside itself.
+DIR_DIRECTIVES = ("set_data_dir", "add_data_dir", "set_create_dir", "set_lg_dir", "set_tmp_dir", "set_metadata_dir",
+                  "set_blob_dir")
 
 
-def rewrite_db_config(copy_home: str) -> t.Dict[str, str]:
-    """Point the DB_CONFIG of a copy laid out from a set at the copy's own directories: a directory that was outside
-    the source's home (an absolute path) is OUTSIDE_DIR/<that path> in the copy. The file as it was backed up is kept
-    beside it as DB_CONFIG.original. Returns {directive as backed up: as rewritten} (empty: nothing to rewrite)."""
-    path = os.path.join(copy_home, "DB_CONFIG")
-    if not os.path.isfile(path):
-        return {}
-    with open(path, "r", encoding="utf-8", errors="surrogateescape") as handle:
-        lines = handle.read().splitlines(True)
+def rewrite_db_config(text: str, source_home: str, target: str) -> t.Tuple[str, t.Dict[str, str]]:
+    """The DB_CONFIG of a copy laid out from a set, from the DB_CONFIG as backed up (``text``) in the environment
+    ``source_home``: every directory it names points at the copy's own directory, inside ``target``.
+
+    A directory inside the source's home keeps its relative path; one outside it (an absolute path, or a relative
+    path with '..' that leaves the home, such as set_lg_dir ../logs) is OUTSIDE_DIR/<its absolute path> in the copy,
+    where the set keeps its files. Returns (the copy's DB_CONFIG, {directive as backed up: as rewritten}; empty when
+    nothing had to change). A directive line that is not 'directive directory' is refused (restore gate: nothing in a
+    set may name a directory outside the target)."""
+    if not os.path.isabs(source_home) or os.path.normpath(source_home) != source_home:
+        raise _gate.GateError("the set records the environment home %r, expected an absolute, normalised path; its "
+                              "DB_CONFIG cannot be placed inside the target: restore another set" % (source_home,))
     rewritten, out = {}, []
-    for line in lines:
+    for line in text.splitlines(True):
         words = line.split()
-        if len(words) >= 2 and words[0] in _DIR_DIRECTIVES and os.path.isabs(words[1]):
-            new = "%s %s\n" % (words[0], set_rel(os.path.normpath(words[1])))
-            rewritten[line.strip()] = new.strip()
-            line = new
+        if words and words[0] in DIR_DIRECTIVES:
+            if len(words) != 2:
+                raise _gate.GateError("DB_CONFIG line %r: expected '%s <directory>' (one word); refusing the restore: its "
+                                      "directory cannot be placed inside the target %s" % (line.strip(), words[0], target))
+            new_dir = os.path.normpath(set_rel(place(source_home, words[1])))
+            _gate.inside(target, new_dir, "DB_CONFIG line %r" % line.strip())
+            if new_dir != os.path.normpath(words[1]):
+                new = "%s %s\n" % (words[0], new_dir)
+                rewritten[line.strip()] = new.strip()
+                line = new
         out.append(line)
-    if rewritten:
-        os.replace(path, path + ".original")
-        with open(path + ".tmp", "w", encoding="utf-8", errors="surrogateescape") as handle:
-            handle.write("".join(out))
-        os.replace(path + ".tmp", path)
-    return rewritten
+    return "".join(out), rewritten
+
+
+def absolute_outside_dirs(text: str, home: str) -> str:
+    """DB_CONFIG ``text`` of the environment ``home`` with each relative directory that leaves the home ('..') named
+    by its absolute path, and nothing else changed: the same directories, seen from anywhere."""
+    out = []
+    for line in text.splitlines(True):
+        words = line.split()
+        if len(words) == 2 and words[0] in DIR_DIRECTIVES and not os.path.isabs(words[1]) \
+                and os.path.isabs(place(home, words[1])):
+            line = "%s %s\n" % (words[0], place(home, words[1]))
+        out.append(line)
+    return "".join(out)
 
 
 def is_region_file(name: str) -> bool:
@@ -289,7 +310,14 @@ class Environment:
         shadow = tempfile.mkdtemp(prefix="consistent-backup-bdb-")
         try:
             for name in os.listdir(self.home):
-                if not is_region_file(name):
+                if name == "DB_CONFIG" and os.path.isfile(os.path.join(self.home, name)):
+                    # A relative directory that leaves the home (set_lg_dir ../logs) would leave the shadow instead:
+                    # the shadow's DB_CONFIG names it by its absolute path.
+                    with open(os.path.join(self.home, name), "r", encoding="utf-8", errors="surrogateescape") as handle:
+                        text = absolute_outside_dirs(handle.read(), self.home)
+                    with open(os.path.join(shadow, name), "w", encoding="utf-8", errors="surrogateescape") as handle:
+                        handle.write(text)
+                elif not is_region_file(name):
                     os.symlink(os.path.join(self.home, name), os.path.join(shadow, name))
             self.read_home = shadow
             yield
@@ -513,6 +541,7 @@ def resolve_chain(backup_dest: str, backup_id: str, head_complete: bool = True) 
 
 
 def manifest_files(set_path: str) -> t.Dict[str, t.Dict[str, t.Any]]:
+    """The files a set's manifest lists below data/<SET_PREFIX>/, by their path there (check mode's log listing)."""
     manifest = _read_json(os.path.join(set_path, MANIFEST_NAME))
     if manifest is None:
         raise BdbError("backup set %s has no readable %s; the set cannot vouch for its files: restore another set"
@@ -536,37 +565,132 @@ def chain_logs(chain: t.List[t.Dict[str, t.Any]]) -> t.List[str]:
                   key=_log_sort_key)
 
 
-def lay_out(chain: t.List[t.Dict[str, t.Any]], target: str,
-            copy_one: t.Callable[[str, str, t.Dict[str, t.Any]], None]) -> t.Dict[str, t.Any]:
-    """Copy the full set, then each incremental's logs over it, into the empty ``target``; every file is checked
-    against its set's manifest (size and SHA-256) by ``copy_one(source, destination, entry)``.
+# --- the restore gate for a bdb set ----------------------------------------------------------------------------
 
-    A log present in two sets comes from the later one (it was copied later, so it is as long or longer)."""
+RECORD_NAME = "the set's Berkeley DB record (manifest.json facts: data_files, and first_log to last_log in log_dir)"
+
+
+def set_record(facts: t.Dict[str, t.Any], manifest: t.Dict[str, t.Any]) -> t.Tuple[t.List[str], t.List[str], t.List[str]]:
+    """What a bdb set holds by the engine's own record, as paths below the set's data/: (recorded files, optional
+    files, files recorded as vanished during the copy).
+
+    Recorded: every data file of a full set (``data_files``: relative to the home, or absolute outside it) and every
+    log from ``first_log`` to ``last_log`` in ``log_dir``; optional: the full set's DB_CONFIG; vanished: the data files
+    the copy found removed (``vanished`` in the manifest; their removal is in the logs)."""
+    prefix = SET_PREFIX + "/"
+    data_files = facts.get("data_files") or []
+    log_dir = facts.get("log_dir") or "."
+    if not isinstance(data_files, list) or not all(isinstance(rel, str) and rel for rel in data_files) \
+            or not isinstance(log_dir, str):
+        raise _gate.GateError("the set's Berkeley DB facts hold data_files %r and log_dir %r, expected a list of paths and "
+                              "a path; the set cannot say what it holds: restore another set" % (data_files, log_dir))
+    recorded = [prefix + set_rel(rel) for rel in data_files]
+    first, last = log_number(str(facts.get("first_log") or "")), log_number(str(facts.get("last_log") or ""))
+    if first is not None and last is not None:
+        recorded += [prefix + set_rel(log_name(number) if log_dir == "." else os.path.join(log_dir, log_name(number)))
+                     for number in range(first, last + 1)]
+    optional = [prefix + "DB_CONFIG"] if facts.get("mode") != "incremental" else []
+    vanished = [path for path in manifest.get("vanished") or [] if isinstance(path, str)]
+    return recorded, optional, vanished
+
+
+def plan_chain(chain: t.List[t.Dict[str, t.Any]], target: str) -> t.Dict[str, t.Any]:
+    """Every set of ``chain`` through the restore gate, before anything is laid out: paths, the engine's record (every
+    recorded data file and log present, nothing else), no link, no setuid or device file, sizes and SHA-256. The
+    DB_CONFIG the copy will get is settled here too (every directory inside ``target``), so a refusal comes before the
+    first byte is written. Returns {files: {path below env/: (source, entry)}, config: ...}."""
+    prefix = SET_PREFIX + "/"
     chosen: t.Dict[str, t.Tuple[str, t.Dict[str, t.Any]]] = {}
+    config = None
     for link in chain:
-        for rel, entry in manifest_files(link["set_path"]).items():
-            chosen[rel] = (os.path.join(link["set_path"], DATA_DIR, SET_PREFIX, rel), entry)
+        set_path = link["set_path"]
+        manifest = _read_json(os.path.join(set_path, MANIFEST_NAME))
+        if manifest is None:
+            raise _gate.GateError("backup set %s has no readable %s; the set cannot vouch for its files: restore another "
+                                  "set" % (set_path, MANIFEST_NAME))
+        facts = (manifest.get("facts") or {}).get("bdb") or {}
+        recorded, optional, vanished = set_record(facts, manifest)
+        plan = _gate.check_set(set_path, manifest, recorded, RECORD_NAME, "a Berkeley DB set", under=SET_PREFIX,
+                               optional=optional, vanished=vanished)
+        for rel, _size in plan.files:
+            chosen[rel[len(prefix):]] = (os.path.join(plan.root, rel), plan.entries[rel])
+        if prefix + "DB_CONFIG" in plan.entries:
+            config = (facts.get("home"), os.path.join(plan.root, prefix + "DB_CONFIG"), plan.entries[prefix + "DB_CONFIG"])
+        elif facts.get("mode") != "incremental":
+            config = None  # a full set without DB_CONFIG: every directory is the home
+    plan_config = None
+    if config is not None:
+        home, source, entry = config
+        fd = _gate.open_regular(source)
+        with os.fdopen(fd, "rb") as handle:
+            original = handle.read()
+        if len(original) != entry["size"] or hashlib.sha256(original).hexdigest() != entry["sha256"]:
+            raise _gate.set_problem(os.path.dirname(os.path.dirname(os.path.dirname(source))),
+                                    "%s changed while the set was checked; something writes into the set" % source)
+        text, rewritten = rewrite_db_config(original.decode("utf-8", "surrogateescape"), home if isinstance(home, str) else "",
+                                            target)
+        plan_config = {"source": source, "entry": entry, "original": original, "text": text, "rewritten": rewritten}
+    return {"files": chosen, "config": plan_config}
+
+
+def recorded_databases(chain: t.List[t.Dict[str, t.Any]]) -> t.List[t.Tuple[str, t.Optional[int]]]:
+    """The databases the chain's full set records (its data files, but those recorded as vanished), as paths in a copy
+    laid out from it, each with the page size the set recorded (None: not recorded as a database)."""
+    full = chain[0]
+    manifest = _read_json(os.path.join(full["set_path"], MANIFEST_NAME)) or {}
+    facts = (manifest.get("facts") or {}).get("bdb") or {}
+    vanished = set(manifest.get("vanished") or [])
+    page_sizes = facts.get("page_sizes") or {}
+    return [(set_rel(rel), page_sizes.get(rel)) for rel in facts.get("data_files") or []
+            if SET_PREFIX + "/" + set_rel(rel) not in vanished]
+
+
+def lay_out(plan: t.Dict[str, t.Any], target: str, copy_one: t.Callable[[str, str, t.Dict[str, t.Any]], None],
+            written: t.Optional[_gate.Written] = None) -> t.Dict[str, t.Any]:
+    """Copy the files ``plan_chain`` passed (the full set, then each incremental's logs) into ``target``; each is checked
+    again against its manifest entry (size and SHA-256) by ``copy_one(source, destination, entry)`` as it is copied.
+
+    A log present in two sets comes from the later one (it was copied later, so it is as long or longer). DB_CONFIG
+    is written as ``plan_chain`` settled it; when a directory had to move inside the copy, the file as backed up is
+    kept beside it as DB_CONFIG.original."""
+    chosen = plan["files"]
+    config = plan["config"]
     for rel in chosen:
-        os.makedirs(os.path.dirname(os.path.join(target, rel)), mode=0o750, exist_ok=True)
+        directory = os.path.dirname(os.path.join(target, rel))
+        if written is not None:
+            written.makedirs(directory)
+        else:
+            os.makedirs(directory, mode=0o750, exist_ok=True)
+    copies = [rel for rel in chosen if not (config and rel == "DB_CONFIG")]
 
     def copy_rel(rel: str) -> None:
         copy_one(chosen[rel][0], os.path.join(target, rel), chosen[rel][1])
     # Two files side by side, largest first (hashlib and the reads and writes release the GIL, as in the copy engine).
-    order = sorted(chosen, key=lambda rel: -int(chosen[rel][1].get("size") or 0))
+    order = sorted(copies, key=lambda rel: -int(chosen[rel][1].get("size") or 0))
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(copy_rel, order))  # list(): the first failure is raised here
+    if config:
+        if config["rewritten"]:
+            copy_one(config["source"], os.path.join(target, "DB_CONFIG.original"), config["entry"])
+            path = os.path.join(target, "DB_CONFIG")
+            with open(path + ".tmp", "w", encoding="utf-8", errors="surrogateescape") as handle:
+                handle.write(config["text"])
+            os.replace(path + ".tmp", path)
+        else:
+            copy_one(config["source"], os.path.join(target, "DB_CONFIG"), config["entry"])
     return {"files": len(chosen), "bytes": sum(int(entry.get("size") or 0) for _s, entry in chosen.values()),
             "logs": sorted((rel for rel in chosen if log_number(rel) is not None), key=_log_sort_key),
-            "config_rewritten": rewrite_db_config(target) if "DB_CONFIG" in chosen else {}}
+            "config_rewritten": config["rewritten"] if config else {}}
 
 
 # "Recover as you go": a kept, recovered copy of a chain, extended by each new incremental set.
 KEPT_STATE = ".bdb-kept.json"
 
 
-def plan_kept(keep_dir: str, chain: t.List[t.Dict[str, t.Any]]) -> t.List[t.Dict[str, t.Any]]:
+def plan_kept(keep_dir: str, chain: t.List[t.Dict[str, t.Any]], check_mode: bool = False) -> t.List[t.Dict[str, t.Any]]:
     """The sets to lay out into the kept copy ``keep_dir``: only the newest when the copy already holds the chain up
-    to the set before it; else the whole chain, into a directory emptied first (it must be empty or ours)."""
+    to the set before it; else the whole chain, into a directory emptied first (it must be empty or ours; with
+    ``check_mode`` it is only said which, nothing is emptied)."""
     state = _read_json(os.path.join(keep_dir, KEPT_STATE)) if os.path.isdir(keep_dir) else None
     ids = [link["backup_id"] for link in chain]
     if state and state.get("chain") == ids[:-1] and len(ids) > 1:
@@ -574,6 +698,8 @@ def plan_kept(keep_dir: str, chain: t.List[t.Dict[str, t.Any]]) -> t.List[t.Dict
     if os.path.isdir(keep_dir) and os.listdir(keep_dir) and state is None:
         raise BdbError("keep_dir %s is not empty and holds no %s: it is not a copy this module keeps. Give an empty or new "
                        "directory" % (keep_dir, KEPT_STATE))
+    if check_mode:
+        return chain
     if os.path.isdir(keep_dir):
         for name in os.listdir(keep_dir):
             path = os.path.join(keep_dir, name)
@@ -598,12 +724,12 @@ def record_kept(keep_dir: str, ids: t.Optional[t.List[str]]) -> None:
     os.replace(path + ".tmp", path)
 
 
-def check_target(target: str) -> None:
-    if not os.path.isabs(target):
-        raise BdbError("target must be an absolute path; found %r" % target)
-    if os.path.lexists(target) and (not os.path.isdir(target) or os.path.islink(target) or os.listdir(target)):
-        raise BdbError("restore target %s is not an empty directory; a restore never writes over files. Give a new or "
-                       "empty directory" % target)
+def check_target(target: str) -> t.Optional[os.stat_result]:
+    """The restore gate's rule: an absolute path, absent or an empty directory (its lstat; None: absent)."""
+    try:
+        return _gate.check_target(target)
+    except _gate.GateError as exc:
+        raise BdbError(str(exc)) from None
 
 
 # --- recovery and verification on a copy ---------------------------------------------------------------------
@@ -637,9 +763,13 @@ def parse_recovery(output: str) -> t.Dict[str, t.Optional[str]]:
             "recovery_checkpoint_lsn": "%s/%s" % ckp.groups() if ckp else None}
 
 
-def verify_copy(copy: Environment, source_checkpoint: t.Optional[str]) -> t.Dict[str, t.Any]:
-    """Catastrophic recovery and db_verify of every database, on a copy (never on the live environment)."""
-    data_dirs, log_dir = copy.directories()
+def verify_copy(copy: Environment, source_checkpoint: t.Optional[str],
+                databases: t.Sequence[t.Tuple[str, t.Optional[int]]]) -> t.Dict[str, t.Any]:
+    """Catastrophic recovery, then db_verify of exactly the databases the set records (``recorded_databases``), on a
+    copy (never on the live environment). The proof fails when a recorded database is not in the copy, when a file the
+    set records as a database is not one, and when there is no database at all: "0 of 0 databases verify" proves
+    nothing."""
+    _data_dirs, log_dir = copy.directories()
     logs = [os.path.join(log_dir, n) if log_dir != "." else n for n in copy.log_names(log_dir)]
     checks = check_logs(logs, source_checkpoint)
     result: t.Dict[str, t.Any] = {"checks": checks, "databases": [], "logs": logs,
@@ -648,6 +778,7 @@ def verify_copy(copy: Environment, source_checkpoint: t.Optional[str]) -> t.Dict
     if not all(check["ok"] for check in checks):
         result["ok"] = False
         return result
+    present_before = {rel for rel, _size in databases if os.path.isfile(os.path.join(copy.home, rel))}
     argv = [copy.utilities["recover"], "-c", "-v", "-h", copy.home]
     began = time.monotonic()
     rc, out, err = copy.run_raw(argv)
@@ -662,13 +793,24 @@ def verify_copy(copy: Environment, source_checkpoint: t.Optional[str]) -> t.Dict
         checks.append({"check": "recovery reached the source checkpoint", "ok": rc == 0 and reached is not None and reached >= wanted,
                        "detail": "recovery read the logs up to %s; the source's checkpoint was %s"
                        % (recovered["last_valid_lsn"], source_checkpoint)})
-    databases = []
-    for directory in data_dirs:
-        full = os.path.join(copy.home, directory)
-        for name in sorted(os.listdir(full)) if os.path.isdir(full) else []:
-            header = page_size(os.path.join(full, name))
-            if header and os.path.isfile(os.path.join(full, name)) and not is_region_file(name):
-                databases.append((os.path.normpath(os.path.join(directory, name)), header))
+    to_verify, missing, not_databases, removed = [], [], [], []
+    for rel, recorded_page_size in databases:
+        full = os.path.join(copy.home, rel)
+        if not os.path.isfile(full):
+            # a database the copy held and recovery removed: its removal (DB_ENV->dbremove) is in the logs
+            (removed if rel in present_before else missing).append(rel)
+            continue
+        header = page_size(full)
+        if header:
+            to_verify.append((rel, header))
+        elif recorded_page_size:
+            not_databases.append(rel)
+    result["removed_by_recovery"] = removed
+    checks.append({"check": "recorded databases present", "ok": not missing and not not_databases,
+                   "detail": "; ".join(part for part in (
+                       ("missing from the copy: " + ", ".join(missing)) if missing else "",
+                       ("recorded with a page size but not a database file: " + ", ".join(not_databases)) if not_databases else "")
+                       if part) or "%d recorded databases in the copy" % len(to_verify)})
 
     def verify_one(database: t.Tuple[str, t.Tuple[int, str, str]]) -> t.Dict[str, t.Any]:
         rel, header = database
@@ -676,13 +818,15 @@ def verify_copy(copy: Environment, source_checkpoint: t.Optional[str]) -> t.Dict
         return {"file": rel, "ok": rc_v == 0, "page_size": header[0], "access_method": header[1],
                 "detail": (out_v + err_v).strip()[-300:]}
     # db_verify is CPU-bound and reads each file once: one per core, side by side (results in file order)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(len(databases), os.cpu_count() or 1))) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(len(to_verify), os.cpu_count() or 1))) as pool:
         began = time.monotonic()
-        result["databases"] = list(pool.map(verify_one, databases))
+        result["databases"] = list(pool.map(verify_one, sorted(to_verify)))
         result["db_verify_seconds"] = round(time.monotonic() - began, 3)
-    checks.append({"check": "databases verify", "ok": all(db["ok"] for db in result["databases"]),
-                   "detail": "%d of %d databases verify" % (sum(1 for db in result["databases"] if db["ok"]),
-                                                            len(result["databases"]))})
+    verified = sum(1 for db in result["databases"] if db["ok"])
+    checks.append({"check": "databases verify", "ok": bool(result["databases"]) and verified == len(result["databases"]),
+                   "detail": "%d of %d databases verify%s" % (
+                       verified, len(result["databases"]),
+                       "" if result["databases"] else ": the set records no database, so there is nothing to prove")})
     result["ok"] = all(check["ok"] for check in checks)
     return result
 

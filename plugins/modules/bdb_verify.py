@@ -211,8 +211,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
 from ansible_collections.consistent.backup.plugins.module_utils._bdb import (
-    BdbError, chain_logs, check_logs, check_target, find_utilities, lay_out, module_environment, plan_kept, record_kept,
-    remove_regions, remove_tree, resolve_chain, utility_argument_spec, verify_copy)
+    BdbError, chain_logs, check_logs, check_target, find_utilities, lay_out, module_environment, plan_chain, plan_kept,
+    record_kept, recorded_databases, remove_regions, remove_tree, resolve_chain, utility_argument_spec, verify_copy)
+from ansible_collections.consistent.backup.plugins.module_utils._restore_gate import GateError, Written
 from ansible_collections.consistent.backup.plugins.module_utils._copy import DirectorySink, FileMeta, copy_file
 
 
@@ -232,15 +233,16 @@ def copy_checked(source: str, destination: str, entry: dict, sink: DirectorySink
                        'is damaged; restore another set' % (source, exc.strerror)) from None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise BdbError('%s is not a regular file; the set was changed after the backup: restore another set' % source)
+        if not stat.S_ISREG(info.st_mode) or info.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            raise BdbError('%s is not a regular file with permission bits only; the set was changed after it was checked: '
+                           'restore another set' % source)
 
         def check(size: int, checksum: str) -> None:
             if size != entry.get('size') or checksum != entry.get('sha256'):
                 raise BdbError('%s does not match its manifest.json (expected %s bytes with sha256 %s, found %d bytes with '
                                'sha256 %s): the set was changed or the medium is damaged; restore another set'
                                % (source, entry.get('size'), entry.get('sha256'), size, checksum))
-        copy_file(fd, destination, FileMeta(stat.S_IMODE(info.st_mode), -1, -1, info.st_atime_ns, info.st_mtime_ns),
+        copy_file(fd, destination, FileMeta(stat.S_IMODE(info.st_mode) & 0o777, -1, -1, info.st_atime_ns, info.st_mtime_ns),
                   read_size=LAYOUT_READ_SIZE, chown=False, check=check, sink=sink)
     finally:
         os.close(fd)
@@ -265,6 +267,7 @@ def main() -> None:
     params = module.params
     result = {'ok': False, 'checks': []}
     scratch = None
+    written = None
     try:
         find_utilities(module.get_bin_path, params['utility_prefix'], params['bindir'])  # refused before anything is laid out
         chain = resolve_chain(params['backup_dest'], params['backup_id'], params['head_complete'])
@@ -273,15 +276,23 @@ def main() -> None:
                       source_checkpoint_lsn=head.get('checkpoint_lsn'), kept=bool(params['target'] or params['keep_dir']))
         if params['target']:
             check_target(params['target'])
+        to_lay_out = plan_kept(params['keep_dir'], chain, check_mode=True) if params['keep_dir'] else chain
+        # The restore gate, for every set to lay out, before a byte is written (check mode too): the whole set checked
+        # against the engine's record, and the copy's DB_CONFIG settled inside the copy.
+        plan = plan_chain(to_lay_out, params['target'] or params['keep_dir'] or 'the scratch copy')
+        databases = recorded_databases(chain)
         if module.check_mode:
             logs = chain_logs(chain)
             result['checks'] = check_logs(logs, head.get('checkpoint_lsn'))
+            result['checks'].append({'check': 'recorded databases present', 'ok': bool(databases),
+                                     'detail': '%d recorded databases in the set' % len(databases) if databases else
+                                     'the set records no database, so there is nothing to prove'})
             result.update(ok=all(c['ok'] for c in result['checks']), target=params['target'],
                           first_log=os.path.basename(logs[0]) if logs else None, last_log=os.path.basename(logs[-1]) if logs else None)
             module.exit_json(changed=bool(params['target']), **result)
-        to_lay_out = chain
         if params['target']:
-            os.makedirs(params['target'], mode=0o750, exist_ok=True)
+            written = Written(params['target'])
+            written.makedirs(params['target'])
             home = params['target']
         elif params['keep_dir']:
             home = params['keep_dir']
@@ -298,41 +309,53 @@ def main() -> None:
         # through the page cache; removed before the kernel flushes them, they never cost the disk a write).
         sink = DirectorySink(home, home, chown=False, writeback=not scratch)
         began = time.monotonic()
-        result.update(lay_out(to_lay_out, home, lambda source, destination, entry: copy_checked(
-            source, destination, entry, sink, replace=bool(params['keep_dir']))))
+        result.update(lay_out(plan, home, lambda source, destination, entry: copy_checked(
+            source, destination, entry, sink, replace=bool(params['keep_dir'])), written))
         result['laid_out'] = [link['backup_id'] for link in to_lay_out]
         result['layout_seconds'] = round(time.monotonic() - began, 3)
         if params['target']:
             sink.barrier()
         del result['logs']
-        proof = verify_copy(module_environment(module, home), head.get('checkpoint_lsn'))
+        proof = verify_copy(module_environment(module, home), head.get('checkpoint_lsn'), databases)
         del proof['logs']
         result.update(proof)
         remove_regions(home)
         if params['keep_dir'] and result['ok']:
             record_kept(home, result['chain'])
-    except BdbError as exc:
-        if scratch:
-            remove_tree(scratch)
-        module.fail_json(msg=str(exc), retryable=exc.retryable, **result)
+    except (BdbError, GateError) as exc:
+        undone = _undo(written, scratch)
+        module.fail_json(msg=str(exc) + undone, retryable=getattr(exc, 'retryable', False), **result)
     except OSError as exc:
         # Failed, and said so (the ledger records it): the proof of this set was not made, so it is not COMPLETE.
-        if scratch:
-            remove_tree(scratch)
+        undone = _undo(written, scratch)
         module.fail_json(msg='the copy of backup set %s in %s could not be made or checked: %s [Errno %s] %s; check that the '
-                         'directory exists, is writable by this user and has room for the chain\'s files'
+                         'directory exists, is writable by this user and has room for the chain\'s files%s'
                          % (result.get('backup_id', params['backup_id']), result.get('target') or params['target']
                             or params['keep_dir'] or params['scratch_dir'] or params['backup_dest'],
-                            exc.filename or '', exc.errno, exc.strerror), retryable=False, **result)
+                            exc.filename or '', exc.errno, exc.strerror, undone), retryable=False, **result)
     if scratch:
         remove_tree(scratch)
     if not result['ok']:
         failed = ['%s (%s)' % (c['check'], c['detail']) for c in result['checks'] if not c['ok']]
         bad = [db['file'] for db in result.get('databases', []) if not db['ok']]
-        module.fail_json(msg='backup set %s does not verify: %s%s. Do not rely on it; take a full backup'
-                         % (result.get('backup_id'), '; '.join(failed), (' (failed databases: %s)' % ', '.join(bad)) if bad else ''),
+        module.fail_json(msg='backup set %s does not verify: %s%s. Do not rely on it; take a full backup%s'
+                         % (result.get('backup_id'), '; '.join(failed), (' (failed databases: %s)' % ', '.join(bad)) if bad else '',
+                            _undo(written, None)),
                          retryable=False, **result)
     module.exit_json(changed=bool(params['target']), **result)
+
+
+def _undo(written, scratch):
+    """Remove a scratch copy, or what a restore wrote into its target (the target is left as it was found); the
+    sentence that says so, for the failure message."""
+    if scratch:
+        remove_tree(scratch)
+    if written is None:
+        return ''
+    left = written.undo()
+    if left:
+        return '. What the restore wrote could not all be removed (%s): remove it by hand before trying again' % ', '.join(left)
+    return '. What the restore wrote was removed; %s is as it was found' % written.target
 
 
 if __name__ == '__main__':

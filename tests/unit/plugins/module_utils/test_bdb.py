@@ -14,7 +14,7 @@ import struct
 
 import pytest
 
-from ansible_collections.consistent.backup.plugins.module_utils import _bdb
+from ansible_collections.consistent.backup.plugins.module_utils import _bdb, _restore_gate
 
 
 def write_header(path, order, magic, size):
@@ -94,21 +94,48 @@ def test_a_file_outside_the_home_keeps_its_absolute_path_under_the_outside_direc
     assert _bdb.set_rel("/srv/db-logs/log.0000000001") == "_outside_home/srv/db-logs/log.0000000001"
 
 
-def test_a_laid_out_db_config_points_at_the_copys_own_outside_directories_and_keeps_the_original(tmp_path):
+def test_a_laid_out_db_config_points_at_the_copys_own_outside_directories(tmp_path):
     original = "set_data_dir data\nadd_data_dir /srv/db-data\nset_lg_dir /srv/db-logs/\nset_lg_max 65536\n"
-    (tmp_path / "DB_CONFIG").write_text(original)
-    assert _bdb.rewrite_db_config(str(tmp_path)) == {"add_data_dir /srv/db-data": "add_data_dir _outside_home/srv/db-data",
-                                                     "set_lg_dir /srv/db-logs/": "set_lg_dir _outside_home/srv/db-logs"}
-    assert (tmp_path / "DB_CONFIG").read_text() == (
-        "set_data_dir data\nadd_data_dir _outside_home/srv/db-data\nset_lg_dir _outside_home/srv/db-logs\nset_lg_max 65536\n")
-    assert (tmp_path / "DB_CONFIG.original").read_text() == original
+    text, rewritten = _bdb.rewrite_db_config(original, "/srv/env", str(tmp_path))
+    assert rewritten == {"add_data_dir /srv/db-data": "add_data_dir _outside_home/srv/db-data",
+                         "set_lg_dir /srv/db-logs/": "set_lg_dir _outside_home/srv/db-logs"}
+    assert text == "set_data_dir data\nadd_data_dir _outside_home/srv/db-data\nset_lg_dir _outside_home/srv/db-logs\nset_lg_max 65536\n"
+    (tmp_path / "DB_CONFIG").write_text(text)
     assert _bdb.read_db_config(str(tmp_path)) == (["data", "_outside_home/srv/db-data"], "_outside_home/srv/db-logs")
 
 
-def test_a_db_config_with_only_relative_directories_is_left_as_it_is(tmp_path):
-    (tmp_path / "DB_CONFIG").write_text("set_data_dir data\nset_lg_dir logs\n")
-    assert _bdb.rewrite_db_config(str(tmp_path)) == {}
-    assert not (tmp_path / "DB_CONFIG.original").exists()
+def test_a_db_config_with_only_relative_directories_inside_the_home_is_left_as_it_is(tmp_path):
+    original = "set_data_dir data\nadd_data_dir more/\nset_lg_dir logs\n"
+    assert _bdb.rewrite_db_config(original, "/srv/env", str(tmp_path)) == (original, {})
+
+
+def test_a_relative_directory_with_dot_dot_goes_under_the_outside_directory_of_the_copy(tmp_path):
+    text, rewritten = _bdb.rewrite_db_config("set_data_dir data\nset_lg_dir ../logs\nset_tmp_dir ../../tmp/x\n", "/srv/db/env",
+                                             str(tmp_path))
+    assert rewritten == {"set_lg_dir ../logs": "set_lg_dir _outside_home/srv/db/logs",
+                         "set_tmp_dir ../../tmp/x": "set_tmp_dir _outside_home/srv/tmp/x"}
+    assert text == "set_data_dir data\nset_lg_dir _outside_home/srv/db/logs\nset_tmp_dir _outside_home/srv/tmp/x\n"
+
+
+@pytest.mark.parametrize("directive", ["set_data_dir", "add_data_dir", "set_create_dir", "set_lg_dir", "set_tmp_dir"])
+def test_every_directory_directive_that_leaves_the_copy_is_moved_inside_it(tmp_path, directive):
+    text, rewritten = _bdb.rewrite_db_config("%s ../../../../../../etc\n" % directive, "/srv/db/env", str(tmp_path))
+    assert text == "%s _outside_home/etc\n" % directive
+
+
+def test_a_directory_line_with_more_than_one_word_is_refused(tmp_path):
+    with pytest.raises(_restore_gate.GateError, match="expected 'set_data_dir <directory>'"):
+        _bdb.rewrite_db_config("set_data_dir data ../../x\n", "/srv/db/env", str(tmp_path))
+
+
+def test_a_set_whose_recorded_home_is_not_absolute_cannot_place_its_db_config(tmp_path):
+    with pytest.raises(_restore_gate.GateError, match="expected an absolute, normalised path"):
+        _bdb.rewrite_db_config("set_lg_dir ../logs\n", "srv/db/env", str(tmp_path))
+
+
+def test_the_shadow_of_a_home_names_dot_dot_directories_by_their_absolute_path():
+    assert _bdb.absolute_outside_dirs("set_data_dir data\nset_lg_dir ../logs\nset_lg_max 1\n", "/srv/db/env") == \
+        "set_data_dir data\nset_lg_dir /srv/db/logs\nset_lg_max 1\n"
 
 
 def test_utilities_db53_first_then_db(tmp_path):

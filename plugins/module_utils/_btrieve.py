@@ -35,7 +35,7 @@ import time
 import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils import _detach
-from ansible_collections.consistent.backup.plugins.module_utils._copy import hash_file
+from ansible_collections.consistent.backup.plugins.module_utils import _restore_gate as _gate
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir, output_tail, write_json
 from ansible_collections.consistent.backup.plugins.module_utils._layout import (
     COMPLETE_NAME, DATA_DIR, MANIFEST_NAME, backup_id_problem, default_runtime_dir, set_path, utc_iso)
@@ -498,36 +498,32 @@ def stop(view: Files, butil: Butil, check_mode: bool, timeout: float) -> t.Dict[
 # ---------------------------------------------------------------------------------------------------------------
 # restore: the files of a COMPLETE set back into place, only when the engine holds none of them
 
+RECORD_NAME = "the set's Btrieve record (manifest.json facts: files)"
+
+
 def _set_entries(set_path: str) -> t.List[t.Dict[str, t.Any]]:
-    """The set's files from manifest.json, each checked: a relative, normalised path, a regular file in the set with
-    the manifest's size and SHA-256."""
+    """The set's files through the restore gate: every manifest path relative, normalised and one of the files the
+    engine recorded (the facts' ``files``, the absolute paths that were in continuous operation); every recorded file
+    present, a regular file in the set with the manifest's size and SHA-256; no link, no device, no setuid or setgid."""
     try:
         with open(os.path.join(set_path, MANIFEST_NAME), "r", encoding="utf-8") as handle:
             manifest = json.load(handle)
     except (OSError, ValueError) as exc:
         raise BtrieveError("%s/%s cannot be read (%s); restore another set" % (set_path, MANIFEST_NAME, exc))
-    if manifest.get("engine") != "btrieve":
+    if not isinstance(manifest, dict) or manifest.get("engine") != "btrieve":
         raise BtrieveError("set %s was made by the %s engine, not btrieve; restore it with its own engine"
-                           % (set_path, manifest.get("engine")))
-    entries = [entry for entry in manifest.get("files") or [] if entry.get("type") == "file"]
-    for entry in entries:
-        rel = entry.get("path")
-        if not isinstance(rel, str) or rel.startswith("/") or os.path.normpath(rel) != rel or rel.split("/")[0] == "..":
-            raise BtrieveError("manifest.json of %s lists %r, not a relative normalised path; refusing the set" % (set_path, rel))
-        source = os.path.join(set_path, DATA_DIR, rel)
-        try:
-            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as exc:
-            raise BtrieveError("%s is listed in manifest.json but cannot be opened in the set (%s); restore another set"
-                               % (source, exc))
-        try:
-            checksum, size = hash_file(fd)
-        finally:
-            os.close(fd)
-        if size != entry.get("size") or checksum != entry.get("sha256"):
-            raise BtrieveError("%s does not match manifest.json (size %s, SHA-256 %s; expected %s, %s): the set is damaged, "
-                               "restore another set" % (source, size, checksum, entry.get("size"), entry.get("sha256")))
-    return entries
+                           % (set_path, manifest.get("engine") if isinstance(manifest, dict) else None))
+    recorded = (manifest.get("facts") or {}).get("files")
+    if not isinstance(recorded, list) or not recorded or not all(
+            isinstance(path, str) and os.path.isabs(path) and os.path.normpath(path) == path and path != "/" for path in recorded):
+        raise BtrieveError("set %s records the files %r (manifest.json facts: files), expected the absolute, normalised paths "
+                           "that were in continuous operation; the set cannot say what it holds: restore another set"
+                           % (set_path, recorded))
+    try:
+        plan = _gate.check_set(set_path, manifest, [path[1:] for path in recorded], RECORD_NAME, "a Btrieve set")
+    except _gate.GateError as exc:
+        raise BtrieveError("%s. Nothing was written" % exc) from None
+    return [plan.entries[rel] for rel, _size in sorted(plan.files)]
 
 
 def resolve_complete_set(backup_dest: str, backup_id: str) -> str:
@@ -562,6 +558,8 @@ def _engine_holds(targets: t.Sequence[str], butil: Butil) -> t.List[str]:
 
 def restore(backup_dest: str, backup_id: str, restore_root: str, butil: Butil, check_mode: bool) -> t.Dict[str, t.Any]:
     path = resolve_complete_set(backup_dest, backup_id)
+    if not os.path.isabs(restore_root):
+        raise BtrieveError("restore_root must be an absolute path; found %r" % restore_root)
     entries = _set_entries(path)
     targets = [os.path.join(restore_root, entry["path"]) for entry in entries]
     held = _engine_holds(targets, butil)
@@ -569,35 +567,52 @@ def restore(backup_dest: str, backup_id: str, restore_root: str, butil: Butil, c
         raise BtrieveError("the engine may hold %s; end continuous operation and roll every delta in (state=stopped, or "
                            "stale_deltas=rollin) and stop the application before restoring over the files. Nothing was written"
                            % "; ".join(held))
+    for target in targets:
+        if os.path.lexists(target) and not os.path.isfile(target) or os.path.islink(target):
+            raise BtrieveError("%s is not a regular file (a link, directory or device); a restore puts files back only over "
+                               "files or into free places, never through a link: move it aside. Nothing was written" % target)
     restored = {"backup_id": os.path.basename(path), "set_path": path, "files": targets, "restore_root": restore_root,
                 "bytes": sum(int(entry.get("size") or 0) for entry in entries), "verified": True}
     if check_mode:
         return {"changed": True, "restored": restored, "msg": "would put %d verified files back under %s" % (len(targets), restore_root)}
-    for entry, target in zip(entries, targets):
-        _put_back(os.path.join(path, DATA_DIR, entry["path"]), target, entry)
+    # Every file is written and checked under a temporary name first; only when all are, each takes its place. A
+    # failure before that removes every temporary file and every directory the restore made: nothing changed.
+    written = _gate.Written(None)
+    temporaries = []
+    try:
+        for entry, target in zip(entries, targets):
+            written.makedirs(os.path.dirname(target))
+            temporary = os.path.join(os.path.dirname(target), ".%s.restoring" % os.path.basename(target))
+            written.made(temporary)
+            _put_back(os.path.join(path, DATA_DIR, entry["path"]), temporary, entry)
+            temporaries.append((temporary, target))
+    except (OSError, BtrieveError, _gate.GateError) as exc:
+        reason = "%s: %s" % (exc.filename or "?", exc.strerror or exc) if isinstance(exc, OSError) else str(exc)
+        left = written.undo()
+        raise BtrieveError("restore under %s failed before any file was put back (%s); %s"
+                           % (restore_root, reason, "the temporary files and directories it made could not all be removed "
+                              "(%s): remove them by hand" % ", ".join(left) if left else "what it wrote was removed, every "
+                              "file is as it was"), True) from None
+    for temporary, target in temporaries:
+        os.rename(temporary, target)
+    for directory in sorted({os.path.dirname(target) for target in targets}):
+        fsync_dir(directory)
     return {"changed": True, "restored": restored, "msg": "put %d files back under %s from %s" % (len(targets), restore_root, path)}
 
 
-def _put_back(source: str, target: str, entry: t.Dict[str, t.Any]) -> None:
-    """Copy under a temporary name beside the target, check the SHA-256 again, fsync, rename, fsync the directory."""
-    directory = os.path.dirname(target)
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, ".%s.restoring" % os.path.basename(target))
+def _put_back(source: str, temporary: str, entry: t.Dict[str, t.Any]) -> None:
+    """Copy a file of the set to ``temporary`` (a new name beside its target), check the SHA-256 again, give it the
+    manifest's read and write permission bits only (never execute, setuid or setgid), fsync."""
     digest = hashlib.sha256()
-    try:
-        with open(source, "rb") as reader, open(temporary, "wb") as writer:
-            for chunk in iter(lambda: reader.read(1 << 20), b""):
-                digest.update(chunk)
-                writer.write(chunk)
-            writer.flush()
-            os.fsync(writer.fileno())
-        if digest.hexdigest() != entry.get("sha256"):
-            raise BtrieveError("%s changed while it was restored (SHA-256 %s, manifest %s); restore again"
-                               % (source, digest.hexdigest(), entry.get("sha256")), True)
-        os.chmod(temporary, int(str(entry.get("mode") or "0640"), 8) & 0o7777)
-        os.rename(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    fsync_dir(directory)
+    fd = _gate.open_regular(source)
+    with os.fdopen(fd, "rb") as reader, open(temporary, "xb") as writer:
+        for chunk in iter(lambda: reader.read(1 << 20), b""):
+            digest.update(chunk)
+            writer.write(chunk)
+        writer.flush()
+        mode = _gate.entry_mode(entry)
+        os.fchmod(writer.fileno(), (mode if mode is not None and mode >= 0 else 0o640) & 0o666)
+        os.fsync(writer.fileno())
+    if digest.hexdigest() != entry.get("sha256"):
+        raise BtrieveError("%s changed while it was restored (SHA-256 %s, manifest %s); restore again"
+                           % (source, digest.hexdigest(), entry.get("sha256")), True)

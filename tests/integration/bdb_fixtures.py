@@ -134,9 +134,10 @@ def run_module(tmp_path: t.Any, module: str, args: t.Dict[str, t.Any], check: bo
     return run.registered("outcome")
 
 
-def strip_logs(set_path: str, keep: t.Callable[[str], bool]) -> t.List[str]:
-    """Remove from a set the logs for which keep(name) is false, from data/ and from manifest.json (as a copy that
-    never had them would be); the names removed."""
+def strip_logs(set_path: str, keep: t.Callable[[str], bool], record: bool = False) -> t.List[str]:
+    """Remove from a set the logs for which keep(name) is false, from data/ and from manifest.json; with ``record``
+    also from the engine's record in the manifest's facts (first_log, last_log), as a copy that never had them would
+    be; the names removed."""
     manifest_file = os.path.join(set_path, "manifest.json")
     with open(manifest_file, encoding="utf-8") as handle:
         manifest = json.load(handle)
@@ -149,6 +150,9 @@ def strip_logs(set_path: str, keep: t.Callable[[str], bool]) -> t.List[str]:
         else:
             files.append(entry)
     manifest["files"] = files
+    if record:
+        kept = sorted(os.path.basename(entry["path"]) for entry in files if os.path.basename(entry["path"]).startswith("log."))
+        manifest["facts"]["bdb"].update(first_log=kept[0] if kept else None, last_log=kept[-1] if kept else None, logs=len(kept))
     with open(manifest_file, "w", encoding="utf-8") as handle:
         json.dump(manifest, handle)
     return removed

@@ -602,6 +602,7 @@ def plan_chain(chain: t.List[t.Dict[str, t.Any]], target: str) -> t.Dict[str, t.
     prefix = SET_PREFIX + "/"
     chosen: t.Dict[str, t.Tuple[str, t.Dict[str, t.Any]]] = {}
     config = None
+    config_facts: t.Dict[str, t.Any] = {}
     for link in chain:
         set_path = link["set_path"]
         manifest = _read_json(os.path.join(set_path, MANIFEST_NAME))
@@ -616,6 +617,7 @@ def plan_chain(chain: t.List[t.Dict[str, t.Any]], target: str) -> t.Dict[str, t.
             chosen[rel[len(prefix):]] = (os.path.join(plan.root, rel), plan.entries[rel])
         if prefix + "DB_CONFIG" in plan.entries:
             config = (facts.get("home"), os.path.join(plan.root, prefix + "DB_CONFIG"), plan.entries[prefix + "DB_CONFIG"])
+            config_facts = facts
         elif facts.get("mode") != "incremental":
             config = None  # a full set without DB_CONFIG: every directory is the home
     plan_config = None
@@ -627,10 +629,31 @@ def plan_chain(chain: t.List[t.Dict[str, t.Any]], target: str) -> t.Dict[str, t.
         if len(original) != entry["size"] or hashlib.sha256(original).hexdigest() != entry["sha256"]:
             raise _gate.set_problem(os.path.dirname(os.path.dirname(os.path.dirname(source))),
                                     "%s changed while the set was checked; something writes into the set" % source)
-        text, rewritten = rewrite_db_config(original.decode("utf-8", "surrogateescape"), home if isinstance(home, str) else "",
-                                            target)
+        home = home if isinstance(home, str) else ""
+        text, rewritten = rewrite_db_config(original.decode("utf-8", "surrogateescape"), home, target)
+        _config_agrees(source, original.decode("utf-8", "surrogateescape"), home, config_facts)
         plan_config = {"source": source, "entry": entry, "original": original, "text": text, "rewritten": rewritten}
     return {"files": chosen, "config": plan_config}
+
+
+def _config_agrees(source: str, text: str, home: str, facts: t.Dict[str, t.Any]) -> None:
+    """The set's DB_CONFIG names the directories the set recorded when it was taken (data_dirs, log_dir): a DB_CONFIG
+    changed on the medium (its manifest entry changed with it) is refused before anything is laid out."""
+    data_dirs: t.List[str] = []
+    log_dir = "."
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0] in ("set_data_dir", "add_data_dir"):
+            data_dirs.append(words[1])
+        elif len(words) == 2 and words[0] == "set_lg_dir":
+            log_dir = words[1]
+    named = ([place(home, d) for d in data_dirs] or ["."], place(home, log_dir))
+    recorded = (facts.get("data_dirs"), facts.get("log_dir"))
+    if recorded != (None, None) and named != (list(recorded[0] or []), recorded[1]):
+        raise _gate.set_problem(os.path.dirname(os.path.dirname(os.path.dirname(source))),
+                                "%s names the data directories %s and the log directory %s, but the set recorded %s and %s "
+                                "when it was taken (manifest.json facts: data_dirs, log_dir)"
+                                % (source, named[0], named[1], recorded[0], recorded[1]))
 
 
 def recorded_databases(chain: t.List[t.Dict[str, t.Any]]) -> t.List[t.Tuple[str, t.Optional[int]]]:

@@ -141,16 +141,20 @@ def strip_logs(set_path: str, keep: t.Callable[[str], bool], record: bool = Fals
     manifest_file = os.path.join(set_path, "manifest.json")
     with open(manifest_file, encoding="utf-8") as handle:
         manifest = json.load(handle)
-    removed, files = [], []
+    removed, files, removed_paths = [], [], []
     for entry in manifest["files"]:
         name = os.path.basename(entry["path"])
         if name.startswith("log.") and not keep(name):
             os.unlink(os.path.join(set_path, "data", entry["path"]))
             removed.append(name)
+            removed_paths.append(os.path.join(set_path, "data", entry["path"]))
         else:
             files.append(entry)
     manifest["files"] = files
     if record:
+        for directory in {os.path.dirname(path) for path in removed_paths}:
+            if os.path.isdir(directory) and not os.listdir(directory):
+                os.rmdir(directory)  # a copy that never had the logs has no log directory either
         kept = sorted(os.path.basename(entry["path"]) for entry in files if os.path.basename(entry["path"]).startswith("log."))
         manifest["facts"]["bdb"].update(first_log=kept[0] if kept else None, last_log=kept[-1] if kept else None, logs=len(kept))
     with open(manifest_file, "w", encoding="utf-8") as handle:

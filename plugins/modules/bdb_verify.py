@@ -324,6 +324,8 @@ def main() -> None:
             record_kept(home, result['chain'])
     except (BdbError, GateError) as exc:
         undone = _undo(written, scratch)
+        if written is None and params['target'] and isinstance(exc, GateError):
+            undone = '. Nothing was written to %s' % params['target']
         module.fail_json(msg=str(exc) + undone, retryable=getattr(exc, 'retryable', False), **result)
     except OSError as exc:
         # Failed, and said so (the ledger records it): the proof of this set was not made, so it is not COMPLETE.

@@ -86,10 +86,10 @@ def tampered(bdb_world, name):
 
 
 def refused_restore(tmp_path, bdb_world, backup_id, *expected):
-    """restore.yml of ``backup_id`` into world/restore: it fails with every ``expected`` text in its message, the world
+    """restore.yml of ``backup_id`` into world/restore-<backup_id>: it fails with every ``expected`` text in its message, the world
     (live environment, victim, medium) is byte-identical and the target is absent."""
     before = world_state(bdb_world["world"]), world_state(bdb_world["env"].home)
-    target = os.path.join(bdb_world["world"], "restore")
+    target = os.path.join(bdb_world["world"], "restore-" + backup_id)
     run = run_playbook("restore.yml", inventory(tmp_path), restore_vars(bdb_world["dest"], target, backup_id))
     assert run.rc != 0, run
     message = run.registered("__bdb_restore")["msg"]

@@ -13,11 +13,18 @@ version_added: 0.2.0
 description:
   - Lays out a Berkeley DB set - a full set, or a full set and the incremental sets after it up to O(backup_id) - into
     a scratch directory, never the live environment, checking every file against its set's C(manifest.json) (size and
-    SHA-256) as it is copied.
+    SHA-256) again as it is copied.
+  - "Before a byte is written every set passes the restore gate, as every restore of every engine does: each manifest
+    path relative and normalised, a regular file in the set (no symlink, device, setuid or setgid file) and in the
+    set's own record (the facts' C(data_files), the logs from C(first_log) to C(last_log), DB_CONFIG); every recorded
+    file present (but data files recorded as vanished) with its size and SHA-256. The set's DB_CONFIG must name the
+    directories the set recorded, and the copy's DB_CONFIG names each of them inside the copy. A refusal writes
+    nothing; with O(target), a failure after writing (a proof that fails included) removes what was written."
   - "Then proves it: the logs are present and contiguous (no missing C(log.NNNNNNNNNN)), the log holding the
     source's checkpoint is there, catastrophic recovery (C(db_recover -c -v)) succeeds, recovery read the logs at
-    least up to the source's checkpoint LSN (recorded in the set when it was taken), and C(db_verify) passes on every
-    database file. Each result is returned in RV(checks) and RV(databases)."
+    least up to the source's checkpoint LSN (recorded in the set when it was taken), every database the set records is
+    in the copy, and C(db_verify) passes on exactly those databases, at least one (V(0 of 0) fails). Each result is
+    returned in RV(checks) and RV(databases)."
   - A copy without logs fails - C(db_recover -c) alone would return 0 and start a new, empty log.
   - With O(target) the recovered copy is kept there - that is the restore (C(playbooks/restore.yml) with
     C(backup_engine=bdb)). Without it the scratch copy is removed at the end.
@@ -67,7 +74,8 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Resolves the chain and checks the logs listed in the manifests (present, contiguous); copies and recovers nothing.
+    details: Resolves the chain, runs the restore gate on every set (reads every file) and checks the logs listed in the
+      manifests (present, contiguous) and that the set records a database; copies and recovers nothing.
   diff_mode:
     support: none
     details: The checks describe the result.
@@ -185,11 +193,17 @@ checks:
   elements: dict
   sample: [{check: logs contiguous, ok: false, detail: missing log.0000000005}]
 databases:
-  description: Each database file with its page size, access method and db_verify result.
+  description: Each database the set records, with its page size, access method and db_verify result.
   returned: success, not in check mode
   type: list
   elements: dict
   sample: [{file: data/parts.db, ok: true, page_size: 4096, access_method: btree, detail: BDB5105 Verification of data/parts.db succeeded.}]
+removed_by_recovery:
+  description: Databases the set records that catastrophic recovery removed from the copy (their removal is in the logs); not verified.
+  returned: success, not in check mode
+  type: list
+  elements: str
+  sample: []
 ok:
   description: Whether every check passed (the module fails otherwise).
   returned: always

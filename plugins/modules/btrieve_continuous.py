@@ -23,8 +23,11 @@ description:
     and how long the roll-in took. It ends only what this module started (its record in O(state_dir)); when nothing is
     in continuous operation it is ok and not changed.
   - B(restored) puts the files of a COMPLETE backup set back (O(backup_dest), O(backup_id)) under O(restore_root),
-    only when no file is in continuous operation and no delta exists, after every file of the set matched its size and
-    SHA-256 in C(manifest.json).
+    only when no file is in continuous operation and no delta exists, after the whole set passed the restore gate
+    (every manifest path relative and normalised, one of the files the set records in its facts, a regular file in the
+    set, no setuid, setgid or device, every recorded file present with its size and SHA-256). Only the recorded files
+    are written, with the manifest's read and write permission bits only, each under a temporary name until all are
+    written and checked; a failure before then removes what was written.
   - butil is called with the documented command line only (C(-startbu @LIST), C(-endbu @LIST), C(-stat FILE)); the
     module reads exit codes and status numbers, never whole message texts, and turns them into a message that says what
     happened and what to do.

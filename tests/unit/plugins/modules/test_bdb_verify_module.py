@@ -26,8 +26,12 @@ def make_set(dest, backup_id, facts, files, complete=True):
         with open(os.path.join(path, "data", "env", rel), "wb") as handle:
             handle.write(content)
         entries.append({"path": "env/" + rel, "type": "file", "size": len(content), "sha256": hashlib.sha256(content).hexdigest()})
+    # the engine's own record of what the set holds, as the role's copy writes it (the restore gate checks it)
+    logs = sorted(os.path.basename(rel) for rel in files if os.path.basename(rel).startswith("log."))
+    record = {"log_dir": "logs", "first_log": logs[0] if logs else None, "last_log": logs[-1] if logs else None,
+              "data_files": sorted(rel for rel in files if not os.path.basename(rel).startswith("log.") and rel != "DB_CONFIG")}
     with open(os.path.join(path, "manifest.json"), "w", encoding="utf-8") as handle:
-        json.dump({"files": entries, "facts": {"bdb": facts}}, handle)
+        json.dump({"files": entries, "facts": {"bdb": dict(record, **facts)}}, handle)
     if complete:
         open(os.path.join(path, "COMPLETE"), "w", encoding="utf-8").close()
     return path
@@ -47,7 +51,7 @@ def test_check_mode_resolves_the_chain_and_checks_its_logs(capsys, tmp_path):
 
 
 def test_check_mode_reports_a_gap_across_the_chain(capsys, tmp_path):
-    make_set(tmp_path, "f1", {"home": "/env", "mode": "hot", "checkpoint_lsn": "3/28"}, LOGS)
+    make_set(tmp_path, "f1", {"home": "/env", "mode": "hot", "checkpoint_lsn": "3/28"}, dict(LOGS, **{"data/a.db": b"a"}))
     make_set(tmp_path, "i1", {"home": "/env", "mode": "incremental", "previous_set": "f1", "checkpoint_lsn": "7/28"},
              {"logs/log.0000000007": b"7"})
     result = run(capsys, check_mode=True, backup_dest=str(tmp_path), backup_id="i1")
@@ -69,3 +73,27 @@ def test_a_restore_target_that_is_not_empty_is_refused(capsys, tmp_path):
     result = run(capsys, backup_dest=str(tmp_path), backup_id="f1", target=str(target))
     assert result["failed"] is True and "not an empty directory" in result["msg"]
     assert os.listdir(str(target)) == ["keep.db"]
+
+
+def test_check_mode_runs_the_restore_gate_and_refuses_a_set_missing_a_recorded_database(capsys, tmp_path):
+    make_set(tmp_path, "f1", {"home": "/env", "mode": "hot", "checkpoint_lsn": "3/28", "data_files": ["data/a.db", "data/b.db"]},
+             dict(LOGS, **{"data/a.db": b"a"}))
+    result = run(capsys, check_mode=True, backup_dest=str(tmp_path), backup_id="f1")
+    assert result["failed"] is True
+    assert "holds env/data/b.db, but manifest.json does not list it: the set is not whole" in result["msg"]
+
+
+def test_check_mode_fails_a_set_that_records_no_database(capsys, tmp_path):
+    make_set(tmp_path, "f1", {"home": "/env", "mode": "hot", "checkpoint_lsn": "3/28"}, LOGS)
+    result = run(capsys, check_mode=True, backup_dest=str(tmp_path), backup_id="f1")
+    assert result["ok"] is False
+    assert [c["detail"] for c in result["checks"] if not c["ok"]] == ["the set records no database, so there is nothing to prove"]
+
+
+def test_a_refused_restore_leaves_an_absent_target_absent(capsys, tmp_path):
+    make_set(tmp_path, "f1", {"home": "/env", "mode": "hot", "checkpoint_lsn": "3/28", "data_files": ["data/a.db", "data/b.db"]},
+             dict(LOGS, **{"data/a.db": b"a"}))
+    target = tmp_path / "restore" / "here"
+    result = run(capsys, backup_dest=str(tmp_path), backup_id="f1", target=str(target))
+    assert result["failed"] is True and "Nothing was written to %s" % target in result["msg"]
+    assert not (tmp_path / "restore").exists()

@@ -619,7 +619,11 @@ def plan_chain(chain: t.List[t.Dict[str, t.Any]], target: str) -> t.Dict[str, t.
             config = (facts.get("home"), os.path.join(plan.root, prefix + "DB_CONFIG"), plan.entries[prefix + "DB_CONFIG"])
             config_facts = facts
         elif facts.get("mode") != "incremental":
-            config = None  # a full set without DB_CONFIG: every directory is the home
+            config = None  # a full set without DB_CONFIG: every directory is the home, as the set must have recorded
+            if facts.get("data_dirs", ["."]) != ["."] or facts.get("log_dir", ".") != ".":
+                raise _gate.set_problem(set_path, "the set recorded the data directories %s and the log directory %s, "
+                                                  "which only a DB_CONFIG names, but it holds no DB_CONFIG"
+                                        % (facts.get("data_dirs"), facts.get("log_dir")))
     plan_config = None
     if config is not None:
         home, source, entry = config

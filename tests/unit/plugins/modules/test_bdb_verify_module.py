@@ -20,6 +20,8 @@ run = functools.partial(module_result, bdb_verify)  # run(capsys, [check_mode=Tr
 
 def make_set(dest, backup_id, facts, files, complete=True):
     path = os.path.join(str(dest), backup_id)
+    if facts.get("mode") != "incremental":
+        files = dict(files, DB_CONFIG=b"set_data_dir data\nset_lg_dir logs\n")  # a full set holds its DB_CONFIG
     entries = []
     for rel, content in files.items():
         os.makedirs(os.path.dirname(os.path.join(path, "data", "env", rel)), exist_ok=True)
@@ -28,7 +30,7 @@ def make_set(dest, backup_id, facts, files, complete=True):
         entries.append({"path": "env/" + rel, "type": "file", "size": len(content), "sha256": hashlib.sha256(content).hexdigest()})
     # the engine's own record of what the set holds, as the role's copy writes it (the restore gate checks it)
     logs = sorted(os.path.basename(rel) for rel in files if os.path.basename(rel).startswith("log."))
-    record = {"log_dir": "logs", "first_log": logs[0] if logs else None, "last_log": logs[-1] if logs else None,
+    record = {"data_dirs": ["data"], "log_dir": "logs", "first_log": logs[0] if logs else None, "last_log": logs[-1] if logs else None,
               "data_files": sorted(rel for rel in files if not os.path.basename(rel).startswith("log.") and rel != "DB_CONFIG")}
     with open(os.path.join(path, "manifest.json"), "w", encoding="utf-8") as handle:
         json.dump({"files": entries, "facts": {"bdb": dict(record, **facts)}}, handle)
@@ -97,3 +99,32 @@ def test_a_refused_restore_leaves_an_absent_target_absent(capsys, tmp_path):
     result = run(capsys, backup_dest=str(tmp_path), backup_id="f1", target=str(target))
     assert result["failed"] is True and "Nothing was written to %s" % target in result["msg"]
     assert not (tmp_path / "restore").exists()
+
+
+def test_a_db_config_that_names_other_directories_than_the_set_recorded_is_refused(capsys, tmp_path):
+    path = make_set(tmp_path, "f1", {"home": "/srv/env", "mode": "hot", "checkpoint_lsn": "3/28"}, dict(LOGS, **{"data/a.db": b"a"}))
+    config = b"set_data_dir ../victim\nset_lg_dir logs\n"
+    with open(os.path.join(path, "data", "env", "DB_CONFIG"), "wb") as handle:
+        handle.write(config)
+    with open(os.path.join(path, "manifest.json"), encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    for entry in manifest["files"]:
+        if entry["path"] == "env/DB_CONFIG":
+            entry.update(size=len(config), sha256=hashlib.sha256(config).hexdigest())  # the manifest agrees
+    with open(os.path.join(path, "manifest.json"), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle)
+    result = run(capsys, check_mode=True, backup_dest=str(tmp_path), backup_id="f1")
+    assert result["failed"] is True
+    assert "names the data directories ['/srv/victim'] and the log directory logs, but the set recorded ['data']" in result["msg"]
+
+
+def test_a_full_set_without_the_db_config_its_directories_need_is_refused(capsys, tmp_path):
+    path = make_set(tmp_path, "f1", {"home": "/srv/env", "mode": "hot", "checkpoint_lsn": "3/28"}, dict(LOGS, **{"data/a.db": b"a"}))
+    os.unlink(os.path.join(path, "data", "env", "DB_CONFIG"))
+    with open(os.path.join(path, "manifest.json"), encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    manifest["files"] = [entry for entry in manifest["files"] if entry["path"] != "env/DB_CONFIG"]
+    with open(os.path.join(path, "manifest.json"), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle)
+    result = run(capsys, check_mode=True, backup_dest=str(tmp_path), backup_id="f1")
+    assert result["failed"] is True and "which only a DB_CONFIG names, but it holds no DB_CONFIG" in result["msg"]

@@ -284,6 +284,16 @@ def _utility_failure(argv: t.List[str], rc: int, err: str, home: str) -> BdbErro
         return BdbError("environment %s: %s was refused access (%s); run as the environment's owner (become_user) "
                         "or give this user read access to the home, its data and log directories"
                         % (home, os.path.basename(argv[0]), text[-300:]))
+    missing = re.search(r"^\S+: (/\S*): No such file or directory$", text, re.MULTILINE)
+    if missing and "DB_RUNRECOVERY" in text:
+        # The utility could not open a directory DB_CONFIG names and reports it as DB_RUNRECOVERY; the environment is
+        # not damaged, and telling the operator to recover it would send them the wrong way.
+        return BdbError("environment %s: %s cannot open the environment because %s does not exist; it is a directory the "
+                        "environment's DB_CONFIG names (set_data_dir, add_data_dir, set_lg_dir), seen from %s. This layout "
+                        "cannot be read as configured: create the directory or correct DB_CONFIG. The environment itself "
+                        "is not damaged, so recovery would not help"
+                        % (home, os.path.basename(argv[0]), missing.group(1), argv[argv.index("-h") + 1] if "-h" in argv
+                           else home))
     return BdbError("environment %s: %s exited with %d (%s)" % (home, " ".join(argv), rc, text[-500:] or "no output"),
                     retryable=True)
 

@@ -245,3 +245,14 @@ def test_log_checks_catch_no_logs_a_gap_and_a_missing_checkpoint_log():
     assert failed(["logs/log.0000000002", "logs/log.0000000004"], "4/28") == {"logs contiguous"}
     assert failed(["logs/log.0000000002", "logs/log.0000000003"], "4/28") == {"checkpoint log present"}
     assert failed(["logs/log.0000000002", "logs/log.0000000003"], "3/28") == set()
+
+
+def test_a_directory_db_config_names_that_is_missing_is_reported_as_a_layout_problem_not_as_recovery():
+    failure = _bdb._utility_failure(
+        ["/usr/bin/db5.3_archive", "-h", "/tmp/shadow", "-a", "-l"], 1,
+        "db5.3_archive: /tmp/shadow/../logs: No such file or directory\n"
+        "db5.3_archive: DB_ENV->open: BDB0087 DB_RUNRECOVERY: Fatal error, run database recovery\n", "/srv/env")
+    message = str(failure)
+    assert "/tmp/shadow/../logs does not exist; it is a directory the environment's DB_CONFIG names" in message
+    assert "This layout cannot be read as configured" in message
+    assert "run recovery" not in message and "run database recovery" not in message and failure.retryable is False

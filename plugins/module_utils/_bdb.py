@@ -44,7 +44,7 @@ import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils import _restore_gate as _gate
 from ansible_collections.consistent.backup.plugins.module_utils._layout import (
-    COMPLETE_NAME, DATA_DIR, MANIFEST_NAME, REPORT_NAME, backup_id_problem)
+    COMPLETE_NAME, MANIFEST_NAME, REPORT_NAME, backup_id_problem)
 
 Runner = t.Callable[[t.List[str]], t.Tuple[int, str, str]]
 Which = t.Callable[[str], t.Optional[str]]

@@ -16,8 +16,8 @@ import pytest
 from ansible_collections.consistent.backup.plugins.module_utils import _restore_gate as gate
 
 FILES = {"env/DB_CONFIG": b"set_data_dir data\n", "env/data/parts.db": b"p" * 4096, "env/logs/log.0000000001": b"l" * 100}
-RECORD = ["env/data/parts.db", "env/logs/log.0000000001"]
-OPTIONAL = ["env/DB_CONFIG"]
+RECORD = ("env/data/parts.db", "env/logs/log.0000000001")
+OPTIONAL = ("env/DB_CONFIG",)
 
 
 def build_set(base, files=None, modes=None):
@@ -194,7 +194,7 @@ def test_a_set_without_its_data_directory_is_not_a_set_of_the_engine(tmp_path):
 def test_a_record_that_names_a_path_outside_the_set_is_refused(tmp_path):
     set_path, manifest = build_set(tmp_path)
     refused("the test record names 'env/../x', expected a relative, normalised path", set_path, manifest,
-            recorded=RECORD + ["env/../x"])
+            recorded=RECORD + ("env/../x",))
 
 
 # -- the target ------------------------------------------------------------------------------------------------------

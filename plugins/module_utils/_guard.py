@@ -542,6 +542,27 @@ class PreWindow:
                          guard_fired=fired, released=released)
 
 
+# The argument spec of the ``pre_window`` option (doc fragment consistent.backup._pre_window).
+PRE_WINDOW_ARGSPEC = dict(type='dict', options=dict(
+    guard_dir=dict(type='path', required=True),
+    run_id=dict(type='str', required=True),
+    timeout=dict(type='int', required=True),
+))
+
+
+def pre_window(option: t.Optional[t.Dict[str, t.Any]], what: str) -> t.Optional[PreWindow]:
+    """The window of a module's ``pre_window`` option (None when it is not given); wrong values are refused."""
+    if not option:
+        return None
+    if option["timeout"] < 1:
+        raise GuardError("pre_window.timeout (backup_pre_timeout) must be at least 1 second; found %d. Give the longest "
+                         "time pre may take" % option["timeout"])
+    if not option["run_id"].strip() or not os.path.isabs(option["guard_dir"]):
+        raise GuardError("pre_window needs the run's id and the guard's absolute directory (backup_guard's guard_dir); "
+                         "found run_id %r, guard_dir %r" % (option["run_id"], option["guard_dir"]))
+    return PreWindow(option["guard_dir"], option["run_id"], option["timeout"], what)
+
+
 def guard_post_release(window: PreWindow) -> t.Callable[[], t.Dict[str, t.Any]]:
     """Pre's default release: the post this run's guard holds (its record), with the guard's retries."""
     def release() -> t.Dict[str, t.Any]:

@@ -342,9 +342,9 @@ def test_the_next_run_ends_a_dead_run_s_continuous_operation_and_its_set_holds_a
     assert shop.writes[-1]["went"] == "delta"
     run = run_playbook("backup.yml", inventory(tmp_path), btrieve_job(engine, media.path, "after-dead", shop.files))
     assert run.rc == 0, run
-    started = run.fact("__btrieve_started")
-    assert started["ended_earlier"]["run_id"] == "dead-run" and started["ended_earlier"]["files"] == shop.files
-    assert engine.commands() == ["-startbu", "-endbu", "-startbu", "-endbu"]  # dead run's start, its end, this run's
     set_files = [os.path.join(media.path, "after-dead", "data", path.lstrip("/")) for path in shop.files]
     assert shop.read_files(*set_files) == shop.model_state()  # the write made before the run is in the set
+    assert engine.commands() == ["-startbu", "-endbu", "-startbu", "-endbu"]  # dead run's start, its end, this run's
+    started = run.fact("__btrieve_started")
+    assert started["ended_earlier"]["run_id"] == "dead-run" and started["ended_earlier"]["files"] == shop.files
     assert engine.continuous() == []

@@ -31,9 +31,10 @@ Every engine's pre goes through one window:
   writes ``pre.done`` and, if the guard fired meanwhile, releases what it quiesced (runs post) and fails;
 * the guard writes ``fired`` under the same lock and reads ``pre``/``pre.done`` there. The lock orders the two:
   either pre saw ``fired`` before it quiesced (and never quiesces), or the guard saw pre's window open. In the
-  second case the guard, after its post, stays (state ``fired_waiting_for_pre``) until ``pre.done`` appears or
-  pre's deadline passes, and then runs post once more unless ``pre.done`` says pre released the database itself.
-  So a quiesce that lands after the guard's post is always undone, by pre or by the guard, whichever lives.
+  second case the guard, after its post, stays (state ``fired_waiting_for_pre``) until ``pre.done`` appears, pre is
+  provably over (its module is gone and so is its command's process group, recorded in ``pre``) or pre's deadline
+  passes, and then runs post once more unless ``pre.done`` says pre released the database itself. So a quiesce
+  that lands after the guard's post is always undone, by pre or by the guard, whichever lives.
 
 The guard directory ``<runtime_dir>/guards/<key>/`` (0700, files 0600) is also the database lock: while a guard
 of another run is alive there, a second backup of the same database is refused before pre (its post would
@@ -396,9 +397,13 @@ class Guard:
         unless pre says it released the database itself. Returns whether the database is known released."""
         deadline = float(pre.get("deadline_epoch") or now())
         done = None
+        over = ""
         while True:
-            done = self.gdir.pre_window(self.spec["run_id"])[1]
+            mark, done = self.gdir.pre_window(self.spec["run_id"])
             if done is not None or now() >= deadline:
+                break
+            over = pre_provably_over(mark or pre)
+            if over:
                 break
             time.sleep(POLL_SECONDS)
         if done is not None and done.get("released") is True:
@@ -407,6 +412,8 @@ class Guard:
             return True
         if done is not None:
             why = "pre ended at %s (%s) after the guard's post, without releasing the database" % (done.get("at"), done.get("outcome"))
+        elif over:
+            why = "pre is over without its end mark: %s" % over
         else:
             why = "pre's bound passed at %s without pre's end mark (pre was killed or hangs)" % utc_iso(deadline)
         self.state.update({"pre_end": why, "pre_done": done})
@@ -420,6 +427,24 @@ class Guard:
 # ---------------------------------------------------------------------------------------------------------
 # Pre's window: pre cannot outrun the guard
 # ---------------------------------------------------------------------------------------------------------
+
+def pre_provably_over(mark: t.Dict[str, t.Any]) -> str:
+    """Why pre can quiesce no more although it left no end mark ('' when it may): its module is provably gone and
+    so is its command's process group (a command outlives a killed module: it runs in a session of its own)."""
+    gone, why = _detach.owner_gone(mark.get("owner"))
+    if not gone:
+        return ""
+    pgid = mark.get("command_pgid")
+    if isinstance(pgid, int) and pgid > 0:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return "its module is gone (%s) and so is its command (process group %d)" % (why, pgid)
+        except PermissionError:
+            return ""
+        return ""
+    return "its module is gone (%s) and it had started no command" % why
+
 
 class PreWindow:
     """Pre's quiescing call under the guard: bounded, renewing the lease, checked against ``fired`` before and after.
@@ -438,6 +463,7 @@ class PreWindow:
         self.started = 0.0
         self.bound_epoch = 0.0
         self.renew_every = PRE_RENEW_SECONDS
+        self.mark = {}  # type: t.Dict[str, t.Any]
         self._stop = threading.Event()
         self._renewer = None  # type: t.Optional[threading.Thread]
 
@@ -471,10 +497,12 @@ class PreWindow:
             self.renew_every = min(PRE_RENEW_SECONDS, max(0.05, float(state.get("lease_seconds") or 0) / 4.0 or PRE_RENEW_SECONDS))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.gdir.pre_done_path)
-            write_json(self.gdir.pre_path, {
-                "run_id": self.run_id, "what": self.what, "pid": os.getpid(), "started_at": utc_iso(self.started),
+            self.mark = {
+                "run_id": self.run_id, "what": self.what, "pid": os.getpid(), "owner": _detach.owner(),
+                "started_at": utc_iso(self.started),
                 "started_epoch": self.started, "bound": self.bound, "deadline_epoch": self.bound_epoch + PRE_GRACE,
-                "deadline_at": utc_iso(self.bound_epoch + PRE_GRACE)})
+                "deadline_at": utc_iso(self.bound_epoch + PRE_GRACE)}
+            write_json(self.gdir.pre_path, self.mark)
         self._renew_once()
         self._stop.clear()
         self._renewer = threading.Thread(target=self._renew, name="pre-lease", daemon=True)
@@ -505,6 +533,10 @@ class PreWindow:
         ``timed_out`` is raised. Returns (rc, stdout, stderr)."""
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=env, start_new_session=True)
+        # The command's process group, so the guard can tell when pre is provably over if this module dies.
+        with self.gdir.pre_locked():
+            self.mark["command_pgid"] = proc.pid
+            write_json(self.gdir.pre_path, self.mark)
         try:
             stdout, stderr = proc.communicate(timeout=max(0.001, self.remaining()))
         except subprocess.TimeoutExpired:

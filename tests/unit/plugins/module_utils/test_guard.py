@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import time
 
@@ -344,3 +345,24 @@ def test_next_run_ends_the_quiesce_a_failed_guard_post_left_before_its_own_pre(g
     assert second["released_previous"]["ok"] is True and lines(marker) == ["post"]
     assert second["previous"]["state"] == g.POST_FAILED
     g.disarm(gdir(), "r2", check_mode=False)
+
+
+def test_guard_fired_during_pre_runs_post_again_as_soon_as_pre_s_dead_module_and_its_command_are_gone(gdir, tmp_path):
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    armed = g.arm(guard, spec("r1", post_writes(marker), lease=60, max_quiesce=2), check_mode=False)
+    # Pre's module in a process of its own: it opens the window (bound 60 s) and runs a command of 4 s; then it dies.
+    module = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from ansible_collections.consistent.backup.plugins.module_utils import _guard as g; "
+        "w = g.PreWindow(sys.argv[1], 'r1', 60, 'pre of a module that dies'); w.open(); w.run_command(['sleep', '4'])"),
+        guard.path], env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    wait_for(lambda: "command_pgid" in (g._read_json(guard.pre_path) or {}), 10, "pre's command to start")
+    module.kill()  # SIGKILL: no end mark; its command goes on in its own session
+    module.wait()
+    began = time.monotonic()
+    wait_for(lambda: not _detach.pid_alive(armed["pid"]), 20, "the guard to run post again and exit")
+    assert time.monotonic() - began < 15  # far before pre's bound (60 s): pre was provably over
+    state = guard.read_state()
+    assert state["state"] == g.FIRED and state["post_again"]["ok"] is True
+    assert "pre is over without its end mark: its module is gone" in state["pre_end"] and "so is its command" in state["pre_end"]
+    assert lines(marker) == ["post", "post"]

@@ -109,7 +109,7 @@ def spawn(body: Body, timeout: t.Optional[float] = None) -> t.Optional[t.Dict[st
                     if b"\n" in b"".join(chunks):
                         break
                     return {"ok": False, "timed_out": True, "retryable": False,
-                            "error": "no report from the detached process within %.0f s" % timeout}
+                            "error": "no report from the detached process within %.1f s" % timeout}
             chunk = pipe.read(65536)
             if not chunk:
                 break

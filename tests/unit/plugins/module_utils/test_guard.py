@@ -366,3 +366,12 @@ def test_guard_fired_during_pre_runs_post_again_as_soon_as_pre_s_dead_module_and
     assert state["state"] == g.FIRED and state["post_again"]["ok"] is True
     assert "pre is over without its end mark: its module is gone" in state["pre_end"] and "so is its command" in state["pre_end"]
     assert lines(marker) == ["post", "post"]
+
+
+def test_spawn_abandons_the_wait_for_a_slow_report_at_its_timeout(tmp_path):
+    # The PostgreSQL start's bound: the holder reports once the server started the backup; pre waits no longer.
+    began = time.monotonic()
+    report = _detach.spawn(lambda fd: (time.sleep(3), _detach.report(fd, {"ok": True})), timeout=0.5)
+    assert report["ok"] is False and report["timed_out"] is True and "within 0.5 s" in report["error"]
+    assert time.monotonic() - began < 2.5
+    assert _detach.spawn(lambda fd: _detach.report(fd, {"ok": True, "n": 1}), timeout=5) == {"ok": True, "n": 1}

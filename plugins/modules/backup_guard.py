@@ -21,7 +21,7 @@ description:
     the copy takes; O(max_quiesce) is the hard maximum.
   - Pre cannot outrun the guard. Each engine's pre runs its quiescing call in the guard's pre window (the
     C(pre_window) option of M(consistent.backup.backup_command), M(consistent.backup.btrieve_continuous) and
-    M(consistent.backup.pg_backup_session)): the call is bounded (C(backup_pre_timeout)), renews the lease while it
+    M(consistent.backup.pg_backup_session)). The call is bounded (C(backup_pre_timeout)), renews the lease while it
     runs within that bound, and checks the guard before and after it quiesces. If the guard fired meanwhile, pre
     releases what it quiesced and fails. A guard that fired while pre's call ran stays (state
     C(fired_waiting_for_pre)) until pre says it ended or pre's bound has passed, and then runs post once more unless

@@ -18,12 +18,12 @@ description:
     filesystem - the database must reside completely on a single server), that no two files share a base name in one
     directory (they would share one delta), and that no stale delta is left by an interrupted continuous operation
     (O(stale_deltas)).
-  - When the files are in continuous operation started by another run (O(run_id) differs: a dead run's, since the
+  - When the files are in continuous operation started by another run (O(run_id) differs - a dead run's, since the
     guard lets one run at a time near the database), B(started) ends it first (C(-endbu), waiting for the roll-in),
     then starts its own; it never takes another run's start as its own, whose snapshot would miss every write made
     since. That is reported in RV(ended_earlier).
-  - With O(pre_window), B(started) is pre under the run's guard: bounded, renewing the guard's lease, and released
-    (C(-endbu)) and failed when the guard fired while it ran.
+  - With O(pre_window), B(started) is pre under the run's guard. It is bounded, renews the guard's lease, and is
+    released (C(-endbu)) and failed when the guard fired while it ran.
   - B(stopped) runs C(butil -endbu @LIST), which rolls each delta back into its file and deletes it, and waits until
     the deltas are gone (at most O(timeout) seconds), reporting progress, how long the files were in continuous operation
     and how long the roll-in took. It ends only what this module started (its record in O(state_dir)); when nothing is

@@ -424,9 +424,9 @@ def start(view: Files, butil: Butil, check_mode: bool, stale_deltas: str, acknow
         try:
             ended = stop(view, butil, False, timeout)
         except BtrieveError as exc:
-            raise BtrieveError("%d files are in continuous operation started %s by run %s, not by this run %s; ending it "
-                               "before this run's start failed: %s" % (len(ours), earlier["started_at"], earlier["run_id"],
-                                                                        run_id, exc.msg), exc.retryable, **exc.facts)
+            msg = ("%d files are in continuous operation started %s by run %s, not by this run %s; ending it before this "
+                   "run's start failed: %s" % (len(ours), earlier["started_at"], earlier["run_id"], run_id, exc.msg))
+            raise BtrieveError(msg, exc.retryable, **exc.facts)
         earlier.update({key: ended.get(key) for key in ("continuous_seconds", "rollin_seconds", "quiesce_end")})
         result.update(changed=True, ended_earlier=earlier)
         view = look(view.files, view.record.state_dir)

@@ -335,8 +335,9 @@ def test_controller_killed_during_a_slow_start_no_file_stays_in_continuous_opera
 def test_the_next_run_ends_a_dead_run_s_continuous_operation_and_its_set_holds_a_write_made_before_it(tmp_path, engine, shop, media):
     # A dead run's start that nobody ended (its guard's post failed, or the old guard left it): files in continuous
     # operation, recorded for run "dead-run". A write after it goes to the deltas, not the files.
-    dead = run_module(tmp_path, "btrieve_continuous", {"state": "started", "files": shop.files, "butil": engine.butil,
-                                                        "state_dir": engine.state_dir, "run_id": "dead-run"})
+    dead_start = {"state": "started", "files": shop.files, "butil": engine.butil, "state_dir": engine.state_dir,
+                  "run_id": "dead-run"}
+    dead = run_module(tmp_path, "btrieve_continuous", dead_start)
     assert dead.get("changed") is True, dead
     shop.add(1, 2, 777)
     assert shop.writes[-1]["went"] == "delta"

@@ -403,10 +403,35 @@ def discard_stale(stale: t.Sequence[str], discard_dir: str) -> t.List[t.Dict[str
 
 def start(view: Files, butil: Butil, check_mode: bool, stale_deltas: str, acknowledged: bool, discard_dir: str,
           timeout: float, run_id: str) -> t.Dict[str, t.Any]:
-    """Put every file into continuous operation (after the checks and the stale deltas' policy)."""
+    """Put every file into continuous operation (after the checks and the stale deltas' policy).
+
+    Idempotent for this run (``run_id``): its own earlier start is kept. Continuous operation recorded by another run
+    (a dead one: the guard's lock lets only one run at a time near the database) is ended first, never adopted.
+    """
     result = {"files": view.files, "list_file": view.record.list_file, "stale_deltas": view.stale,
               "changed": False}  # type: t.Dict[str, t.Any]
     ours = view.ours
+    if ours and (view.started or {}).get("run_id") != run_id:
+        # A run never takes another run's continuous operation as its own pre: a dead run's start holds the files at
+        # its own instant, and a write made since then (before this run) is in the deltas, not in the files this run
+        # would copy. End it first, as that run's guard would (-endbu, wait for the roll-in), then start our own.
+        earlier = {"run_id": view.started.get("run_id"), "started_at": view.started.get("started_at"), "files": ours}
+        if check_mode:
+            return dict(result, changed=True, ended_earlier=dict(earlier, would=True),
+                        msg="%d files are in continuous operation started %s by run %s, not by this run %s: would end it "
+                            "(butil -endbu @%s, wait for the roll-in), then run butil -startbu for this run"
+                            % (len(ours), earlier["started_at"], earlier["run_id"], run_id, view.record.list_file))
+        try:
+            ended = stop(view, butil, False, timeout)
+        except BtrieveError as exc:
+            msg = ("%d files are in continuous operation started %s by run %s, not by this run %s; ending it before this "
+                   "run's start failed: %s" % (len(ours), earlier["started_at"], earlier["run_id"], run_id, exc.msg))
+            raise BtrieveError(msg, exc.retryable, **exc.facts)
+        earlier.update({key: ended.get(key) for key in ("continuous_seconds", "rollin_seconds", "quiesce_end")})
+        result.update(changed=True, ended_earlier=earlier)
+        view = look(view.files, view.record.state_dir)
+        result["stale_deltas"] = view.stale
+        ours = view.ours
     if ours and set(ours) == set(view.files) and not view.stale:
         return dict(result, msg="every file is already in continuous operation (started %s by run %s)"
                     % (view.started.get("started_at"), view.started.get("run_id")), started_at=view.started.get("started_at"),

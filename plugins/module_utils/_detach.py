@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
+import time
 import typing as t
 
 Body = t.Callable[[int], None]
@@ -77,11 +79,13 @@ def report(report_fd: t.Optional[int], message: t.Dict[str, t.Any]) -> None:
         pass
 
 
-def spawn(body: Body) -> t.Optional[t.Dict[str, t.Any]]:
+def spawn(body: Body, timeout: t.Optional[float] = None) -> t.Optional[t.Dict[str, t.Any]]:
     """Start ``body(report_fd)`` in a detached process; return its first report, or None when it sent none.
 
     ``body`` must call ``report(report_fd, {...})`` once it knows whether it started. Nothing is shared with the
     module after the fork except what ``body`` closes over, so open connections must be made inside ``body``.
+    With ``timeout``, the wait for the report is abandoned after that many seconds (pre's bound): the report is then
+    ``{"ok": False, "timed_out": True, "error": ...}`` and the process goes on (whoever runs post ends it).
     """
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -96,12 +100,22 @@ def spawn(body: Body) -> t.Optional[t.Dict[str, t.Any]]:
     os.close(write_fd)
     os.waitpid(pid, 0)
     chunks = []
-    with os.fdopen(read_fd, "rb") as pipe:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
         while True:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([pipe], [], [], left)[0]:
+                    if b"\n" in b"".join(chunks):
+                        break
+                    return {"ok": False, "timed_out": True, "retryable": False,
+                            "error": "no report from the detached process within %.1f s" % timeout}
             chunk = pipe.read(65536)
             if not chunk:
                 break
             chunks.append(chunk)
+            if deadline is not None and b"\n" in chunk:
+                break  # the first report line is all the module waits for
     data = b"".join(chunks)
     if not data.strip():
         return None

@@ -1034,13 +1034,14 @@ def _send(sock: socket.socket, message: t.Dict[str, t.Any]) -> None:
         sock.sendall((json.dumps(message) + "\n").encode("utf-8"))
 
 
-def spawn_holder(spec: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+def spawn_holder(spec: t.Dict[str, t.Any], timeout: t.Optional[float] = None) -> t.Dict[str, t.Any]:
     """Start the detached holder and wait for its report: ``{"ok": true, "state": ...}`` or ``{"ok": false, "error": ...}``.
 
     _detach.spawn re-parents the holder to init with no controlling terminal, so it survives the end of the Ansible
-    task (and of an SSH session). Only the holder connects, so no connection is shared across the fork.
+    task (and of an SSH session). Only the holder connects, so no connection is shared across the fork. With
+    ``timeout`` (pre's bound) the wait for the server's start is abandoned there; post (or the guard) ends the session.
     """
-    report = _detach.spawn(lambda report_fd: Holder(spec, report_fd).run())
+    report = _detach.spawn(lambda report_fd: Holder(spec, report_fd).run(), timeout)
     if report is not None:
         return report
     store = SessionStore(spec["runtime_dir"], spec["backup_id"])
@@ -1266,6 +1267,8 @@ class PgBackupSession:
         self.backup_id = params.get("backup_id")
         self.run_id = params.get("run_id")
         self.store = SessionStore(self.runtime_dir, self.backup_id) if self.backup_id else None
+        # Pre's bound on the wait for the holder's start (pg_backup_session's pre_window; _guard.PreWindow).
+        self.start_timeout = None  # type: t.Optional[t.Callable[[], float]]
 
     def require_id(self) -> SessionStore:
         validate_backup_id(self.backup_id)
@@ -1372,7 +1375,14 @@ class PgBackupSession:
             "server_version_num": version_num,
             "preflight": dict((k, v) for k, v in preflight.items() if k != "errors"),
         }
-        report = spawn_holder(spec)
+        report = spawn_holder(spec, self.start_timeout() if self.start_timeout else None)
+        if report.get("timed_out"):
+            raise SessionError("PostgreSQL backup %s did not start on %s within pre's bound (backup_pre_timeout): %s. The "
+                               "holder (record %s) may still be waiting for the server's checkpoint; post ends its session. "
+                               "Find out why the start is slow (a large checkpoint: backup_postgresql_fast), or raise "
+                               "backup_pre_timeout" % (self.backup_id, describe_target(base_kwargs), report.get("error"),
+                                                       self.store.state_path),
+                               retryable=False, preflight=preflight, queries=queries, pre_timed_out=True)
         if not report.get("ok"):
             raise SessionError("PostgreSQL backup %s did not start on %s: %s. The server did not enter backup mode for it; fix "
                                "the cause (the holder's record is %s) and run the backup again"

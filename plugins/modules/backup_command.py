@@ -28,12 +28,15 @@ options:
         M(consistent.backup.backup_set)). Leave out to record nothing.
     type: dict
   timeout:
-    description: Seconds the command may take before it is killed (and the attempt fails). C(0) waits for ever.
+    description:
+      - Seconds the command may take before it is killed (and the attempt fails). C(0) waits for ever.
+      - With O(pre_window), O(pre_window.timeout) is the bound instead.
     type: int
     default: 0
 extends_documentation_fragment:
   - consistent.backup._attributes
   - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._pre_window
 attributes:
   check_mode:
     support: full
@@ -50,9 +53,13 @@ author: consistent.backup developers (@consistent-backup)
 '''
 
 EXAMPLES = r'''
-- name: Run the operator's pre command and record the attempt
+- name: Run the operator's pre command under the guard, bounded, and record the attempt
   consistent.backup.backup_command:
     argv: [/usr/local/sbin/appdb, suspend-writes]
+    pre_window:
+      guard_dir: "{{ backup_guard.guard_dir }}"
+      run_id: "{{ backup_run_id }}"
+      timeout: 300
     ledger:
       set_path: /backup/db1-20261122T0200Z
       run_id: "{{ backup_run_id }}"
@@ -69,7 +76,7 @@ cmd:
   type: list
   elements: str
 rc:
-  description: The return code (C(-9) when killed after O(timeout)).
+  description: The return code (C(-9) when killed after O(timeout) or at O(pre_window.timeout)).
   returned: when the command ran
   type: int
 stdout:
@@ -95,6 +102,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import output_tail
+from ansible_collections.consistent.backup.plugins.module_utils._guard import PRE_WINDOW_ARGSPEC, GuardError, pre_window, run_pre
 
 
 def _argv(raw) -> list:
@@ -113,6 +121,7 @@ def main() -> None:
             argv=dict(type='raw', required=True),
             ledger=dict(type='dict'),
             timeout=dict(type='int', default=0),
+            pre_window=PRE_WINDOW_ARGSPEC,
         ),
         supports_check_mode=True,
     )
@@ -122,14 +131,35 @@ def main() -> None:
     except ValueError as exc:
         module.fail_json(msg=str(exc), retryable=False)
     phase = (module.params['ledger'] or {}).get('phase') or 'the'
+    shown = ' '.join(shlex.quote(part) for part in argv)
+    try:
+        window = pre_window(module.params['pre_window'], '%s command %s' % (phase, shown))
+    except GuardError as exc:
+        module.fail_json(msg=str(exc), retryable=False)
     if not argv:
         module.exit_json(changed=False, cmd=[], msg='no %s command: nothing to run' % phase)
     if module.check_mode:
-        module.exit_json(changed=True, cmd=argv, msg='would run %s' % ' '.join(shlex.quote(part) for part in argv))
+        module.exit_json(changed=True, cmd=argv, msg='would run %s' % shown)
+    env = dict(os.environ, LANG='C', LC_ALL='C')
     began = time.monotonic()
+    if window is not None:
+        # Pre under the guard (plugins/module_utils/_guard.py, PreWindow): bounded, renewing the lease, released
+        # and failed when the guard fired meanwhile.
+        try:
+            rc, stdout, stderr = run_pre(window, lambda pre: pre.run_command(argv, env))
+        except FileNotFoundError as exc:
+            module.fail_json(msg='%s command %s was not found (%s); check the path in the job variables' % (phase, argv[0], exc),
+                             cmd=argv, rc=127, retryable=False)
+        except PermissionError as exc:
+            module.fail_json(msg='%s command %s cannot be run (%s); make it executable for this user' % (phase, argv[0], exc),
+                             cmd=argv, rc=126, retryable=False)
+        except GuardError as exc:
+            module.fail_json(msg=str(exc), cmd=argv, rc=-9 if exc.facts.get('pre_timed_out') else None, retryable=False,
+                             **exc.facts)
+        _finish(module, phase, argv, rc, stdout, stderr, round(time.monotonic() - began, 3))
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False,
-                              timeout=module.params['timeout'] or None, env=dict(os.environ, LANG='C', LC_ALL='C'))
+                              timeout=module.params['timeout'] or None, env=env)
     except FileNotFoundError as exc:
         module.fail_json(msg='%s command %s was not found (%s); check the path in the job variables' % (phase, argv[0], exc),
                          cmd=argv, rc=127, retryable=False)
@@ -140,14 +170,16 @@ def main() -> None:
         module.fail_json(msg='%s command %s was killed after %d s; raise the timeout or find out why it hangs'
                          % (phase, ' '.join(argv), module.params['timeout']), cmd=argv, rc=-9,
                          stdout=(exc.stdout or b'').decode('utf-8', 'replace'), stderr=(exc.stderr or b'').decode('utf-8', 'replace'))
-    seconds = round(time.monotonic() - began, 3)
-    stdout = proc.stdout.decode('utf-8', 'replace')
-    stderr = proc.stderr.decode('utf-8', 'replace')
-    if proc.returncode != 0:
+    _finish(module, phase, argv, proc.returncode, proc.stdout.decode('utf-8', 'replace'), proc.stderr.decode('utf-8', 'replace'),
+            round(time.monotonic() - began, 3))
+
+
+def _finish(module: AnsibleModule, phase: str, argv: list, rc: int, stdout: str, stderr: str, seconds: float) -> None:
+    if rc != 0:
         reason = output_tail(stderr) or output_tail(stdout) or 'no output'
         shown = ' '.join(shlex.quote(part) for part in argv)
-        module.fail_json(msg='%s command %s exited with %d: %s' % (phase, shown, proc.returncode, reason),
-                         cmd=argv, rc=proc.returncode, stdout=stdout, stderr=stderr, seconds=seconds)
+        module.fail_json(msg='%s command %s exited with %d: %s' % (phase, shown, rc, reason),
+                         cmd=argv, rc=rc, stdout=stdout, stderr=stderr, seconds=seconds)
     module.exit_json(changed=True, cmd=argv, rc=0, stdout=stdout, stderr=stderr, seconds=seconds)
 
 

@@ -19,6 +19,13 @@ description:
     when nobody renewed it for O(lease_seconds), or when O(max_quiesce) seconds have passed since arming, the guard
     runs post itself with the job's retries and records what it did. The operator does not have to guess how long
     the copy takes; O(max_quiesce) is the hard maximum.
+  - Pre cannot outrun the guard. Each engine's pre runs its quiescing call in the guard's pre window (the
+    C(pre_window) option of M(consistent.backup.backup_command), M(consistent.backup.btrieve_continuous) and
+    M(consistent.backup.pg_backup_session)). The call is bounded (C(backup_pre_timeout)), renews the lease while it
+    runs within that bound, and checks the guard before and after it quiesces. If the guard fired meanwhile, pre
+    releases what it quiesced and fails. A guard that fired while pre's call ran stays (state
+    C(fired_waiting_for_pre)) until pre says it ended or pre's bound has passed, and then runs post once more unless
+    pre released the database itself.
   - O(state=disarmed), run after the controller's post, stops the guard without running post.
   - The guard's record is kept in C(<runtime_dir>/guards/<key>/state.json) (directory 0700, files 0600). The next
     O(state=armed) for the same database reports it in RV(previous) and moves it to C(history/); a check-mode run
@@ -27,6 +34,9 @@ description:
     naming that run, and does not disturb it. A guard whose process is provably gone (this host, and the process
     does not exist or the host rebooted) is taken over - its post is run first, then this run's guard is armed -
     and the takeover is reported in RV(took_over).
+  - A run never takes another run's quiesced state as its own pre. When the earlier guard's post failed (the
+    database may still be quiesced by that run), O(state=armed) runs this run's O(post) first and fails when that
+    fails too; RV(released_previous) says what it did.
 options:
   state:
     description: C(armed) before pre, C(disarmed) after the controller's post, C(status) to read what is recorded.
@@ -59,9 +69,10 @@ options:
     type: dict
   lease_seconds:
     description:
-      - The guard runs post when the lease was not renewed for this many seconds. The copy renews it at least once
-        a second while it makes progress; between tasks nothing renews it, so it must be longer than pre takes plus
-        the retry delay plus a task's start-up. C(0) turns the lease off (only O(max_quiesce) bounds the run).
+      - The guard runs post when the lease was not renewed for this many seconds. Pre's quiescing call (within its
+        bound) and the copy renew it at least once a second while they make progress; between tasks nothing renews
+        it, so it must be longer than the retry delay plus a task's start-up. C(0) turns the lease off (only
+        O(max_quiesce) bounds the run).
     type: int
     default: 120
   max_quiesce:
@@ -100,8 +111,8 @@ attributes:
     details: Arming again with the same O(run_id) while its guard lives, or disarming a guard that is gone, is not a change.
 notes:
   - The guard is a process on the database host, so it also fires when the controller cannot reach the host any more.
-  - When the guard has fired, a copy still running fails at once (its data is not consistent), and the controller's
-    post still runs (post is idempotent).
+  - When the guard has fired, a copy still running fails at once (its data is not consistent), a pre not yet
+    quiescing refuses to, and the controller's post still runs (post is idempotent).
 seealso:
   - module: consistent.backup.aligned_copy
   - module: consistent.backup.pg_backup_session
@@ -155,12 +166,21 @@ previous:
       did not come) - run, backup, when, why, and each post attempt with its return code and output tails.
   returned: when state is armed or status
   type: dict
+released_previous:
+  description:
+    - When the earlier run's guard had run post and that post failed, the result of this run's O(post), run before
+      arming - C({ok, attempts, what}).
+  returned: when state is armed and the earlier guard's post had failed
+  type: dict
 took_over:
   description: An earlier run's guard that was dead; its post was run before this run's guard was armed.
   returned: when state is armed
   type: dict
 fired:
-  description: When disarming, the record of this run's guard if it had already run post (the lease ran out).
+  description:
+    - When disarming, the record of this run's guard if it had already run post (the lease ran out). When it fired
+      while pre's call ran, also C(pre_running), C(pre_end) (how pre ended) and C(post_again_ok) (the post it ran once
+      more, if it had to).
   returned: when state is disarmed
   type: dict
 disarmed:

@@ -18,6 +18,12 @@ description:
     filesystem - the database must reside completely on a single server), that no two files share a base name in one
     directory (they would share one delta), and that no stale delta is left by an interrupted continuous operation
     (O(stale_deltas)).
+  - When the files are in continuous operation started by another run (O(run_id) differs - a dead run's, since the
+    guard lets one run at a time near the database), B(started) ends it first (C(-endbu), waiting for the roll-in),
+    then starts its own; it never takes another run's start as its own, whose snapshot would miss every write made
+    since. That is reported in RV(ended_earlier).
+  - With O(pre_window), B(started) is pre under the run's guard. It is bounded, renews the guard's lease, and is
+    released (C(-endbu)) and failed when the guard fired while it ran.
   - B(stopped) runs C(butil -endbu @LIST), which rolls each delta back into its file and deletes it, and waits until
     the deltas are gone (at most O(timeout) seconds), reporting progress, how long the files were in continuous operation
     and how long the roll-in took. It ends only what this module started (its record in O(state_dir)); when nothing is
@@ -100,7 +106,9 @@ options:
       - Default C(<runtime dir>/btrieve), the runtime dir being C(/run/consistent-backup) for root.
     type: path
   run_id:
-    description: The identity of the job run (the playbook's C(backup_run_id)), kept in the record.
+    description:
+      - The identity of the job run (the playbook's C(backup_run_id)), kept in the record. V(started) keeps a start
+        recorded with the same O(run_id) (a retried pre) and ends one recorded with another.
     type: str
     default: ''
   ledger:
@@ -123,6 +131,7 @@ options:
 extends_documentation_fragment:
   - consistent.backup._attributes
   - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._pre_window
 attributes:
   check_mode:
     support: full
@@ -131,8 +140,8 @@ attributes:
     support: none
   idempotent:
     support: full
-    details: V(started) when every file is already in continuous operation by this module, and V(stopped) when none is,
-      are ok and not changed.
+    details: V(started) when every file is already in continuous operation started by this module for the same
+      O(run_id), and V(stopped) when none is, are ok and not changed.
 seealso:
   - module: consistent.backup.aligned_copy
   - module: consistent.backup.backup_guard
@@ -234,22 +243,62 @@ retryable:
   description: On failure, whether a retry can help (the engine down, a file in use, a roll-in not finished yet).
   returned: on failure
   type: bool
+ended_earlier:
+  description:
+    - With V(started), the continuous operation another run had started on these files and this call ended first,
+      C({run_id, started_at, files, continuous_seconds, rollin_seconds, quiesce_end}) (C(would) in check mode).
+  returned: when another run's continuous operation was found
+  type: dict
 restored:
   description: With V(restored), C({backup_id, set_path, files, bytes, verified, restore_root}).
   returned: with restored
   type: dict
 '''
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils import _btrieve
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
+from ansible_collections.consistent.backup.plugins.module_utils._guard import PRE_WINDOW_ARGSPEC, GuardError, pre_window, run_pre
 
 
 def ledger_facts(result: dict) -> dict:
     # quiesce_start and quiesce_end make report.json's quiesce_seconds the engine's own window (quiesce_source engine).
     keys = ("start_seconds", "continuous_seconds", "rollin_seconds", "quiesce_start", "quiesce_end")
     return {key: result[key] for key in keys if result.get(key) is not None}
+
+
+def _started(module: AnsibleModule, butil: _btrieve.Butil, files: list, view: _btrieve.Files) -> dict:
+    """Start, as pre under the run's guard when O(pre_window) is given (plugins/module_utils/_guard.py, PreWindow):
+    every butil call of the start is bounded by the window, and when the guard fired meanwhile the start is ended."""
+    params = module.params
+    window = pre_window(params['pre_window'], 'butil -startbu @%s' % view.record.list_file)
+    if window is None or module.check_mode:
+        return _btrieve.start(view, butil, module.check_mode, params['stale_deltas'], params['discard_acknowledged'],
+                              params['discard_dir'], params['timeout'], params['run_id'])
+    plain = butil.runner
+
+    def quiesce(pre):
+        # butil is a client of the engine: killing it at the bound may not cancel what the engine does, so post (or
+        # the guard, at the bound) still ends continuous operation.
+        butil.runner = lambda argv: pre.run_command(argv, dict(os.environ, LANG='C', LC_ALL='C'))
+        try:
+            return _btrieve.start(view, butil, False, params['stale_deltas'], params['discard_acknowledged'],
+                                  params['discard_dir'], params['timeout'], params['run_id'])
+        finally:
+            butil.runner = plain
+
+    def release():
+        what = 'butil -endbu @%s and wait for the roll-in' % view.record.list_file
+        try:
+            ended = _btrieve.stop(_btrieve.look(files, params['state_dir']), butil, False, params['timeout'])
+        except _btrieve.BtrieveError as exc:
+            return {'ok': False, 'what': what, 'detail': exc.msg}
+        return {'ok': True, 'what': what, 'detail': ended.get('msg')}
+
+    return run_pre(window, quiesce, release)
 
 
 def main() -> None:
@@ -272,6 +321,7 @@ def main() -> None:
             backup_dest=dict(type='path'),
             backup_id=dict(type='str', default='latest'),
             restore_root=dict(type='path', default='/'),
+            pre_window=PRE_WINDOW_ARGSPEC,
         ),
         required_if=[('state', 'restored', ['backup_dest'])],
         supports_check_mode=True,
@@ -296,12 +346,14 @@ def main() -> None:
                                             files=files)
             view = _btrieve.look(files, params['state_dir'])
             if params['state'] == 'started':
-                result = _btrieve.start(view, butil, module.check_mode, params['stale_deltas'], params['discard_acknowledged'],
-                                        params['discard_dir'], params['timeout'], params['run_id'])
+                result = _started(module, butil, files, view)
             else:
                 result = _btrieve.stop(view, butil, module.check_mode, params['timeout'])
     except _btrieve.BtrieveError as exc:
         module.fail_json(msg=exc.msg, retryable=exc.retryable, butil=butil.path if butil else params['butil'],
+                         commands=butil.calls if butil else [], **exc.facts)
+    except GuardError as exc:
+        module.fail_json(msg=str(exc), retryable=False, butil=butil.path if butil else params['butil'],
                          commands=butil.calls if butil else [], **exc.facts)
     except OSError as exc:
         module.fail_json(msg='%s: %s' % (getattr(exc, 'filename', None) or 'btrieve', exc), retryable=False,

@@ -138,6 +138,7 @@ extends_documentation_fragment:
   - consistent.backup._attributes
   - consistent.backup._attributes.actiongroup_all
   - consistent.backup._set.identity
+  - consistent.backup._pre_window
   - consistent.backup._postgres
 attributes:
   check_mode:
@@ -429,6 +430,7 @@ msg:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
+from ansible_collections.consistent.backup.plugins.module_utils._guard import PRE_WINDOW_ARGSPEC, GuardError, pre_window, run_pre
 
 from ansible_collections.consistent.backup.plugins.module_utils._pg_session import (
     PSYCOPG_IMPORT_ERROR,
@@ -466,6 +468,7 @@ def main() -> None:
         label_dest=dict(type='path'),
         runtime_dir=dict(type='path'),
         ledger=dict(type='dict'),
+        pre_window=PRE_WINDOW_ARGSPEC,
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -504,7 +507,17 @@ def main() -> None:
         'status': session.status,
     }
     try:
-        result = operations[params['state']]()
+        window = pre_window(params['pre_window'], 'PostgreSQL backup start of %s' % params['backup_id']) \
+            if params['state'] == 'started' and not module.check_mode else None
+        if window is not None:
+            # Pre under the run's guard (plugins/module_utils/_guard.py, PreWindow): bounded, renewing the lease; when
+            # the guard fired meanwhile, the guard's post (end this session) releases it and the attempt fails.
+            session.start_timeout = window.remaining
+            result = run_pre(window, lambda pre: operations['started']())
+        else:
+            result = operations[params['state']]()
+    except GuardError as exc:
+        module.fail_json(msg=str(exc), retryable=False, **exc.facts)
     except SessionError as exc:
         if exc.facts.get('missing_psycopg'):
             module.fail_json(msg=missing_required_lib('psycopg (psycopg 3)'), exception=PSYCOPG_IMPORT_ERROR, retryable=False)

@@ -182,7 +182,11 @@ def _parents() -> t.Dict[int, int]:
 def module_processes(module: str, controller: int) -> t.List[int]:
     """Pids of live processes running ``module`` (its AnsiballZ wrapper) below the test's own ``controller`` process:
     the integration tests run in two workers, and a test must never signal the other worker's modules."""
-    needle = ("AnsiballZ_%s" % module).encode()
+    return processes_below(("AnsiballZ_%s" % module).encode(), controller)
+
+
+def processes_below(needle: bytes, controller: int) -> t.List[int]:
+    """Pids of live processes below ``controller`` whose command line holds ``needle`` (a module, a pre command)."""
     parents = _parents()
     found = []
     for pid in parents:

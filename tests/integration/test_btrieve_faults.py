@@ -15,9 +15,12 @@ import time
 import pytest
 
 from btrieve_fixtures import Engine, Inventory, Writer, btrieve_job, delta
-from helpers import inventory, load_json, run_playbook, start_playbook, wait_until
+from bdb_fixtures import run_module
+from helpers import inventory, load_json, pid_alive, processes_below, run_playbook, start_playbook, wait_until
 
 GUARD_LEASE = 8
+# Pre's bound in the slow-start test: longer than its slow start (twice the lease), far shorter than the default.
+PRE_TIMEOUT = 40
 
 
 @pytest.fixture
@@ -296,3 +299,53 @@ def test_restore_puts_the_set_back_only_when_no_delta_exists(tmp_path, engine, s
     fact = restored.fact("btrieve_restored")
     assert fact["backup_id"] == "b1" and fact["verified"] is True and sorted(fact["files"]) == sorted(shop.files)
     assert shop.read_files(shop.parts_file, shop.locations_file) == backed_up
+
+
+# --- pre cannot outrun the guard ------------------------------------------------------------------------------
+
+def guard_records(engine):
+    runtime = os.path.dirname(engine.state_dir)
+    paths = (glob.glob(os.path.join(runtime, "guards", "*", "state.json"))
+             + glob.glob(os.path.join(runtime, "guards", "*", "history", "*.json")))
+    return [load_json(path) for path in paths]
+
+
+def test_controller_killed_during_a_slow_start_no_file_stays_in_continuous_operation(tmp_path, engine, shop, media):
+    # butil -startbu takes twice the lease (BUTIL-139: "this request may take several minutes"); the controller dies
+    # while it runs. The guard must not run post before the start lands and then leave the files in continuous operation.
+    slow = 2 * GUARD_LEASE
+    engine.switch("sleep-startbu", str(slow))
+    job = btrieve_job(engine, media.path, "slow-start", shop.files, backup_guard_lease=GUARD_LEASE, backup_pre_timeout=PRE_TIMEOUT)
+    controller = start_playbook("backup.yml", inventory(tmp_path), job, str(tmp_path / "controller.log"))
+    wait_until(lambda: processes_below(b"\x00-startbu\x00", controller.pid), 60, "butil -startbu to run")
+    killed_at = time.monotonic()
+    os.kill(controller.pid, signal.SIGKILL)
+    controller.wait(timeout=30)
+    wait_until(lambda: "-startbu" in engine.commands(), slow + 30, "the slow start to land")
+    wait_until(lambda: engine.commands()[-1:] == ["-endbu"] and engine.continuous() == []
+               and not any(os.path.exists(delta(path)) for path in shop.files),
+               PRE_TIMEOUT + GUARD_LEASE + 20, "no file in continuous operation after the start (calls %s)" % engine.calls())
+    assert time.monotonic() - killed_at < PRE_TIMEOUT + GUARD_LEASE + 20
+    assert [(call["argv"][0], call["rc"]) for call in engine.calls()] == [("-startbu", 0), ("-endbu", 0)]
+    assert not os.path.exists(os.path.join(media.path, "slow-start", "COMPLETE"))
+    wait_until(lambda: any(record.get("state") == "fired" for record in guard_records(engine)), 15, "the guard's record")
+    wait_until(lambda: not any(pid_alive(record.get("pid", -1)) for record in guard_records(engine)), 15, "the guard to exit")
+
+
+def test_the_next_run_ends_a_dead_run_s_continuous_operation_and_its_set_holds_a_write_made_before_it(tmp_path, engine, shop, media):
+    # A dead run's start that nobody ended (its guard's post failed, or the old guard left it): files in continuous
+    # operation, recorded for run "dead-run". A write after it goes to the deltas, not the files.
+    dead_start = {"state": "started", "files": shop.files, "butil": engine.butil, "state_dir": engine.state_dir,
+                  "run_id": "dead-run"}
+    dead = run_module(tmp_path, "btrieve_continuous", dead_start)
+    assert dead.get("changed") is True, dead
+    shop.add(1, 2, 777)
+    assert shop.writes[-1]["went"] == "delta"
+    run = run_playbook("backup.yml", inventory(tmp_path), btrieve_job(engine, media.path, "after-dead", shop.files))
+    assert run.rc == 0, run
+    set_files = [os.path.join(media.path, "after-dead", "data", path.lstrip("/")) for path in shop.files]
+    assert shop.read_files(*set_files) == shop.model_state()  # the write made before the run is in the set
+    assert engine.commands() == ["-startbu", "-endbu", "-startbu", "-endbu"]  # dead run's start, its end, this run's
+    started = run.fact("__btrieve_started")
+    assert started["ended_earlier"]["run_id"] == "dead-run" and started["ended_earlier"]["files"] == shop.files
+    assert engine.continuous() == []

@@ -167,3 +167,23 @@ def test_failing_pre_command_reason_is_in_the_failure_and_in_report_json(tmp_pat
     assert report["phases"]["pre"]["stderr_tail"] == "fakedb: pre failed on demand (0 more failures queued)"
     assert "fakedb: pre failed on demand" in report["failure"]
     assert fakedb.calls() == ["pre fail", "pre fail", "pre fail", "post ok already-open"]
+
+
+# --- pre's bound ----------------------------------------------------------------------------------------------
+
+def test_a_pre_command_past_its_bound_is_killed_and_the_attempt_fails_saying_so(tmp_path, fakedb, tmpfs_factory):
+    media = tmpfs_factory()
+    fakedb.sleep("pre", 120)  # a pre command that hangs
+    began = time.monotonic()
+    run = run_playbook("backup.yml", inventory(tmp_path), job_vars(fakedb, media.path, backup_id="b1", backup_pre_timeout=3,
+                                                                   backup_retries=1))
+    assert run.rc != 0, run
+    assert time.monotonic() - began < 100, "pre was not stopped at its bound"
+    message = run.failed()[0]["msg"]  # the pre task's; the verdict repeats it
+    assert "backup_pre_timeout (3 s)" in run.failure_messages()[-1]
+    assert message.startswith("pre (pre command ") and "did not finish within its bound, backup_pre_timeout (3 s)" in message
+    assert "raise backup_pre_timeout" in message
+    assert fakedb.calls() == ["post ok already-open"]  # the hung pre never quiesced; post ran all the same
+    report = load_json(os.path.join(media.path, "b1", "report.json"))
+    assert report["phases"]["pre"]["rc"] == -9
+    assert not guard_alive(fakedb)

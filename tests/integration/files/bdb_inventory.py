@@ -8,7 +8,8 @@ Getting Started guide (../shared/seeds/003). Real transactional environments thr
                                             make the environment (parts.db, locations.db, history.db); DATA_DIR and
                                             LOG_DIR (default data and logs) may be absolute: outside the home
     bdb_inventory.py write HOME STATE [N]   the writer: transactions until killed (or the Nth); pauses while STATE/paused exists
-    bdb_inventory.py pause STATE [S]        pre command: ask the writer to pause, wait until it has (then S seconds)
+    bdb_inventory.py pause STATE [S [B]]    pre command: (after B seconds) ask the writer to pause, wait until it has
+                                            (then S seconds)
     bdb_inventory.py resume STATE           post command: let it go on (succeeds when it already runs)
     bdb_inventory.py check HOME             print JSON: per part its total and the sum over its locations, last txn
     bdb_inventory.py drop-when HOME STATE NAME DIR PART
@@ -120,7 +121,9 @@ def write(home, state, count=0, seed=1):
     env.close()
 
 
-def pause(state, linger=0, timeout=30.0):
+def pause(state, linger=0, before=0, timeout=30.0):
+    # A slow quiesce before the pause: an application that first waits for its long transactions to end.
+    time.sleep(before)
     open(os.path.join(state, "paused"), "w", encoding="utf-8").close()
     deadline = time.monotonic() + timeout
     while not os.path.exists(os.path.join(state, "writer-paused")):

@@ -22,7 +22,10 @@ The engine's state lives in $BUTIL_EMULATOR_HOME (the engine is a server; its me
     calls.log          one JSON line per butil call: argv (password masked) and exit code; tests read it
     engine-down        exists: the engine is not running; its content is the status (default 20)
     fail-startbu       "N STATUS": the next N -startbu calls fail with STATUS (a transient failure)
-    sleep-startbu      seconds -startbu takes (a slow start: rolling the database into continuous operation)
+    sleep-startbu      seconds -startbu takes (a slow start: rolling the database into continuous operation; ref: butil's
+                       own success output, "BUTIL-139: Depending on the number of files being processed, this request
+                       may take several minutes", and the article's "note the time it takes for the command prompt to
+                       come back"); the tests make pre outlast the guard's lease with it
     sleep-rollin       seconds the roll-in of each delta takes after -endbu or an open; the roll-in then runs in the
                        background, as the article describes ("you will be able to watch as the delta files disappear")
     hold-open-only     exists: opening a file with -stat does not roll its stale delta in (a newer engine)

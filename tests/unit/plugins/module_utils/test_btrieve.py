@@ -140,16 +140,40 @@ def started_view(tmp_path, files):
     return view, b.Butil("/bin/butil", startbu)
 
 
-def test_start_writes_the_list_file_and_the_record_and_a_second_start_changes_nothing(tmp_path):
+def test_start_writes_the_list_file_and_the_record_and_a_second_start_of_the_same_run_changes_nothing(tmp_path):
     files = [data_file(tmp_path, "A.MKD"), data_file(tmp_path, "B.MKD")]
     view, butil = started_view(tmp_path, files)
     result = b.start(view, butil, False, "fail", False, "", 5, "run-1")
     assert result["changed"] is True and result["start_seconds"] >= 0
     with open(view.record.list_file, "rb") as handle:
         assert handle.read() == b.list_file_bytes(files)
-    again = b.start(b.look(files, str(tmp_path / "state")), butil, False, "fail", False, "", 5, "run-2")
+    again = b.start(b.look(files, str(tmp_path / "state")), butil, False, "fail", False, "", 5, "run-1")
     assert again["changed"] is False and "already in continuous operation" in again["msg"]
     assert len(butil.calls) == 1
+
+
+def test_a_start_never_adopts_another_run_s_continuous_operation_it_ends_it_then_starts_its_own(tmp_path):
+    files = [data_file(tmp_path, "A.MKD"), data_file(tmp_path, "B.MKD")]
+    view, butil = started_view(tmp_path, files)
+    b.start(view, butil, False, "fail", False, "", 5, "dead-run")
+    audit = b.start(b.look(files, str(tmp_path / "state")), butil, True, "fail", False, "", 5, "run-2")
+    assert audit["changed"] is True and audit["ended_earlier"]["would"] is True and "by run dead-run" in audit["msg"]
+    scripted = ScriptedButil((0, "The command completed successfully."), (0, "The command completed successfully."))
+
+    def engine(argv):
+        if argv[1] == "-endbu":
+            for path in files:
+                os.unlink(b.delta_path(path))  # the roll-in
+        else:
+            for path in files:
+                data_file(os.path.dirname(path), os.path.basename(b.delta_path(path)), 0)
+        return scripted(argv)
+
+    result = b.start(b.look(files, str(tmp_path / "state")), b.Butil("/bin/butil", engine), False, "fail", False, "", 5, "run-2")
+    assert [argv[1] for argv in scripted.argvs] == ["-endbu", "-startbu"]
+    assert result["changed"] is True and result["ended_earlier"]["run_id"] == "dead-run"
+    assert result["ended_earlier"]["files"] == files and result["ended_earlier"]["rollin_seconds"] >= 0
+    assert b.look(files, str(tmp_path / "state")).started["run_id"] == "run-2"
 
 
 def test_stop_waits_for_the_deltas_and_reports_the_durations_then_stops_nothing(tmp_path):

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import time
 
@@ -209,3 +210,168 @@ def test_post_must_name_one_action():
     with pytest.raises(g.GuardError, match="exactly one of command"):
         g.normalize_post({"command": ["x"], "none": True})
     assert g.normalize_post({"command": "appdb resume 'a b'"}) == {"command": ["appdb", "resume", "a b"]}
+
+
+# --- pre's window: pre cannot outrun the guard ------------------------------------------------------------------
+
+def window(guard, run_id="r1", bound=30, what="the test's pre"):
+    return g.PreWindow(guard.path, run_id, bound, what)
+
+
+def lines(marker):
+    return marker.read_text().splitlines() if marker.exists() else []
+
+
+def test_pre_renews_the_lease_while_its_call_runs_within_its_bound(gdir, tmp_path):
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    g.arm(guard, spec("r1", post_writes(marker), lease=1), check_mode=False)
+    result = g.run_pre(window(guard), lambda pre: time.sleep(3) or "quiesced")  # three times the lease
+    assert result == "quiesced"
+    assert guard.read_state()["state"] == g.ARMED and lines(marker) == []
+    done = json.loads(open(guard.pre_done_path, encoding="utf-8").read())
+    assert done["outcome"] == "ok" and done["released"] is None
+    g.disarm(guard, "r1", check_mode=False)
+
+
+def test_the_lease_runs_out_after_pre_ends_and_the_guard_needs_no_second_post(gdir, tmp_path):
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    armed = g.arm(guard, spec("r1", post_writes(marker), lease=1), check_mode=False)
+    g.run_pre(window(guard), lambda pre: time.sleep(1.5))
+    wait_for(lambda: (guard.read_state() or {}).get("state") == g.FIRED, 6, "the guard to run post")
+    wait_for(lambda: not _detach.pid_alive(armed["pid"]), 5, "the guard to exit")
+    assert lines(marker) == ["post"]
+    assert "pre_running" not in guard.read_state()
+
+
+def test_pre_refuses_to_quiesce_when_the_guard_has_fired(gdir, tmp_path):
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    g.arm(guard, spec("r1", post_writes(marker), lease=1), check_mode=False)
+    wait_for(lambda: (guard.read_state() or {}).get("state") == g.FIRED, 6, "the guard to run post")
+    called = []
+    with pytest.raises(g.GuardError, match=r"did not run, nothing was quiesced: the guard of this run already fired .*no progress for"):
+        g.run_pre(window(guard), called.append)
+    assert called == [] and lines(marker) == ["post"]
+
+
+def test_pre_of_another_run_is_refused(gdir, tmp_path):
+    guard = gdir()
+    g.arm(guard, spec("r1", post_writes(tmp_path / "p")), check_mode=False)
+    with pytest.raises(g.GuardError, match=r"is run r1's, not this run's \(r2\)"):
+        g.run_pre(window(guard, run_id="r2"), lambda pre: None)
+    g.disarm(guard, "r1", check_mode=False)
+
+
+def test_pre_command_is_killed_with_its_children_at_the_bound(gdir, tmp_path):
+    guard = gdir()
+    g.arm(guard, spec("r1", post_writes(tmp_path / "p")), check_mode=False)
+    child_pid = tmp_path / "child.pid"
+    # A shell whose child sleeps: killing only the shell would leave the sleep (the real quiesce) running.
+    argv = ["/bin/sh", "-c", "sleep 30 & echo $! > %s; wait" % child_pid]
+    began = time.monotonic()
+    with pytest.raises(g.GuardError, match=r"did not finish within its bound, backup_pre_timeout \(1 s\)") as caught:
+        g.run_pre(window(guard, bound=1), lambda pre: pre.run_command(argv))
+    assert time.monotonic() - began < 5
+    assert caught.value.facts["pre_timed_out"] is True
+    wait_for(lambda: not _detach.pid_alive(int(child_pid.read_text())), 5, "the command's child to be killed")
+    done = json.loads(open(guard.pre_done_path, encoding="utf-8").read())
+    assert done["outcome"].startswith("failed: pre (the test's pre) of database /srv/db did not finish")
+    g.disarm(guard, "r1", check_mode=False)
+
+
+def test_guard_fired_during_pre_then_pre_releases_what_it_quiesced_and_fails(gdir, tmp_path):
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    armed = g.arm(guard, spec("r1", post_writes(marker), lease=60, max_quiesce=1), check_mode=False)
+
+    def slow_quiesce(pre):
+        wait_for(lambda: (guard.read_state() or {}).get("state") == g.PRE_WAIT, 6, "the guard to fire and wait for pre")
+        with open(str(marker), "a") as handle:
+            handle.write("quiesced\n")  # pre's call quiesces after the guard's post
+
+    with pytest.raises(g.GuardError, match=r"fired at .* while pre \(the test's pre, ok\) was running, because max_quiesce "
+                                           r"\(1 s\) reached.*pre released what it quiesced \(run .*: ok\)"):
+        g.run_pre(window(guard), slow_quiesce)
+    wait_for(lambda: not _detach.pid_alive(armed["pid"]), 5, "the guard to exit")
+    assert lines(marker) == ["post", "quiesced", "post"]  # the guard's post, pre's late quiesce, pre's release
+    state = guard.read_state()
+    assert state["state"] == g.FIRED and "released what it quiesced itself" in state["pre_end"]
+    assert "post_again" not in state
+
+
+def test_guard_fired_during_pre_runs_post_again_when_pre_never_ends_within_its_bound(gdir, tmp_path, monkeypatch):
+    monkeypatch.setattr(g, "PRE_GRACE", 0.5)
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    armed = g.arm(guard, spec("r1", post_writes(marker), lease=60, max_quiesce=1), check_mode=False)
+    pre = window(guard, bound=3)
+    pre.open()  # the module quiesces, then dies without its end mark (SIGKILL, OOM)
+    pre._stop.set()
+    wait_for(lambda: (guard.read_state() or {}).get("state") == g.PRE_WAIT, 6, "the guard to fire and wait for pre")
+    assert lines(marker) == ["post"]
+    with pytest.raises(g.GuardError, match="fired while its pre was running and stays until pre ends"):
+        g.arm(gdir(), spec("r2", post_writes(marker)), check_mode=False)
+    wait_for(lambda: not _detach.pid_alive(armed["pid"]), 8, "the guard to run post again and exit")
+    state = guard.read_state()
+    assert lines(marker) == ["post", "post"]
+    assert state["state"] == g.FIRED and state["post_again"]["ok"] is True
+    assert "bound passed" in state["pre_end"]
+    assert "ran post once more (ok)" in g.describe_record(g.summary(state))
+
+
+def test_disarm_waits_for_a_guard_that_waits_for_pre(gdir, tmp_path):
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    g.arm(guard, spec("r1", post_writes(marker), lease=60, max_quiesce=1), check_mode=False)
+    pre = window(guard)
+    pre.open()
+    wait_for(lambda: (guard.read_state() or {}).get("state") == g.PRE_WAIT, 6, "the guard to fire and wait for pre")
+    with pytest.raises(g.GuardError, match="fired"):
+        pre.close("ok", lambda: {"ok": True, "what": "the test's release"})
+    result = g.disarm(guard, "r1", check_mode=False)
+    assert result["fired"]["state"] == g.FIRED and "released what it quiesced itself" in result["fired"]["pre_end"]
+    assert guard.read_state() is None  # archived
+
+
+def test_next_run_ends_the_quiesce_a_failed_guard_post_left_before_its_own_pre(gdir, tmp_path):
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    failing = {"command": [sys.executable, "-c", "import sys; sys.exit(3)"]}
+    g.arm(guard, spec("r1", failing, lease=1, retries=1), check_mode=False)
+    wait_for(lambda: (guard.read_state() or {}).get("state") == g.POST_FAILED, 6, "the guard's post to fail")
+    second = g.arm(gdir(), spec("r2", post_writes(marker)), check_mode=False)
+    assert second["released_previous"]["ok"] is True and lines(marker) == ["post"]
+    assert second["previous"]["state"] == g.POST_FAILED
+    g.disarm(gdir(), "r2", check_mode=False)
+
+
+def test_guard_fired_during_pre_runs_post_again_as_soon_as_pre_s_dead_module_and_its_command_are_gone(gdir, tmp_path):
+    marker = tmp_path / "post.log"
+    guard = gdir()
+    armed = g.arm(guard, spec("r1", post_writes(marker), lease=60, max_quiesce=2), check_mode=False)
+    # Pre's module in a process of its own: it opens the window (bound 60 s) and runs a command of 4 s; then it dies.
+    module = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from ansible_collections.consistent.backup.plugins.module_utils import _guard as g; "
+        "w = g.PreWindow(sys.argv[1], 'r1', 60, 'pre of a module that dies'); w.open(); w.run_command(['sleep', '4'])"),
+        guard.path], env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    wait_for(lambda: "command_pgid" in (g._read_json(guard.pre_path) or {}), 10, "pre's command to start")
+    module.kill()  # SIGKILL: no end mark; its command goes on in its own session
+    module.wait()
+    began = time.monotonic()
+    wait_for(lambda: not _detach.pid_alive(armed["pid"]), 20, "the guard to run post again and exit")
+    assert time.monotonic() - began < 15  # far before pre's bound (60 s): pre was provably over
+    state = guard.read_state()
+    assert state["state"] == g.FIRED and state["post_again"]["ok"] is True
+    assert "pre is over without its end mark: its module is gone" in state["pre_end"] and "so is its command" in state["pre_end"]
+    assert lines(marker) == ["post", "post"]
+
+
+def test_spawn_abandons_the_wait_for_a_slow_report_at_its_timeout(tmp_path):
+    # The PostgreSQL start's bound: the holder reports once the server started the backup; pre waits no longer.
+    began = time.monotonic()
+    report = _detach.spawn(lambda fd: (time.sleep(3), _detach.report(fd, {"ok": True})), timeout=0.5)
+    assert report["ok"] is False and report["timed_out"] is True and "within 0.5 s" in report["error"]
+    assert time.monotonic() - began < 2.5
+    assert _detach.spawn(lambda fd: _detach.report(fd, {"ok": True, "n": 1}), timeout=5) == {"ok": True, "n": 1}

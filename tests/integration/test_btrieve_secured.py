@@ -127,8 +127,9 @@ def test_a_password_butil_echoes_in_an_error_is_masked_in_the_ledger_the_report_
     assert_nowhere(wrong, run, media.path, os.path.join(str(tmp_path), "run"))
 
 
+@pytest.mark.parametrize("kill", ["sigterm-controller", "sigkill-session"])
 def test_the_guard_ends_continuous_operation_of_a_secured_engine_with_the_login_when_the_controller_is_killed(
-        tmp_path, engine, tmpfs_factory):
+        tmp_path, engine, tmpfs_factory, kill):
     big = Inventory(str(tmp_path / "zen" / "big"), engine, mib=300)
     big.fill(5)
     media = tmpfs_factory("backup", size="800m")
@@ -146,7 +147,10 @@ def test_the_guard_ends_continuous_operation_of_a_secured_engine_with_the_login_
         with open("/proc/%d/%s" % (guard_pid, name), "rb") as handle:
             assert PASSWORD.encode() not in handle.read(), name
     killed_at = time.monotonic()
-    os.killpg(controller.pid, signal.SIGKILL)  # the controller and every module it runs: only the guard is left
+    if kill == "sigterm-controller":
+        os.kill(controller.pid, signal.SIGTERM)  # an AWX cancel
+    else:
+        os.killpg(controller.pid, signal.SIGKILL)  # the controller and every module it runs: only the guard is left
     controller.wait(timeout=30)
     assert engine.commands() == ["-startbu"], "the controller's post ran before the kill: %s" % engine.calls()
     wait_until(lambda: engine.continuous() == [], GUARD_LEASE + 30, "the guard to end continuous operation (calls %s)"
@@ -169,3 +173,19 @@ def test_the_guard_ends_continuous_operation_of_a_secured_engine_with_the_login_
     assert "Arm the on-host guard" in output and "ESTABLISH LOCAL CONNECTION" in output  # the run's -vvv output
     assert PASSWORD not in output
     assert files_holding(PASSWORD, media.path, runtime) == []
+
+
+def test_stale_deltas_of_a_secured_engine_are_rolled_in_with_the_login(tmp_path, engine, shop, media):
+    engine.startbu(*shop.files, login=["-UID" + USER, "-PWD" + PASSWORD, "-DB" + DB])  # another client
+    shop.add(0, 0, 1000)
+    engine.crash()  # its deltas stay
+    calls_before = len(engine.calls())
+    job = btrieve_job(engine, media.path, "sec3", shop.files, backup_btrieve_stale_deltas="rollin")
+    run = run_playbook("backup.yml", secured_inventory(tmp_path), job, env=VERBOSE)
+    assert run.rc == 0, run
+    assert engine.commands()[calls_before:] == ["-stat", "-stat", "-startbu", "-endbu"]
+    assert logins(engine)[calls_before:] == [["-UID" + USER, "-PWD********", "-DB" + DB]] * 4
+    totals, _quantities = shop.read_files(os.path.join(media.path, "sec3", "data", shop.parts_file.lstrip("/")),
+                                          os.path.join(media.path, "sec3", "data", shop.locations_file.lstrip("/")))
+    assert totals == shop.model_state()[0]  # the set holds the rolled-in write
+    assert_nowhere(PASSWORD, run, media.path, os.path.join(str(tmp_path), "run"))

@@ -27,6 +27,7 @@ from ansible_collections.consistent.backup.plugins.module_utils._fsutil import a
 from ansible_collections.consistent.backup.plugins.module_utils import _layout
 from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, LOCK_NAME, REPORT_NAME, utc_iso
 from ansible_collections.consistent.backup.plugins.module_utils._manifest import MANIFEST_NAME, load_manifest, manifest_path
+from ansible_collections.consistent.backup.plugins.module_utils._secrets import mask, mask_data, module_secrets
 
 # The phase ledger: one JSON line per attempt of pre, copy or post, appended by the module that made the attempt.
 LEDGER_NAME = "phases.jsonl"
@@ -236,12 +237,19 @@ class PhaseLedger:
 
     ``ledger`` is the module option ``{set_path, run_id, phase}``; ``facts`` picks from the module's result what the
     report needs (bytes, quiesce times). Nothing is recorded in check mode or without a ledger option.
+
+    The ledger is a file, so AnsibleModule's masking of ``no_log`` values does not reach it: every string of the line
+    is masked here for the module's secrets (its ``no_log_values``, plus ``secrets``), before an output is cut to its
+    tail. report.json is built from the ledger, and set_stats from report.json, so they hold only masked text.
     """
 
     def __init__(self, module: t.Any, ledger: t.Optional[t.Dict[str, t.Any]],
-                 facts: t.Optional[t.Callable[[t.Dict[str, t.Any]], t.Dict[str, t.Any]]] = None) -> None:
+                 facts: t.Optional[t.Callable[[t.Dict[str, t.Any]], t.Dict[str, t.Any]]] = None,
+                 secrets: t.Iterable[str] = ()) -> None:
         self.ledger = ledger if ledger and not module.check_mode else None
         self.facts = facts or (lambda result: {})
+        self.module = module
+        self.extra_secrets = list(secrets)
         self.start = time.time()
         if self.ledger is None:
             return
@@ -262,15 +270,21 @@ class PhaseLedger:
 
         module.exit_json, module.fail_json = exit_recorded, fail_recorded
 
+    @property
+    def secrets(self) -> t.List[str]:
+        # Read when the attempt ends: the module's no_log values are all known by then.
+        return module_secrets(self.module) + self.extra_secrets
+
     def record(self, outcome: str, result: t.Dict[str, t.Any]) -> None:
+        secrets = self.secrets
         try:
-            record_attempt(self.ledger["set_path"], self.ledger["run_id"], self.ledger["phase"], {
+            record_attempt(self.ledger["set_path"], self.ledger["run_id"], self.ledger["phase"], mask_data({
                 "start": self.start, "end": time.time(), "result": outcome,
                 "msg": result.get("msg") if outcome == "failed" else None, "rc": result.get("rc"),
-                "stdout_tail": (output_tail(result.get("stdout")) or None) if outcome == "failed" else None,
-                "stderr_tail": (output_tail(result.get("stderr")) or None) if outcome == "failed" else None,
+                "stdout_tail": (output_tail(mask(result.get("stdout"), secrets)) or None) if outcome == "failed" else None,
+                "stderr_tail": (output_tail(mask(result.get("stderr"), secrets)) or None) if outcome == "failed" else None,
                 "facts": self.facts(result) if outcome == "ok" else {},
-            })
+            }, secrets))
         except (OSError, KeyError, TypeError):
             pass  # the ledger is a record, never the reason a phase fails; close_set says what is missing
 

@@ -15,8 +15,10 @@ at the start. ``butil -endbu @LIST`` rolls each delta back into its file and del
 busy database, so stopping waits until the deltas are gone. After a crash the deltas stay and the next start fails until
 every file has been opened and rolled in; deleting them loses every change since the interrupted start.
 
-The module calls butil with the documented command line only (``-startbu @LIST``, ``-endbu @LIST``, ``-stat FILE``)
-and relies on exit codes and status numbers, never on whole message texts. What butil does not tell (is this file in
+The module calls butil with the documented command line only (``-startbu @LIST``, ``-endbu @LIST``, ``-stat FILE``,
+each with the login ``-UID -PWD [-DB]`` on a secured engine) and relies on exit codes and status numbers, never on whole
+message texts. butil may echo its command line in an error, so everything it printed is masked for the password before
+it is kept. What butil does not tell (is this file in
 continuous operation?) the module answers from the filesystem (a delta beside the file) and from its own record of
 what it started (``<state_dir>/<key>.json``, in the runtime directory: a reboot, which ends continuous operation,
 clears it).
@@ -40,6 +42,7 @@ from ansible_collections.consistent.backup.plugins.module_utils._fsutil import a
 from ansible_collections.consistent.backup.plugins.module_utils._layout import (
     COMPLETE_NAME, DATA_DIR, MANIFEST_NAME, backup_id_problem, default_runtime_dir, set_path, utc_iso)
 from ansible_collections.consistent.backup.plugins.module_utils._mounts import MountinfoError, mount_for, read_mountinfo
+from ansible_collections.consistent.backup.plugins.module_utils._secrets import mask, mask_data
 
 DELTA_EXTENSION = ".^^^"
 # Zen on Linux, then the older Pervasive PSQL location (btrievepython setup.py; Zen install docs).
@@ -205,11 +208,20 @@ def parse_statuses(text: str) -> t.List[int]:
     return [int(number) for number in _STATUS_RE.findall(text or "")]
 
 
+def login_argv(user: str, password: str, db: str) -> t.List[str]:
+    """The login arguments every butil call carries on a secured engine: ``/UID<name> /PWD<word> [/DB<name>]``, written
+    with ``-`` on Linux (Zen v14 butil reference). Pervasive.SQL's butil synopsis gives them to -startbu, -endbu and
+    -stat alike, and butil takes them on its command line only (docs/btrieve.md, "A secured engine")."""
+    if not user:
+        return []
+    return ["-UID" + user, "-PWD" + password] + (["-DB" + db] if db else [])
+
+
 @dataclasses.dataclass
 class ButilResult:
     argv: t.List[str]  # as shown: the password masked
     rc: int
-    stdout: str
+    stdout: str  # masked: butil may echo its command line, password included
     stderr: str
     seconds: float
 
@@ -223,24 +235,23 @@ class ButilResult:
 
 
 class Butil:
-    """Runs butil with the documented command line; remembers each call (password masked) for the result."""
+    """Runs butil with the documented command line and the login on every call (a secured engine refuses any call
+    without it: status 170/171); remembers each call, password masked in its argv and in what butil printed."""
 
     def __init__(self, path: str, runner: Runner, user: str = "", password: str = "", db: str = "") -> None:
         self.path = path
         self.runner = runner
-        self.login = []  # type: t.List[str]
-        if user:
-            # On Linux options start with "-" (Zen v14 butil reference): /UID<name> /PWD<word> [/DB<name>].
-            self.login = ["-UID" + user, "-PWD" + password] + (["-DB" + db] if db else [])
+        self.login = login_argv(user, password, db)
+        self.secrets = [password] if user and password else []
         self.calls = []  # type: t.List[t.Dict[str, t.Any]]
 
-    def run(self, *args: str, login: bool = False) -> ButilResult:
+    def run(self, *args: str, login: bool = True) -> ButilResult:
         extra = self.login if login else []
         argv = [self.path] + list(args) + extra
-        shown = [self.path] + list(args) + [part if not part.startswith("-PWD") else "-PWD********" for part in extra]
         began = time.monotonic()
         rc, stdout, stderr = self.runner(argv)
-        result = ButilResult(shown, rc, stdout or "", stderr or "", round(time.monotonic() - began, 3))
+        result = ButilResult(mask_data(argv, self.secrets), rc, mask(stdout or "", self.secrets),
+                             mask(stderr or "", self.secrets), round(time.monotonic() - began, 3))
         self.calls.append(result.as_dict())
         return result
 
@@ -461,7 +472,7 @@ def start(view: Files, butil: Butil, check_mode: bool, stale_deltas: str, acknow
         return dict(result, changed=True, msg="would run butil -startbu @%s (%d files)" % (view.record.list_file, len(view.files)))
     view.record.prepare(view.files)
     began = time.time()
-    ran = butil.run("-startbu", "@" + view.record.list_file, login=True)
+    ran = butil.run("-startbu", "@" + view.record.list_file)
     facts = dict(result, rc=ran.rc, stdout=ran.stdout, stderr=ran.stderr, statuses=ran.statuses)
     if ran.rc != 0:
         if ran.rc == 1:

@@ -59,6 +59,7 @@ from ansible_collections.consistent.backup.plugins.module_utils import _detach
 from ansible_collections.consistent.backup.plugins.module_utils import _pg_session
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, exclusive_lock, output_tail, private_dir_problem, write_json
 from ansible_collections.consistent.backup.plugins.module_utils._layout import default_runtime_dir, utc_iso
+from ansible_collections.consistent.backup.plugins.module_utils._secrets import mask
 
 GUARDS_DIR = "guards"
 STATE_NAME = "state.json"
@@ -243,18 +244,23 @@ def describe_post(post: t.Dict[str, t.Any]) -> str:
     return "nothing (the engine has nothing to undo)"
 
 
-def _run_command(argv: t.List[str], timeout: float) -> t.Dict[str, t.Any]:
+def _run_command(argv: t.List[str], timeout: float, secrets: t.Sequence[str] = ()) -> t.Dict[str, t.Any]:
+    """One attempt of a command post; its output masked for ``secrets`` (a tool may echo its command line) before it
+    is cut to the tail the record keeps."""
     env = dict(os.environ, LANG="C", LC_ALL="C")
+
+    def tail(text: t.Any) -> str:
+        return output_tail(mask(text, secrets), RECORD_TAIL_CHARS)
+
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               timeout=timeout, check=False, env=env)
     except FileNotFoundError as exc:
-        return {"rc": 127, "stdout": "", "stderr": str(exc), "ok": False}
+        return {"rc": 127, "stdout": "", "stderr": tail(str(exc)), "ok": False}
     except subprocess.TimeoutExpired as exc:
-        return {"rc": None, "stdout": output_tail(exc.stdout, RECORD_TAIL_CHARS),
-                "stderr": output_tail(exc.stderr, RECORD_TAIL_CHARS) + "\n(killed after %d s)" % timeout, "ok": False}
-    return {"rc": proc.returncode, "stdout": output_tail(proc.stdout, RECORD_TAIL_CHARS),
-            "stderr": output_tail(proc.stderr, RECORD_TAIL_CHARS), "ok": proc.returncode == 0}
+        return {"rc": None, "stdout": tail(exc.stdout), "stderr": tail(exc.stderr) + "\n(killed after %d s)" % timeout,
+                "ok": False}
+    return {"rc": proc.returncode, "stdout": tail(proc.stdout), "stderr": tail(proc.stderr), "ok": proc.returncode == 0}
 
 
 def _end_pg_session(session: t.Dict[str, t.Any], reason: str) -> t.Dict[str, t.Any]:
@@ -286,13 +292,18 @@ def _end_pg_session(session: t.Dict[str, t.Any], reason: str) -> t.Dict[str, t.A
     return {"ok": True, "rc": 0, "stdout": said + "; holder pid %s is gone" % pid, "stderr": ""}
 
 
-def run_post(post: t.Dict[str, t.Any], retries: int, retry_delay: float, timeout: float, reason: str) -> t.Dict[str, t.Any]:
-    """Post with the job's retry policy: up to ``retries`` attempts, ``retry_delay`` seconds apart."""
+def run_post(post: t.Dict[str, t.Any], retries: int, retry_delay: float, timeout: float, reason: str,
+             secret_argv: t.Sequence[str] = ()) -> t.Dict[str, t.Any]:
+    """Post with the job's retry policy: up to ``retries`` attempts, ``retry_delay`` seconds apart.
+
+    ``secret_argv`` (a secured engine's login, backup_guard's no_log option post_secret_argv) is appended to a command
+    post's argv only here, when it runs: it is never part of ``post``, so no record holds it, and every output kept is
+    masked for it."""
     attempts = []  # type: t.List[t.Dict[str, t.Any]]
     for number in range(1, max(1, retries) + 1):
         began = now()
         if "command" in post:
-            outcome = _run_command(post["command"], timeout)
+            outcome = _run_command(list(post["command"]) + list(secret_argv), timeout, secret_argv)
         elif "pg_session" in post:
             outcome = _end_pg_session(post["pg_session"], reason)
         else:
@@ -321,9 +332,12 @@ def _raise_terminate(signum: int, frame: t.Any) -> None:
 class Guard:
     """Runs in the detached process: waits for the disarm, the end of the lease or max_quiesce."""
 
-    def __init__(self, gdir: GuardDir, spec: t.Dict[str, t.Any]) -> None:
+    def __init__(self, gdir: GuardDir, spec: t.Dict[str, t.Any], secret_argv: t.Sequence[str] = ()) -> None:
         self.gdir = gdir
         self.spec = spec
+        # In this process's memory only (it is a fork of the module: nothing is exec'd, written or put on a command
+        # line); never in spec, so never in state.json.
+        self.secret_argv = list(secret_argv)
         self.state = dict(spec)
         self.state.update({"state": ARMED, "owner": _detach.owner(), "pid": os.getpid()})
 
@@ -382,7 +396,7 @@ class Guard:
             self.state["pre_running"] = {key: pre.get(key) for key in ("what", "pid", "started_at", "bound", "deadline_at")}
         self.gdir.write_state(self.state)
         outcome = run_post(self.spec["post"], self.spec["retries"], self.spec["retry_delay"], self.spec["post_timeout"],
-                           "released by the guard: %s" % reason)
+                           "released by the guard: %s" % reason, self.secret_argv)
         self.state.update({"post_result": outcome, "post_ended_at": utc_iso(now())})
         released = outcome["ok"]
         if pre_open:
@@ -419,7 +433,7 @@ class Guard:
         self.state.update({"pre_end": why, "pre_done": done})
         self.gdir.write_state(self.state)
         again = run_post(self.spec["post"], self.spec["retries"], self.spec["retry_delay"], self.spec["post_timeout"],
-                         "released by the guard again: %s; %s" % (reason, why))
+                         "released by the guard again: %s; %s" % (reason, why), self.secret_argv)
         self.state.update({"post_again": again, "post_ended_at": utc_iso(now())})
         return again["ok"]
 
@@ -697,8 +711,11 @@ def inspect(gdir: GuardDir, run_id: str) -> t.Dict[str, t.Any]:
     return result
 
 
-def arm(gdir: GuardDir, spec: t.Dict[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
-    """Take the database lock and start the guard. Idempotent for the same run_id while its guard lives."""
+def arm(gdir: GuardDir, spec: t.Dict[str, t.Any], check_mode: bool, secret_argv: t.Sequence[str] = ()) -> t.Dict[str, t.Any]:
+    """Take the database lock and start the guard. Idempotent for the same run_id while its guard lives.
+
+    ``secret_argv`` goes to the guard process's memory, not into ``spec`` (which state.json records); a dead guard's
+    post, taken over, runs with this run's ``secret_argv``: the same database, so the same login."""
     post = normalize_post(spec["post"])
     result = {"changed": False, "guard_dir": gdir.path, "lease_file": gdir.lease_path, "key": gdir.key,
               "post_what": describe_post(post), "previous": None, "took_over": None}  # type: t.Dict[str, t.Any]
@@ -726,7 +743,8 @@ def arm(gdir: GuardDir, spec: t.Dict[str, t.Any], check_mode: bool) -> t.Dict[st
             stale = found["state"]
             outcome = run_post(normalize_post(stale.get("post") or {"none": True}), stale.get("retries", 3),
                                stale.get("retry_delay", 5), stale.get("post_timeout", 600),
-                               "taken over by run %s: the earlier guard is gone (%s)" % (spec["run_id"], found["stale"]))
+                               "taken over by run %s: the earlier guard is gone (%s)" % (spec["run_id"], found["stale"]),
+                               secret_argv)
             stale = dict(stale, state=FIRED if outcome["ok"] else POST_FAILED, post_result=outcome, fired_at=utc_iso(now()),
                          reason="its guard is gone (%s); run %s took over and ran post" % (found["stale"], spec["run_id"]))
             gdir.write_state(stale)
@@ -744,7 +762,7 @@ def arm(gdir: GuardDir, spec: t.Dict[str, t.Any], check_mode: bool) -> t.Dict[st
                 # the database may still be quiesced by that run. End it first, as the guard would (this run's post).
                 outcome = run_post(post, spec.get("retries", 3), spec.get("retry_delay", 5), spec.get("post_timeout", 600),
                                    "run %s ends what run %s left quiesced (its guard's post failed)"
-                                   % (spec["run_id"], found["state"].get("run_id")))
+                                   % (spec["run_id"], found["state"].get("run_id")), secret_argv)
                 result["released_previous"] = outcome
                 if not outcome["ok"]:
                     raise GuardError("database %s: the earlier run %s's guard could not release it (post failed) and this "
@@ -758,7 +776,7 @@ def arm(gdir: GuardDir, spec: t.Dict[str, t.Any], check_mode: bool) -> t.Dict[st
                     key=gdir.key, armed_epoch=armed_epoch, armed_at=utc_iso(armed_epoch))
         with open(gdir.lease_path, "wb") as handle:
             os.fchmod(handle.fileno(), 0o600)
-        report = _detach.spawn(lambda fd: Guard(gdir, full).run(fd))
+        report = _detach.spawn(lambda fd: Guard(gdir, full, secret_argv).run(fd))
         if not report or not report.get("ok"):
             raise GuardError("the guard process for database %s did not start (%s); check that %s is writable"
                              % (gdir.database, (report or {}).get("error", "no report"), gdir.path), retryable=True)

@@ -67,6 +67,17 @@ options:
       - C(none) - nothing to undo.
       - Required with O(state=armed).
     type: dict
+  post_secret_argv:
+    description:
+      - Arguments appended to a C(command) post's argv only when the guard runs it, for a secured engine's login
+        (Btrieve - C(-UID<name> -PWD<word> -DB<name>); a secured engine refuses C(butil -endbu) without it).
+      - The guard keeps them in its process's memory only (the guard is a fork of this module; they are not on its
+        command line nor in any file); its C(state.json), its history and every result show them nowhere, and the post's
+        output is masked for them (C(********)).
+      - A dead guard's post, taken over by the next run, runs with the next run's O(post_secret_argv).
+    type: list
+    elements: str
+    default: []
   lease_seconds:
     description:
       - The guard runs post when the lease was not renewed for this many seconds. Pre's quiescing call (within its
@@ -215,6 +226,7 @@ def main() -> None:
             backup_id=dict(type='str'),
             run_id=dict(type='str', required=True),
             post=dict(type='dict'),
+            post_secret_argv=dict(type='list', elements='str', default=[], no_log=True),
             lease_seconds=dict(type='int', default=120),
             max_quiesce=dict(type='int', default=21600),
             retries=dict(type='int', default=3),
@@ -242,7 +254,7 @@ def main() -> None:
         if params['state'] == 'armed':
             spec = {key: params[key] for key in ('backup_id', 'run_id', 'post', 'lease_seconds', 'max_quiesce', 'retries',
                                                  'retry_delay', 'post_timeout')}
-            result = arm(gdir, spec, module.check_mode)
+            result = arm(gdir, spec, module.check_mode, params['post_secret_argv'])
             for record in (result.get('took_over'), result.get('previous')):
                 if record and record.get('state'):
                     module.warn(describe_record(record))

@@ -63,15 +63,21 @@ options:
         C(butil) on C(PATH).
     type: path
   user:
-    description: Database user for C(-startbu) (C(-UID)); not needed when the engine has no security.
+    description:
+      - Database user (C(-UID)) for a secured engine; every butil call carries the login (C(-startbu), C(-endbu), the
+        C(-stat) of a roll-in or a restore), because a secured engine refuses any call without it (status 170/171).
+        Empty when the engine has no security.
     type: str
     default: ''
   password:
-    description: Its password (C(-PWD)). butil takes it on its command line, visible to other users of the host in C(ps).
+    description:
+      - Its password (C(-PWD)), with O(user). butil takes it only on its command line, so it is visible in the process
+        list (C(ps), C(/proc/<pid>/cmdline)) while butil runs; see C(docs/btrieve.md) for what to do about it.
+      - Masked (C(********)) in everything the module returns or records, also where butil echoed it.
     type: str
     default: ''
   db:
-    description: Database name for C(-startbu) (C(-DB)), with O(user).
+    description: Database name (C(-DB)), with O(user).
     type: str
     default: ''
   timeout:
@@ -184,7 +190,7 @@ butil:
   returned: always
   type: str
 commands:
-  description: Each butil call with its argv (password masked), return code, status numbers, seconds and output.
+  description: Each butil call with its argv, return code, status numbers, seconds and output (password masked everywhere).
   returned: always
   type: list
   elements: dict
@@ -328,6 +334,9 @@ def main() -> None:
     )
     PhaseLedger(module, module.params['ledger'], ledger_facts)
     params = module.params
+    if (params['password'] or params['db']) and not params['user']:
+        module.fail_json(msg='password and db are the login of user, which is empty; set user (backup_btrieve_user) to the '
+                         'database user, or leave password and db empty when the engine has no security', retryable=False)
     butil = None
     try:
         path = _btrieve.find_butil(params['butil'], module.get_bin_path)

@@ -78,12 +78,13 @@ class Engine:
     def read(self, path: str, offset: int, length: int) -> bytes:
         return self._env().engine_read(path, offset, length)
 
-    def startbu(self, *paths: str) -> None:
-        """Put files into continuous operation as another client would (butil's own command line)."""
+    def startbu(self, *paths: str, login: t.Sequence[str] = ()) -> None:
+        """Put files into continuous operation as another client would (butil's own command line, with ``login`` on a
+        secured engine)."""
         listing = os.path.join(self.home, "other-client.lst")
         with open(listing, "wb") as handle:
             handle.write("".join(path + "\r\n" for path in paths).encode("utf-8"))
-        assert self._env().main(["-startbu", "@" + listing]) == 0
+        assert self._env().main(["-startbu", "@" + listing] + list(login)) == 0
 
     def endbu_all(self) -> None:
         assert self._env().main(["-endbu", "-A"]) == 0

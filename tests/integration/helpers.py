@@ -220,12 +220,13 @@ def big_source(tmpfs_factory: t.Callable[..., "Tmpfs"], files: int = 12, mib: in
     return source
 
 
-def start_playbook(playbook: str, inventory_path: str, extra_vars: t.Dict[str, t.Any], log_path: str) -> subprocess.Popen:
+def start_playbook(playbook: str, inventory_path: str, extra_vars: t.Dict[str, t.Any], log_path: str,
+                   env: t.Optional[t.Dict[str, str]] = None) -> subprocess.Popen:
     """ansible-playbook in the background, in a session of its own (so a test can kill the controller alone)."""
     cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", inventory_path, os.path.join(ROOT, "playbooks", playbook),
            "-e", json.dumps(extra_vars)]
     with open(log_path, "w", encoding="utf-8") as log:
-        return subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(), stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(env), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 

@@ -13,8 +13,13 @@ butil's command line (ref: "BUTIL -STARTBU <file | @listFile> [/UID<name> /PWD<w
 file | @listFile>", "on Linux options are written with - instead of /; options are case-insensitive"):
 
     butil.py -startbu <file|@listfile> [-UIDname -PWDword [-DBname]]
-    butil.py -endbu </A | -A | file | @listfile>
-    butil.py -stat <file>
+    butil.py -endbu </A | -A | file | @listfile> [-UIDname -PWDword [-DBname]]
+    butil.py -stat <file> [-UIDname -PWDword [-DBname]]
+
+(Pervasive.SQL User's Guide, "butil" synopsis for Linux, http://mikroplan.com.pl/doc/pervasive/html/uguide/unixsupp6.html:
+"-endbu </A | sourceFile | @listFile> [/UIDuid /PWDpwd [/DBname]]", "-startbu <sourceFile | @listFile> [/UIDuid /PWDpwd
+[/DBname]]", "-stat sourceFile [/Oowner] [/UIDuid /PWDpwd [/DBname]]": the login is given the same way to every
+command, on the command line.)
 
 The engine's state lives in $BUTIL_EMULATOR_HOME (the engine is a server; its memory is this directory):
 
@@ -29,7 +34,15 @@ The engine's state lives in $BUTIL_EMULATOR_HOME (the engine is a server; its me
     sleep-rollin       seconds the roll-in of each delta takes after -endbu or an open; the roll-in then runs in the
                        background, as the article describes ("you will be able to watch as the delta files disappear")
     hold-open-only     exists: opening a file with -stat does not roll its stale delta in (a newer engine)
-    credentials        "user:password": -startbu needs /UID and /PWD matching it
+    credentials        "user:password" or "user:password:db": the engine is secured. EVERY command (-startbu, -endbu,
+                       -stat) needs /UID and /PWD matching it (and /DB, when given), or it fails with status 170, login
+                       failed, exit 2, and changes nothing (ref: "170/171 login failed" (btrieveC.h); the synopsis above
+                       gives the login to each command; that a secured engine refuses a call without it is what the
+                       login is for - the issue's finding "A secured Btrieve engine cannot be backed up" is that)
+    echo-command       exists: a failed call prints its own command line, password included, before its error lines.
+                       PSQL v12 Advanced Operations Guide, "Command Files": "the resulting output file shows the command
+                       followed by its results"; ASSUMPTION that a command-line call does the same in an error (the
+                       issue's finding "The Btrieve password leaks"): the module must mask it wherever it keeps output
 
 Emulator-only entry points (not butil; the tests' "application" and fault injection):
 
@@ -284,8 +297,11 @@ def check_engine(options: t.Dict[str, str]) -> None:
         # ref: "20 record manager inactive, 3012/3014 engine not found" (btrieveC.h)
         raise Failed(EXIT_FAILED, [status_line(int(down or STATUS_INACTIVE))])
     credentials = switch("credentials")
-    if credentials is not None and "%s:%s" % (options.get("uid", ""), options.get("pwd", "")) != credentials:
-        raise Failed(EXIT_FAILED, [status_line(STATUS_LOGIN_FAILED)])  # ref: 170/171 login failed
+    if credentials is not None:
+        user, password, db = (credentials.split(":", 2) + [""])[:3]
+        given = (options.get("uid"), options.get("pwd"), options.get("db") if db else None)
+        if given != (user, password, db or None):
+            raise Failed(EXIT_FAILED, [status_line(STATUS_LOGIN_FAILED)])  # ref: 170/171 login failed, on every command
 
 
 def transient_failure(command: str) -> None:
@@ -413,6 +429,8 @@ def main(argv: t.List[str]) -> int:
     try:
         code = butil(argv)
     except Failed as exc:
+        if os.environ.get("BUTIL_EMULATOR_HOME") and flag("echo-command"):
+            print("butil " + " ".join(argv))  # the password as given (see echo-command above)
         print("\n".join(exc.lines))
         code = exc.exit_code
     with contextlib.suppress(Failed, OSError):

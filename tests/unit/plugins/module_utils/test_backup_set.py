@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from ansible_collections.consistent.backup.plugins.module_utils import _backup_set as bs
+from ansible_collections.consistent.backup.plugins.module_utils._fsutil import OUTPUT_TAIL_CHARS
 
 PHASES_OK = {
     "pre": {"start": 100.0, "end": 101.0, "attempts": 1, "result": "ok"},
@@ -351,3 +352,44 @@ def test_a_module_with_a_ledger_records_its_attempt_when_it_starts_and_again_whe
         module.exit_json(ok=True)
     assert [r["result"] for r in bs.read_ledger(path, "run-1")] == ["started", "ok"]
     assert bs.phases_from_ledger(bs.read_ledger(path, "run-1"))["verify"]["result"] == "ok"
+
+
+class LedgerModule:
+    """What PhaseLedger uses of an AnsibleModule: check_mode, no_log_values, exit_json and fail_json."""
+
+    check_mode = False
+
+    def __init__(self, secrets):
+        self.no_log_values = set(secrets)
+        self.exited = None
+
+    def exit_json(self, **result):
+        self.exited = ("ok", result)
+
+    def fail_json(self, **result):
+        self.exited = ("failed", result)
+
+
+def test_a_secret_echoed_in_a_failure_is_masked_in_the_ledger_and_in_report_json(tmp_path):
+    set_dir = str(tmp_path / "set")
+    os.mkdir(set_dir)
+    module = LedgerModule({"s3cret"})
+    bs.PhaseLedger(module, {"set_path": set_dir, "run_id": "r1", "phase": "post"})
+    # butil echoed its command line; the password sits where a tail cut first would keep a fragment of it ("3cret").
+    error = "\nBUTIL-100: MicroKernel error = 170"
+    noise = "x" * (OUTPUT_TAIL_CHARS - len("3cret") - len(error))
+    module.fail_json(msg="ending continuous operation failed: butil -endbu @x.lst -UIDadmin -PWDs3cret exited with 2",
+                     rc=2, stdout="butil -endbu @x.lst -UIDadmin -PWDs3cret" + noise + error, stderr="s3cret")
+    with open(os.path.join(set_dir, bs.LEDGER_NAME), encoding="utf-8") as handle:
+        ledger = handle.read()
+    assert "s3cret" not in ledger and "3cret" not in ledger
+    ended = [json.loads(line) for line in ledger.splitlines()][-1]
+    assert ended["msg"] == "ending continuous operation failed: butil -endbu @x.lst -UIDadmin -PWD******** exited with 2"
+    assert ended["stderr_tail"] == "********"
+    write_manifest(set_dir)
+    report = bs.close_set(set_dir, "b1", "r1", "btrieve", {}, None, [], {})
+    assert "s3cret" not in json.dumps(report)
+    with open(os.path.join(set_dir, "report.json"), encoding="utf-8") as handle:
+        assert "s3cret" not in handle.read()
+    # The module's own result is masked by AnsibleModule (fail_json), which gets it unchanged.
+    assert "s3cret" in module.exited[1]["msg"]

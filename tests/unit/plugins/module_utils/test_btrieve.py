@@ -116,9 +116,34 @@ def test_a_failed_call_becomes_what_happened_and_what_to_do(rc, out, retryable, 
 def test_the_password_is_masked_in_what_the_module_returns():
     runner = ScriptedButil((0, "The command completed successfully."))
     butil = b.Butil("/bin/butil", runner, "admin", "s3cret", "INVENTORY")
-    butil.run("-startbu", "@/run/x.lst", login=True)
+    butil.run("-startbu", "@/run/x.lst")
     assert runner.argvs == [["/bin/butil", "-startbu", "@/run/x.lst", "-UIDadmin", "-PWDs3cret", "-DBINVENTORY"]]
     assert "s3cret" not in repr(butil.calls)
+
+
+def test_every_butil_call_carries_the_login_on_a_secured_engine():
+    runner = ScriptedButil(*[(0, "The command completed successfully.")] * 3)
+    butil = b.Butil("/bin/butil", runner, "admin", "s3cret")
+    for args in (("-startbu", "@/run/x.lst"), ("-endbu", "@/run/x.lst"), ("-stat", "/srv/zen/PART.MKD")):
+        butil.run(*args)
+    assert [argv[-2:] for argv in runner.argvs] == [["-UIDadmin", "-PWDs3cret"]] * 3
+
+
+def test_an_unsecured_engine_gets_no_login_arguments():
+    runner = ScriptedButil((0, "The command completed successfully."))
+    b.Butil("/bin/butil", runner).run("-endbu", "@/run/x.lst")
+    assert runner.argvs == [["/bin/butil", "-endbu", "@/run/x.lst"]]
+
+
+def test_a_password_butil_echoes_in_an_error_is_masked_in_the_call_and_in_the_failure_message():
+    echoed = "butil -endbu @/run/x.lst -UIDadmin -PWDs3cret\nBUTIL-100: MicroKernel error = 170"
+    runner = ScriptedButil((2, echoed))
+    butil = b.Butil("/bin/butil", runner, "admin", "s3cret")
+    result = butil.run("-endbu", "@/run/x.lst")
+    msg, retryable = b.describe(result, "ending continuous operation failed")
+    assert "s3cret" not in repr(butil.calls) and "s3cret" not in msg
+    assert "-PWD********" in result.stdout and "-PWD********" in msg
+    assert "status 170: login failed" in msg and retryable is False
 
 
 def test_butil_is_found_in_the_usual_locations_then_on_path(tmp_path, monkeypatch):

@@ -118,6 +118,23 @@ def test_a_failing_post_is_retried_and_its_stderr_recorded(gdir, tmp_path):
     assert attempts[-1]["stderr"] == "appdb: cannot resume: disk full"
 
 
+def test_the_secret_login_reaches_the_post_command_only_and_is_masked_in_every_record(gdir, tmp_path):
+    guard = gdir(engine="btrieve")
+    seen = tmp_path / "argv.json"
+    # The post records the argv it got (outside the runtime directory), then echoes it in an error, as butil may.
+    post = {"command": [sys.executable, "-c", "import json, sys; open(%r, 'w').write(json.dumps(sys.argv[1:])); "
+                        "sys.stdout.write('butil ' + ' '.join(sys.argv[1:])); sys.exit(2)" % str(seen), "-endbu", "@x.lst"]}
+    result = g.arm(guard, spec("r1", post, lease=1, retries=1), check_mode=False, secret_argv=["-UIDadmin", "-PWDs3cret"])
+    assert "s3cret" not in json.dumps(result)
+    wait_for(lambda: (guard.read_state() or {}).get("state") == g.POST_FAILED, 8, "the guard to run post")
+    assert json.loads(seen.read_text()) == ["-endbu", "@x.lst", "-UIDadmin", "-PWDs3cret"]
+    assert guard.read_state()["post_result"]["attempts"][0]["stdout"] == "butil -endbu @x.lst ******** ********"
+    for root, _dirs, files in os.walk(str(tmp_path / "run")):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                assert b"s3cret" not in handle.read(), os.path.join(root, name)
+
+
 def test_second_run_on_the_same_database_is_refused_naming_the_first(gdir, tmp_path):
     guard = gdir()
     g.arm(guard, spec("r1", post_writes(tmp_path / "p")), check_mode=False)

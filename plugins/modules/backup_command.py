@@ -115,6 +115,17 @@ def _argv(raw) -> list:
     raise ValueError("argv must be a list of strings or a command line string; found %r" % (raw,))
 
 
+def _fail_to_start(module: AnsibleModule, phase: str, argv: list, exc: OSError) -> None:
+    """The command could not be started at all (missing, or not executable): a retry cannot help."""
+    if isinstance(exc, FileNotFoundError):
+        module.fail_json(msg='%s command %s was not found (%s); check the path in the job variables' % (phase, argv[0], exc),
+                         cmd=argv, rc=127, retryable=False)
+    if isinstance(exc, PermissionError):
+        module.fail_json(msg='%s command %s cannot be run (%s); make it executable for this user' % (phase, argv[0], exc),
+                         cmd=argv, rc=126, retryable=False)
+    raise exc
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
@@ -147,12 +158,8 @@ def main() -> None:
         # and failed when the guard fired meanwhile.
         try:
             rc, stdout, stderr = run_pre(window, lambda pre: pre.run_command(argv, env))
-        except FileNotFoundError as exc:
-            module.fail_json(msg='%s command %s was not found (%s); check the path in the job variables' % (phase, argv[0], exc),
-                             cmd=argv, rc=127, retryable=False)
-        except PermissionError as exc:
-            module.fail_json(msg='%s command %s cannot be run (%s); make it executable for this user' % (phase, argv[0], exc),
-                             cmd=argv, rc=126, retryable=False)
+        except OSError as exc:
+            _fail_to_start(module, phase, argv, exc)
         except GuardError as exc:
             module.fail_json(msg=str(exc), cmd=argv, rc=-9 if exc.facts.get('pre_timed_out') else None, retryable=False,
                              **exc.facts)
@@ -160,12 +167,8 @@ def main() -> None:
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False,
                               timeout=module.params['timeout'] or None, env=env)
-    except FileNotFoundError as exc:
-        module.fail_json(msg='%s command %s was not found (%s); check the path in the job variables' % (phase, argv[0], exc),
-                         cmd=argv, rc=127, retryable=False)
-    except PermissionError as exc:
-        module.fail_json(msg='%s command %s cannot be run (%s); make it executable for this user' % (phase, argv[0], exc),
-                         cmd=argv, rc=126, retryable=False)
+    except OSError as exc:
+        _fail_to_start(module, phase, argv, exc)
     except subprocess.TimeoutExpired as exc:
         module.fail_json(msg='%s command %s was killed after %d s; raise the timeout or find out why it hangs'
                          % (phase, ' '.join(argv), module.params['timeout']), cmd=argv, rc=-9,

@@ -70,3 +70,23 @@ options:
         retry cannot fix it (C(retryable=false))."
     type: str
 '''
+
+    # set_host and set_database: for modules that pick a set by backup_id=latest (restores, a backup's previous set).
+    SELECT = r'''
+options:
+  set_host:
+    description:
+      - With C(backup_id=latest), only sets of this host are candidates (the host recorded in the set's C(set.json) when
+        it was opened: the job variable C(backup_host), by default the inventory hostname). A named backup id is
+        taken whatever its host.
+      - Leave out to consider every host; C(latest) then refuses, naming them, when the destination holds sets of
+        more than one host for the engine.
+    type: str
+  set_database:
+    description:
+      - With C(backup_id=latest), only sets of this database are candidates (the database key the engine declared
+        when the set was opened, recorded in C(set.json)).
+      - Leave out to consider every database; C(latest) then refuses, naming them, when the destination holds sets of
+        more than one database of this engine and host.
+    type: str
+'''

@@ -25,8 +25,11 @@ import typing as t
 from ansible_collections.consistent.backup.plugins.module_utils import _detach
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir, output_tail
 from ansible_collections.consistent.backup.plugins.module_utils import _layout
-from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, LOCK_NAME, REPORT_NAME, utc_iso
-from ansible_collections.consistent.backup.plugins.module_utils._manifest import MANIFEST_NAME, load_manifest, manifest_path
+from ansible_collections.consistent.backup.plugins.module_utils import _sets
+from ansible_collections.consistent.backup.plugins.module_utils._layout import (
+    COMPLETE_NAME, IDENTITY_NAME, LOCK_NAME, REPORT_NAME, utc_iso)
+from ansible_collections.consistent.backup.plugins.module_utils._manifest import (
+    MANIFEST_NAME, default_host, load_manifest, manifest_path)
 from ansible_collections.consistent.backup.plugins.module_utils._secrets import mask, mask_data, module_secrets
 
 # The phase ledger: one JSON line per attempt of pre, copy or post, appended by the module that made the attempt.
@@ -92,15 +95,20 @@ def plan_open(dest: str, backup_id: str, run_id: str) -> t.Dict[str, t.Any]:
 
 
 def open_set(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int],
-             owner_pid: t.Optional[int] = None) -> t.Dict[str, t.Any]:
-    """Create the set directory and take its lock. Returns {set_path, changed, lock, broke_stale_lock}.
+             owner_pid: t.Optional[int] = None, engine: str = "files", host: t.Optional[str] = None,
+             database: t.Optional[str] = None) -> t.Dict[str, t.Any]:
+    """Create the set directory, take its lock and record whose set it is. Returns {set_path, changed, lock,
+    broke_stale_lock, identity}.
 
     ``owner_pid`` is the run's guard process; the lock records it so that a later run can prove the owner gone.
+    The identity (set.json: engine, host, database, the set reader's keys) is written once, by the run that holds the
+    lock, before pre: a set that never closes still says whose it is.
     """
     plan = plan_open(dest, backup_id, run_id)
     path = plan["set_path"]
     if plan["own_lock"]:
-        return {"set_path": path, "changed": False, "lock": plan["lock"], "broke_stale_lock": None}
+        return {"set_path": path, "changed": False, "lock": plan["lock"], "broke_stale_lock": None,
+                "identity": _sets.read_identity(path)}
     created = False
     if not plan["exists"]:
         os.mkdir(path, 0o750)
@@ -124,7 +132,8 @@ def open_set(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int
         except FileExistsError:
             held = read_lock(path) or {}
             if held.get("run_id") == run_id:
-                return {"set_path": path, "changed": created, "lock": held, "broke_stale_lock": None}
+                return {"set_path": path, "changed": created, "lock": held, "broke_stale_lock": None,
+                        "identity": _sets.read_identity(path)}
             stale = lock_is_stale(held, stale_after, now) if broke is None else None
             if stale:
                 broke = dict(held, taken_over_because=stale)
@@ -142,7 +151,9 @@ def open_set(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int
             handle.flush()
             os.fsync(handle.fileno())
         fsync_dir(path)
-        return {"set_path": path, "changed": True, "lock": lock, "broke_stale_lock": broke}
+        identity = _sets.identity_document(backup_id, engine, host or default_host(), database, run_id)
+        atomic_write(os.path.join(path, IDENTITY_NAME), (json.dumps(identity, sort_keys=True) + "\n").encode("utf-8"), 0o640)
+        return {"set_path": path, "changed": True, "lock": lock, "broke_stale_lock": broke, "identity": identity}
     raise BackupSetError("backup set %s: could not take the lock %s; remove it if no run is using the set" % (path, lock_file))
 
 
@@ -407,6 +418,9 @@ def close_set(path: str, backup_id: str, run_id: str, engine: str, phases: t.Dic
         failure = "; ".join(failed_phase_message(name, phase) for name, phase in phases.items()
                             if phase.get("result") == "failed") or None
     report = build_report(backup_id, engine, phases, manifest, failure, check_mode=False, required_phases=require_phases)
+    identity = _sets.read_identity(path) or {}
+    report["host"] = identity.get("host") or report["host"]
+    report["database"] = identity.get("database")
     if report["verdict"] == "success":
         missing = missing_for_complete(path, require, manifest_problem)
         if missing:

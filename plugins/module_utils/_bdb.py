@@ -13,7 +13,8 @@ Shape:
 * ``find_utilities`` finds db5.3_X, then db_X (or a prefix or directory the operator names);
 * ``Environment`` describes a live environment (DB_CONFIG directories, data files, logs, page sizes, the last
   checkpoint, whether one is due) and checkpoints it; ``archivable_in_set`` picks the logs that may be removed;
-* ``previous_set`` finds the newest COMPLETE set of the same environment (the base of an incremental);
+* ``previous_set`` finds the newest COMPLETE set of the same host and environment (the base of an incremental), and
+  ``plan_backup`` decides before pre whether the run is full or incremental, with the whole chain resolved;
 * ``resolve_chain``, ``lay_out``, ``recover`` and ``verify_databases`` verify a set, or a chain of a full set
   and its incrementals, on a copy: the same steps, kept in a target directory, are the restore.
 
@@ -43,6 +44,7 @@ import time
 import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils import _restore_gate as _gate
+from ansible_collections.consistent.backup.plugins.module_utils import _sets
 from ansible_collections.consistent.backup.plugins.module_utils._layout import (
     COMPLETE_NAME, MANIFEST_NAME, REPORT_NAME, backup_id_problem)
 
@@ -490,44 +492,42 @@ def set_facts(set_path: str) -> t.Dict[str, t.Any]:
     return facts.get("bdb") or {}
 
 
-def previous_set(backup_dest: str, home: str, exclude: t.Optional[str] = None) -> t.Optional[t.Dict[str, t.Any]]:
-    """The newest COMPLETE bdb set of the environment ``home`` in ``backup_dest`` (by its COMPLETE time), or None."""
+def _from_reader(call: t.Callable[[], t.Any]) -> t.Any:
+    try:
+        return call()
+    except _sets.SetError as exc:
+        raise BdbError(str(exc)) from None
+
+
+def previous_set(backup_dest: str, home: str, host: t.Optional[str] = None) -> t.Optional[t.Dict[str, t.Any]]:
+    """The newest COMPLETE bdb set of the environment ``home`` (and ``host``, when given) in ``backup_dest``, through
+    the set reader, with its recorded facts, or None."""
     if not os.path.isdir(backup_dest):
         return None
-    best = None
-    for name in os.listdir(backup_dest):
-        path = os.path.join(backup_dest, name)
-        complete = os.path.join(path, COMPLETE_NAME)
-        if name == exclude or name.startswith(".") or not os.path.isfile(complete):
-            continue
-        facts = set_facts(path)
-        if facts.get("home") != os.path.normpath(home):
-            continue
-        report = _read_json(os.path.join(path, REPORT_NAME)) or {}
-        when = os.stat(complete).st_mtime
-        if best is None or when > best[0]:
-            best = (when, dict(facts, backup_id=name, set_path=path,
-                               verified=bool(((report.get("bdb") or {}).get("verification") or {}).get("ok"))))
-    return best[1] if best else None
+    found = _from_reader(lambda: _sets.select_latest(backup_dest, "bdb", host, os.path.normpath(home), required=False))
+    if found is None:
+        return None
+    report = _read_json(os.path.join(found["path"], REPORT_NAME)) or {}
+    return dict(set_facts(found["path"]), backup_id=found["backup_id"], set_path=found["path"], host=found["host"],
+                verified=bool(((report.get("bdb") or {}).get("verification") or {}).get("ok")))
 
 
-def resolve_chain(backup_dest: str, backup_id: str, head_complete: bool = True) -> t.List[t.Dict[str, t.Any]]:
+def resolve_chain(backup_dest: str, backup_id: str, head_complete: bool = True, set_host: t.Optional[str] = None,
+                  set_database: t.Optional[str] = None) -> t.List[t.Dict[str, t.Any]]:
     """The sets to lay out for ``backup_id``, oldest (the full set) first: each incremental names the set before it.
 
-    Every set but the head must be COMPLETE; the head too unless ``head_complete`` is false (the backup's own
-    verification runs before its set is closed)."""
+    ``latest`` is the set reader's (the newest COMPLETE bdb set of ``set_host`` and ``set_database``, the
+    environment's home). Every set but the head must be COMPLETE; the head too unless ``head_complete`` is false (the
+    backup's own verification runs before its set is closed). Every set of the chain must be of the head's host and
+    environment: a chain never crosses into another host's or environment's sets."""
     if not os.path.isdir(backup_dest):
         raise BdbError("backup_dest %s is not a directory; give the backup destination that holds the sets" % backup_dest)
-    if backup_id == "latest":
-        complete = [name for name in os.listdir(backup_dest) if not name.startswith(".")
-                    and os.path.isfile(os.path.join(backup_dest, name, COMPLETE_NAME))
-                    and set_facts(os.path.join(backup_dest, name))]
-        if not complete:
-            raise BdbError("no COMPLETE Berkeley DB set in %s; run playbooks/backup.yml with backup_engine bdb first, "
-                           "or give backup_id" % backup_dest)
-        backup_id = max(complete, key=lambda name: os.stat(os.path.join(backup_dest, name, COMPLETE_NAME)).st_mtime)
+    database = os.path.normpath(set_database) if set_database else None
+    head = _from_reader(lambda: _sets.resolve(backup_dest, backup_id, "bdb", set_host, database,
+                                              database_option="backup_bdb_home (set_database: the environment's home)",
+                                              require_complete=head_complete))
     chain: t.List[t.Dict[str, t.Any]] = []
-    current: t.Optional[str] = backup_id
+    current: t.Optional[str] = head["backup_id"]
     while current:
         problem = backup_id_problem(current)
         if problem:
@@ -545,9 +545,70 @@ def resolve_chain(backup_dest: str, backup_id: str, head_complete: bool = True) 
                            "did not finish): restore another set" % path)
         if any(link["backup_id"] == current for link in chain):
             raise BdbError("backup set %s: its chain of previous sets loops; restore another set" % path)
+        if chain:
+            link = _sets.read_set(backup_dest, current)
+            expected = (head["host"], head["database"])
+            if link["engine"] != "bdb" or (link["host"], link["database"]) != expected \
+                    or os.path.normpath(str(facts.get("home"))) != os.path.normpath(str(chain[0].get("home"))):
+                raise BdbError("backup set %s, named as the previous set of %s, is the %s set of host %s and environment %s "
+                               "(home %s), expected a bdb set of host %s and environment %s: a chain never crosses into "
+                               "another host's or environment's sets. Restore another set, or take a full set"
+                               % (path, chain[0]["backup_id"], link["engine"], link["host"], link["database"],
+                                  facts.get("home"), expected[0], expected[1]))
         chain.insert(0, dict(facts, backup_id=current, set_path=path))
         current = facts.get("previous_set") if facts.get("mode") == "incremental" else None
     return chain
+
+
+def plan_backup(backup_dest: str, home: str, host: t.Optional[str], backup_id: str, requested_mode: str,
+                full_every: int, bulk_loaded: bool, live_logs: t.Sequence[str]) -> t.Dict[str, t.Any]:
+    """Full or incremental, decided before pre: the whole chain an incremental would build on is resolved first.
+
+    An incremental builds on the newest COMPLETE set of this host and environment. It becomes a full set (the reason
+    is recorded as ``full_reason``) when that set's chain is broken (a set of it gone, not COMPLETE, of another host
+    or environment), when the logs from that set's last log on are no longer all in the environment (the incremental
+    starts at that log again: records were appended to it after the set copied it), every ``full_every`` runs, and
+    after a bulk load. Without any set to build on, an incremental is refused (BdbError): take a full set first."""
+    if requested_mode not in ("hot", "offline", "incremental"):
+        raise BdbError("backup_bdb_mode must be hot, offline or incremental; found %r. Set backup_bdb_mode" % requested_mode)
+    if full_every < 1:
+        raise BdbError("backup_bdb_full_every must be 1 or more; found %r. Set it to the number of runs between full sets"
+                       % full_every)
+    plan: t.Dict[str, t.Any] = {"requested_mode": requested_mode, "mode": "offline" if requested_mode == "offline" else "hot",
+                                "full_reason": None, "previous_set": None, "base_set": backup_id, "runs_since_full": 0,
+                                "incremental_from": 0, "chain": []}
+    if requested_mode != "incremental":
+        return plan
+    previous = previous_set(backup_dest, home, host)
+    if previous is None:
+        raise BdbError("backup_bdb_mode is incremental, but %s holds no COMPLETE set of the environment %s%s to build on; "
+                       "an incremental set holds only the logs written since the last set. Take a full set first "
+                       "(backup_bdb_mode=hot or offline)" % (backup_dest, home, " of host %s" % host if host else ""))
+    plan["previous_set"] = previous["backup_id"]
+    reason = None
+    try:
+        chain = resolve_chain(backup_dest, previous["backup_id"], True, host, os.path.normpath(home))
+    except BdbError as exc:
+        chain, reason = [], "the chain of %s is broken (%s)" % (previous["backup_id"], exc)
+    last_log = log_number(str(previous.get("last_log") or ""))
+    live = sorted(number for number in (log_number(os.path.basename(path)) for path in live_logs) if number is not None)
+    if reason is None and bulk_loaded:
+        reason = "backup_bdb_bulk_loaded is true: a bulk (non-logged) load is not in the logs, so only a full set holds it"
+    if reason is None and int(previous.get("runs_since_full") or 0) + 1 >= full_every:
+        reason = "a full set every %d runs (backup_bdb_full_every)" % full_every
+    if reason is None and last_log is None:
+        reason = "%s records no last log to continue from" % previous["backup_id"]
+    if reason is None and (not live or live[0] > last_log or log_gaps([n for n in live if n >= last_log])):
+        reason = ("the logs from %s (the last log of %s) on are not all in the environment (its logs: %s)"
+                  % (log_name(last_log), previous["backup_id"],
+                     "%s to %s" % (log_name(live[0]), log_name(live[-1])) if live else "none"))
+    if reason is not None:
+        plan.update(full_reason=reason, previous_set=None)
+        return plan
+    plan.update(mode="incremental", base_set=previous.get("base_set") or previous["backup_id"],
+                runs_since_full=int(previous.get("runs_since_full") or 0) + 1, incremental_from=last_log,
+                chain=[link["backup_id"] for link in chain])
+    return plan
 
 
 def manifest_files(set_path: str) -> t.Dict[str, t.Dict[str, t.Any]]:

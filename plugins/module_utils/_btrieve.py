@@ -38,6 +38,7 @@ import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils import _detach
 from ansible_collections.consistent.backup.plugins.module_utils import _restore_gate as _gate
+from ansible_collections.consistent.backup.plugins.module_utils import _sets
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir, output_tail, write_json
 from ansible_collections.consistent.backup.plugins.module_utils._layout import (
     COMPLETE_NAME, DATA_DIR, MANIFEST_NAME, backup_id_problem, default_runtime_dir, set_path, utc_iso)
@@ -562,20 +563,15 @@ def _set_entries(set_path: str) -> t.List[t.Dict[str, t.Any]]:
     return [plan.entries[rel] for rel, _size in sorted(plan.files)]
 
 
-def resolve_complete_set(backup_dest: str, backup_id: str) -> str:
-    if backup_id == "latest":
-        names = [name for name in (os.listdir(backup_dest) if os.path.isdir(backup_dest) else [])
-                 if os.path.isfile(os.path.join(backup_dest, name, COMPLETE_NAME))]
-        if not names:
-            raise BtrieveError("no COMPLETE backup set in %s; run playbooks/backup.yml first or give backup_id" % backup_dest)
-        backup_id = max(names, key=lambda name: os.stat(os.path.join(backup_dest, name, COMPLETE_NAME)).st_mtime)
-    problem = backup_id_problem(backup_id)
-    if problem:
-        raise BtrieveError(problem + ", or latest for the newest COMPLETE set")
-    path = set_path(backup_dest, backup_id, option="backup_dest")
-    if not os.path.isfile(os.path.join(path, COMPLETE_NAME)):
-        raise BtrieveError("backup set %s is not marked COMPLETE; refusing to restore it. Restore an earlier COMPLETE set" % path)
-    return path
+def resolve_complete_set(backup_dest: str, backup_id: str, set_host: t.Optional[str] = None,
+                         set_database: t.Optional[str] = None) -> str:
+    """The set a restore means, through the set reader (latest: the newest COMPLETE Btrieve set of the host and
+    database)."""
+    try:
+        return _sets.resolve(backup_dest, backup_id, "btrieve", set_host, set_database,
+                             database_option="set_database (the set's files, joined by ':')")["path"]
+    except _sets.SetError as exc:
+        raise BtrieveError(str(exc)) from None
 
 
 def _engine_holds(targets: t.Sequence[str], butil: Butil) -> t.List[str]:
@@ -592,8 +588,9 @@ def _engine_holds(targets: t.Sequence[str], butil: Butil) -> t.List[str]:
     return held
 
 
-def restore(backup_dest: str, backup_id: str, restore_root: str, butil: Butil, check_mode: bool) -> t.Dict[str, t.Any]:
-    path = resolve_complete_set(backup_dest, backup_id)
+def restore(backup_dest: str, backup_id: str, restore_root: str, butil: Butil, check_mode: bool,
+            set_host: t.Optional[str] = None, set_database: t.Optional[str] = None) -> t.Dict[str, t.Any]:
+    path = resolve_complete_set(backup_dest, backup_id, set_host, set_database)
     if not os.path.isabs(restore_root):
         raise BtrieveError("restore_root must be an absolute path; found %r" % restore_root)
     entries = _set_entries(path)

@@ -11,6 +11,7 @@ A set on the medium::
         data/           DATA_DIR: the copied files
         manifest.json   MANIFEST_NAME: every copied file with its size and SHA-256
         report.json     REPORT_NAME: phases, attempts, results, verdict
+        set.json        IDENTITY_NAME: whose set it is (engine, host, database), written when the set is opened
         LOCK            LOCK_NAME: the run that writes the set (removed when it closes the set)
         COMPLETE        COMPLETE_NAME: written last, only when the set is whole; a restore refuses a set without it
 
@@ -35,6 +36,7 @@ DATA_DIR = "data"
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.json"
 LOCK_NAME = "LOCK"
+IDENTITY_NAME = "set.json"
 COMPLETE_NAME = "COMPLETE"
 
 # Where the host keeps the state of detached processes (PostgreSQL holders, guards) and database locks.

@@ -27,6 +27,7 @@ import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils import _layout
 from ansible_collections.consistent.backup.plugins.module_utils import _restore_gate as _gate
+from ansible_collections.consistent.backup.plugins.module_utils import _sets
 from ansible_collections.consistent.backup.plugins.module_utils._copy import CopyError, DirectorySink, FileMeta, copy_file
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
 from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, backup_id_problem
@@ -108,35 +109,32 @@ def check_restore_id(backup_id: t.Any) -> None:
             raise RestoreError(problem + ", or latest for the newest COMPLETE set")
 
 
-def resolve_set(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Optional[str]) -> t.Dict[str, t.Any]:
-    """Find the set and its label: the label store first (it names the set), then the set itself."""
+def resolve_set(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Optional[str],
+                set_host: t.Optional[str] = None, set_database: t.Optional[str] = None) -> t.Dict[str, t.Any]:
+    """Find the set and its label: the label store first (it names the set), then the set itself (the set reader:
+    latest is the newest COMPLETE PostgreSQL set of set_host and set_database)."""
     label_json: t.Dict[str, t.Any] = {}
-    if label_dest and backup_id != "latest":
+    if label_dest and backup_id != _sets.LATEST:
         info = _read(os.path.join(label_dest, backup_id, "label.json"))
         if info:
             label_json = json.loads(info.decode("utf-8"))
-    if backup_id == "latest":
-        if not backup_dest or not os.path.isdir(backup_dest):
-            raise RestoreError("backup_dest %s is not a directory; give the backup destination that holds the sets" % backup_dest)
-        complete = [name for name in os.listdir(backup_dest) if os.path.isfile(os.path.join(backup_dest, name, COMPLETE_NAME))]
-        if not complete:
-            raise RestoreError("no COMPLETE backup set in %s; run playbooks/backup.yml first or give backup_id" % backup_dest)
-        backup_id = max(complete, key=lambda name: os.stat(os.path.join(backup_dest, name, COMPLETE_NAME)).st_mtime)
     if backup_dest:
         try:
-            set_path = _layout.set_path(backup_dest, backup_id, option="backup_dest")
-        except ValueError as exc:
-            raise RestoreError(str(exc))
+            found = _sets.resolve(backup_dest, backup_id, "postgresql", set_host, set_database,
+                                  database_option="set_database (the source's data directory)")
+        except _sets.SetError as exc:
+            raise RestoreError(str(exc)) from None
+        backup_id, set_path = found["backup_id"], found["path"]
     elif label_json.get("set_path"):
         set_path = label_json["set_path"]
+        if not os.path.isdir(set_path):
+            raise RestoreError("backup set %s does not exist; check backup_dest and backup_id (or use backup_id=latest)" % set_path)
+        if not os.path.isfile(os.path.join(set_path, COMPLETE_NAME)):
+            raise RestoreError(
+                "backup set %s is not marked COMPLETE (its copy, label or manifest did not all reach the medium); "
+                "refusing to restore it. Restore an earlier COMPLETE set" % set_path)
     else:
         raise RestoreError("backup set %s: give backup_dest (where the sets are), or a label store that names the set" % backup_id)
-    if not os.path.isdir(set_path):
-        raise RestoreError("backup set %s does not exist; check backup_dest and backup_id (or use backup_id=latest)" % set_path)
-    if not os.path.isfile(os.path.join(set_path, COMPLETE_NAME)):
-        raise RestoreError(
-            "backup set %s is not marked COMPLETE (its copy, label or manifest did not all reach the medium); "
-            "refusing to restore it. Restore an earlier COMPLETE set" % set_path)
     label_places = []
     if label_dest:
         label_places.append(os.path.join(label_dest, backup_id))
@@ -502,10 +500,11 @@ def prepare_in_place(backup_id: str, label_dest: t.Optional[str], target: str, o
 
 
 def prepare(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Optional[str], target: str, tablespace_dir: str,
-            owner: str, settings: t.Dict[str, t.Any], verify: bool, check_mode: bool) -> t.Dict[str, t.Any]:
+            owner: str, settings: t.Dict[str, t.Any], verify: bool, check_mode: bool,
+            set_host: t.Optional[str] = None, set_database: t.Optional[str] = None) -> t.Dict[str, t.Any]:
     """Check the whole set (plan_restore), then write it; a refused restore has written nothing to the target."""
     check_restore_id(backup_id)
-    found = resolve_set(backup_dest, backup_id, label_dest)
+    found = resolve_set(backup_dest, backup_id, label_dest, set_host, set_database)
     check_target(target)
     uid, gid = _owner_ids(owner)
     label_text = found["label"].decode("utf-8", "replace")

@@ -12,7 +12,8 @@ version_added: 0.1.0
 description:
   - Manages the life of one backup set C(<backup_dest>/<backup_id>/) on a disk medium.
   - O(state=open) creates the set directory and takes its C(LOCK) (created exclusively), so two runs never write
-    one set. A set already marked C(COMPLETE) is refused.
+    one set. A set already marked C(COMPLETE) is refused. It records whose set it is in C(set.json) (engine, host,
+    database, run id), before pre, so that even a set that never closes says whose it is.
   - Each attempt of pre, copy and post is recorded in the set's phase ledger C(phases.jsonl) by the module that makes
     it (M(consistent.backup.backup_command), M(consistent.backup.pg_backup_session), M(consistent.backup.aligned_copy),
     given their C(ledger) option), with a line when the attempt starts and one when it ends. O(state=closed) reads
@@ -46,9 +47,21 @@ options:
     choices: [open, closed, released]
     default: open
   engine:
-    description: The database engine, recorded in the report.
+    description: The database engine, recorded in the set's C(set.json) and in the report.
     type: str
     default: files
+  host:
+    description:
+      - For O(state=open), the host whose set this is (the job variable C(backup_host), by default the inventory
+        hostname), recorded in the set's C(set.json). The set reader's C(latest) and the Berkeley DB incremental's
+        previous set are chosen among the sets of one host. Defaults to this machine's FQDN.
+    type: str
+  database:
+    description:
+      - For O(state=open), the database the engine declared (its key: a PostgreSQL data directory, a Berkeley DB home,
+        the Btrieve files), recorded in the set's C(set.json), so that C(latest) is chosen among the sets of one
+        database.
+    type: str
   phases:
     description:
       - For O(state=closed), phases to add to or override the ledger's, keyed by phase name.
@@ -167,6 +180,11 @@ broke_stale_lock:
       than O(stale_lock_after)).
   returned: when state is open
   type: dict
+identity:
+  description: The set's C(set.json) (engine, host, database, run id), as written at open (null in check mode).
+  returned: when state is open
+  type: dict
+  sample: {format: 1, backup_id: db1-20261121T0200Z, engine: bdb, host: db1, database: /srv/env, run_id: db1-1}
 report:
   description: The report written to C(report.json) (or, in check mode, the one that would be).
   returned: when state is closed
@@ -245,6 +263,8 @@ def main() -> None:
             run_id=dict(type='str', required=True),
             state=dict(type='str', default='open', choices=['open', 'closed', 'released']),
             engine=dict(type='str', default='files'),
+            host=dict(type='str'),
+            database=dict(type='str'),
             phases=dict(type='dict', default={}),
             failure=dict(type='str'),
             require=dict(type='list', elements='str', default=[]),
@@ -274,7 +294,7 @@ def main() -> None:
                 module.exit_json(changed=not plan['own_lock'], set_path=path, lock=held,
                                  broke_stale_lock=dict(held, taken_over_because=stale) if stale else None)
             result = open_set(params['dest'], params['backup_id'], params['run_id'], params['stale_lock_after'],
-                              params['owner_pid'])
+                              params['owner_pid'], params['engine'], params['host'], params['database'])
             if result.get('broke_stale_lock'):
                 module.warn('took over the lock of run %s on backup set %s: %s' % (
                     result['broke_stale_lock'].get('run_id'), path, result['broke_stale_lock']['taken_over_because']))

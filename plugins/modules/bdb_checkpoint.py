@@ -24,8 +24,9 @@ description:
     and then big endian, so a set copied between machines of either byte order is read the same way.
   - The utilities are found as C(db5.3_X), then C(db_X) on the PATH (or with O(utility_prefix), or in O(bindir)), and
     always run with C(LC_ALL=C).
-  - With O(backup_dest) it also returns RV(previous_set), the newest C(COMPLETE) set of this environment there (the
-    base an incremental backup builds on).
+  - With O(backup_dest) it also returns RV(previous_set), the newest C(COMPLETE) set of this environment (and of
+    O(set_host)) there (the base an incremental backup builds on), and with O(plan) the backup's RV(plan): full or
+    incremental, decided before pre with the whole chain resolved.
   - With O(archive_set) it removes, after the checkpoint, exactly the logs C(db_archive -a) says are no longer needed
     AND that the given C(COMPLETE), verified set holds with the same size and SHA-256 - never C(db_archive -d).
   - "Refuses with a message that says what to do: a home that is not an environment, an environment without
@@ -46,6 +47,38 @@ options:
       - A backup destination root; when given, RV(previous_set) describes the newest C(COMPLETE) set of this environment
         in it. Read-only.
     type: path
+  set_host:
+    description:
+      - With O(backup_dest), only sets of this host (recorded in the set's C(set.json) when it was opened: the job
+        variable C(backup_host), by default the inventory hostname) are candidates for RV(previous_set), so two hosts
+        with the same home on one destination never build on each other's sets. Leave out to consider every host.
+    type: str
+  plan:
+    description:
+      - With O(backup_dest), decide the backup's mode before pre and return it as RV(plan). An incremental builds on
+        RV(previous_set); it becomes a full set, with the reason in RV(plan.full_reason), when that set's chain is
+        broken (a set of it gone, not C(COMPLETE), or of another host or environment), when the logs from that set's
+        last log on are not all in the environment, every O(plan.full_every) runs, and after a bulk load.
+      - An incremental with no set to build on is refused (take a full set first).
+    type: dict
+    suboptions:
+      backup_id:
+        description: This backup's id (the base set of a full set is itself).
+        type: str
+        required: true
+      mode:
+        description: The requested mode (the job variable C(backup_bdb_mode)).
+        type: str
+        choices: [hot, offline, incremental]
+        required: true
+      full_every:
+        description: A full set every this many runs (C(backup_bdb_full_every)); at least 1.
+        type: int
+        default: 7
+      bulk_loaded:
+        description: A bulk (non-logged) load ran since the last set (C(backup_bdb_bulk_loaded)); forces a full set.
+        type: bool
+        default: false
   archive_set:
     description:
       - Path of a C(COMPLETE) set of this environment whose C(report.json) records a passed verification. After the
@@ -197,6 +230,16 @@ utilities:
   returned: success
   type: dict
   sample: {checkpoint: /usr/bin/db5.3_checkpoint, stat: /usr/bin/db5.3_stat}
+plan:
+  description:
+    - With O(plan), the backup's mode, decided before pre - C(requested_mode), C(mode) (hot, offline or incremental),
+      C(full_reason) (why a requested incremental is a full set, else null), C(previous_set) (the set an incremental
+      builds on), C(base_set) (its full set), C(runs_since_full), C(incremental_from) (the number of the first log an
+      incremental copies) and C(chain) (the sets it builds on, the full set first).
+  returned: when plan is given
+  type: dict
+  sample: {requested_mode: incremental, mode: incremental, full_reason: null, previous_set: db1-a, base_set: db1-a,
+           runs_since_full: 1, incremental_from: 9, chain: [db1-a]}
 previous_set:
   description:
     - With O(backup_dest), the newest C(COMPLETE) set of this environment (its recorded facts - backup_id, mode,
@@ -229,7 +272,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
 from ansible_collections.consistent.backup.plugins.module_utils._bdb import (
-    BdbError, archivable_in_set, module_environment, previous_set, utility_argument_spec)
+    BdbError, archivable_in_set, module_environment, plan_backup, previous_set, utility_argument_spec)
 
 
 def main() -> None:
@@ -239,6 +282,12 @@ def main() -> None:
             force=dict(type='bool', default=False),
             backup_dest=dict(type='path'),
             archive_set=dict(type='path'),
+            set_host=dict(type='str'),
+            plan=dict(type='dict', options=dict(
+                backup_id=dict(type='str', required=True),
+                mode=dict(type='str', required=True, choices=['hot', 'offline', 'incremental']),
+                full_every=dict(type='int', default=7),
+                bulk_loaded=dict(type='bool', default=False))),
             **utility_argument_spec()
         ),
         supports_check_mode=True,
@@ -265,7 +314,12 @@ def main() -> None:
                       utilities=env.utilities, previous_set=None)
         changed = bool(do_checkpoint) if module.check_mode else after['checkpoint_lsn'] != before['checkpoint_lsn']
         if module.params['backup_dest']:
-            result['previous_set'] = previous_set(module.params['backup_dest'], env.home)
+            result['previous_set'] = previous_set(module.params['backup_dest'], env.home, module.params['set_host'])
+            plan = module.params['plan']
+            if plan:
+                result['plan'] = plan_backup(module.params['backup_dest'], env.home, module.params['set_host'],
+                                             plan['backup_id'], plan['mode'], plan['full_every'], plan['bulk_loaded'],
+                                             before['log_files'])
         if module.params['archive_set']:
             remove, kept = archivable_in_set(after, module.params['archive_set'])
             if remove and not module.check_mode:

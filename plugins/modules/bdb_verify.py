@@ -69,6 +69,7 @@ options:
     default: true
 extends_documentation_fragment:
   - consistent.backup._bdb
+  - consistent.backup._set.select
   - consistent.backup._attributes
   - consistent.backup._attributes.actiongroup_all
 attributes:
@@ -271,6 +272,8 @@ def main() -> None:
             scratch_dir=dict(type='path'),
             keep_dir=dict(type='path'),
             head_complete=dict(type='bool', default=True),
+            set_host=dict(type='str'),
+            set_database=dict(type='str'),
             **utility_argument_spec()
         ),
         supports_check_mode=True,
@@ -284,7 +287,8 @@ def main() -> None:
     written = None
     try:
         find_utilities(module.get_bin_path, params['utility_prefix'], params['bindir'])  # refused before anything is laid out
-        chain = resolve_chain(params['backup_dest'], params['backup_id'], params['head_complete'])
+        chain = resolve_chain(params['backup_dest'], params['backup_id'], params['head_complete'], params['set_host'],
+                              params['set_database'])
         head = chain[-1]
         result.update(backup_id=head['backup_id'], chain=[link['backup_id'] for link in chain],
                       source_checkpoint_lsn=head.get('checkpoint_lsn'), kept=bool(params['target'] or params['keep_dir']))

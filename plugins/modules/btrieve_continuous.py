@@ -138,6 +138,7 @@ extends_documentation_fragment:
   - consistent.backup._attributes
   - consistent.backup._attributes.actiongroup_all
   - consistent.backup._pre_window
+  - consistent.backup._set.select
 attributes:
   check_mode:
     support: full
@@ -327,6 +328,8 @@ def main() -> None:
             backup_dest=dict(type='path'),
             backup_id=dict(type='str', default='latest'),
             restore_root=dict(type='path', default='/'),
+            set_host=dict(type='str'),
+            set_database=dict(type='str'),
             pre_window=PRE_WINDOW_ARGSPEC,
         ),
         required_if=[('state', 'restored', ['backup_dest'])],
@@ -343,7 +346,8 @@ def main() -> None:
         butil = _btrieve.Butil(path, lambda argv: module.run_command(argv, environ_update={'LANG': 'C', 'LC_ALL': 'C'}),
                                params['user'], params['password'], params['db'])
         if params['state'] == 'restored':
-            result = _btrieve.restore(params['backup_dest'], params['backup_id'], params['restore_root'], butil, module.check_mode)
+            result = _btrieve.restore(params['backup_dest'], params['backup_id'], params['restore_root'], butil, module.check_mode,
+                                      params['set_host'], params['set_database'])
         else:
             files, problems = _btrieve.expand_files(params['files'], params['ddf_dir'])
             if not files and not problems:

@@ -108,6 +108,7 @@ extends_documentation_fragment:
   - consistent.backup._attributes
   - consistent.backup._attributes.actiongroup_all
   - consistent.backup._set.backup_id
+  - consistent.backup._set.select
 attributes:
   check_mode:
     support: full
@@ -228,6 +229,8 @@ def main() -> None:
             settings=dict(type='dict', default={}),
             verify=dict(type='bool', default=True),
             data_present=dict(type='bool', default=False),
+            set_host=dict(type='str'),
+            set_database=dict(type='str'),
         ),
         required_one_of=[('backup_dest', 'label_dest')],
         required_if=[('data_present', True, ('label_dest',))],
@@ -243,7 +246,7 @@ def main() -> None:
         else:
             result = prepare(params['backup_dest'], params['backup_id'], params['label_dest'], params['target'],
                              params['tablespace_dir'] or params['target'].rstrip('/') + '_tablespaces', params['owner'],
-                             settings, params['verify'], module.check_mode)
+                             settings, params['verify'], module.check_mode, params['set_host'], params['set_database'])
     except RestoreError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import struct
 
 import pytest
@@ -177,6 +178,10 @@ def make_set(dest, backup_id, facts, files=(), complete=True, verified=True):
         entries.append({"path": "env/" + rel, "type": "file", "size": len(content), "sha256": hashlib.sha256(content).hexdigest()})
     with open(os.path.join(path, "manifest.json"), "w", encoding="utf-8") as handle:
         json.dump({"files": entries, "facts": {"bdb": facts}}, handle)
+    # whose set it is, as backup_set writes it when the set is opened (the set reader's keys)
+    with open(os.path.join(path, "set.json"), "w", encoding="utf-8") as handle:
+        json.dump({"format": 1, "backup_id": backup_id, "engine": "bdb", "host": facts.get("host", "db1"),
+                   "database": facts.get("home", "/env")}, handle)
     with open(os.path.join(path, "report.json"), "w", encoding="utf-8") as handle:
         json.dump({"bdb": {"verification": {"ok": verified}}}, handle)
     if complete:
@@ -256,3 +261,78 @@ def test_a_directory_db_config_names_that_is_missing_is_reported_as_a_layout_pro
     assert "/tmp/shadow/../logs does not exist; it is a directory the environment's DB_CONFIG names" in message
     assert "This layout cannot be read as configured" in message
     assert "run recovery" not in message and "run database recovery" not in message and failure.retryable is False
+
+
+# --- the plan: full or incremental, decided before pre ---------------------------------------------------------
+
+LIVE = ["logs/log.0000000005", "logs/log.0000000006", "logs/log.0000000007"]
+
+
+def chain_of_two(dest, host="db1"):
+    make_set(dest, "f1", {"home": "/env", "mode": "hot", "host": host, "last_log": "log.0000000003", "runs_since_full": 0})
+    make_set(dest, "i1", {"home": "/env", "mode": "incremental", "host": host, "previous_set": "f1", "base_set": "f1",
+                          "last_log": "log.0000000005", "runs_since_full": 1})
+    os.utime(os.path.join(dest, "i1", "COMPLETE"), (2e9, 2e9))
+
+
+def plan(dest, mode="incremental", host="db1", live=LIVE, full_every=7, bulk_loaded=False):
+    return _bdb.plan_backup(dest, "/env", host, "new", mode, full_every, bulk_loaded, live)
+
+
+def test_an_incremental_builds_on_the_newest_set_of_its_host_with_the_whole_chain_resolved(tmp_path):
+    chain_of_two(str(tmp_path))
+    assert plan(str(tmp_path)) == {"requested_mode": "incremental", "mode": "incremental", "full_reason": None,
+                                   "previous_set": "i1", "base_set": "f1", "runs_since_full": 2, "incremental_from": 5,
+                                   "chain": ["f1", "i1"]}
+
+
+def test_an_incremental_never_builds_on_another_hosts_set_with_the_same_home(tmp_path):
+    chain_of_two(str(tmp_path), host="db2")
+    with pytest.raises(_bdb.BdbError) as caught:
+        plan(str(tmp_path), host="db1")
+    assert "holds no COMPLETE set of the environment /env of host db1 to build on" in str(caught.value)
+
+
+def test_an_incremental_whose_base_set_is_gone_is_a_full_set_and_says_why(tmp_path):
+    chain_of_two(str(tmp_path))
+    shutil.rmtree(os.path.join(str(tmp_path), "f1"))
+    settled = plan(str(tmp_path))
+    assert (settled["mode"], settled["base_set"], settled["previous_set"]) == ("hot", "new", None)
+    assert settled["full_reason"].startswith("the chain of i1 is broken (backup set %s/f1 does not exist" % tmp_path)
+
+
+def test_an_incremental_whose_base_set_is_another_hosts_is_a_full_set(tmp_path):
+    chain_of_two(str(tmp_path))
+    with open(os.path.join(str(tmp_path), "f1", "set.json"), "w", encoding="utf-8") as handle:
+        json.dump({"engine": "bdb", "host": "db2", "database": "/env"}, handle)
+    assert "a chain never crosses into another host's" in plan(str(tmp_path))["full_reason"]
+
+
+def test_an_incremental_needs_the_previous_sets_last_log_still_in_the_environment(tmp_path):
+    # The previous set copied log 5 while it was still being written: the next incremental starts at log 5 again.
+    chain_of_two(str(tmp_path))
+    settled = plan(str(tmp_path), live=["logs/log.0000000006", "logs/log.0000000007"])
+    assert settled["mode"] == "hot" and settled["full_reason"] == (
+        "the logs from log.0000000005 (the last log of i1) on are not all in the environment (its logs: log.0000000006 "
+        "to log.0000000007)")
+
+
+def test_a_gap_in_the_environments_logs_after_the_previous_set_forces_a_full_set(tmp_path):
+    chain_of_two(str(tmp_path))
+    assert plan(str(tmp_path), live=["logs/log.0000000005", "logs/log.0000000007"])["mode"] == "hot"
+
+
+def test_a_full_set_every_full_every_runs_and_after_a_bulk_load(tmp_path):
+    chain_of_two(str(tmp_path))
+    assert plan(str(tmp_path), full_every=3)["mode"] == "incremental"  # f1, i1 and this one: three runs
+    assert plan(str(tmp_path), full_every=2)["full_reason"] == "a full set every 2 runs (backup_bdb_full_every)"
+    assert plan(str(tmp_path), bulk_loaded=True)["full_reason"].startswith("backup_bdb_bulk_loaded is true")
+
+
+def test_hot_and_offline_plans_need_no_previous_set(tmp_path):
+    assert plan(str(tmp_path), mode="offline") == {
+        "requested_mode": "offline", "mode": "offline", "full_reason": None, "previous_set": None, "base_set": "new",
+        "runs_since_full": 0, "incremental_from": 0, "chain": []}
+    with pytest.raises(_bdb.BdbError) as caught:
+        plan(str(tmp_path), full_every=0, mode="hot")
+    assert "backup_bdb_full_every must be 1 or more; found 0" in str(caught.value)

@@ -34,6 +34,10 @@ def make_set(dest, backup_id, facts, files, complete=True):
               "data_files": sorted(rel for rel in files if not os.path.basename(rel).startswith("log.") and rel != "DB_CONFIG")}
     with open(os.path.join(path, "manifest.json"), "w", encoding="utf-8") as handle:
         json.dump({"files": entries, "facts": {"bdb": dict(record, **facts)}}, handle)
+    # whose set it is, as backup_set writes it when the set is opened (the set reader's keys)
+    with open(os.path.join(path, "set.json"), "w", encoding="utf-8") as handle:
+        json.dump({"format": 1, "backup_id": backup_id, "engine": "bdb", "host": facts.get("host", "db1"),
+                   "database": facts.get("home", "/env")}, handle)
     if complete:
         open(os.path.join(path, "COMPLETE"), "w", encoding="utf-8").close()
     return path

@@ -194,7 +194,7 @@ def test_success_writes_manifest_report_and_complete(tmp_path, fakedb, tmpfs_fac
     run = run_playbook("backup.yml", one_host(tmp_path), job_vars(fakedb, media.path, backup_id="b1"))
     assert run.rc == 0, run
     set_dir = os.path.join(media.path, "b1")
-    assert sorted(os.listdir(set_dir)) == ["COMPLETE", "data", "manifest.json", "phases.jsonl", "report.json"]
+    assert sorted(os.listdir(set_dir)) == ["COMPLETE", "data", "manifest.json", "phases.jsonl", "report.json", "set.json"]
     manifest = load_json(os.path.join(set_dir, "manifest.json"))
     files = [entry for entry in manifest["files"] if entry["type"] == "file"]
     assert len(files) == 4

@@ -87,11 +87,11 @@ options:
     type: int
     default: 120
   max_quiesce:
-    description: The hard maximum, in seconds, that the database may stay out of its normal state (C(backup_max_quiesce)).
+    description: The hard maximum, in seconds, that the database may stay out of its normal state (C(backup_max_quiesce)); at least 1.
     type: int
     default: 21600
   retries:
-    description: Attempts of post when the guard runs it (the job's C(backup_retries)).
+    description: Attempts of post when the guard runs it (the job's C(backup_retries)); at least 1.
     type: int
     default: 3
   retry_delay:
@@ -99,7 +99,7 @@ options:
     type: int
     default: 5
   post_timeout:
-    description: Seconds one attempt of a post command may take before it is killed.
+    description: Seconds one attempt of a post command may take before it is killed; at least 1.
     type: int
     default: 600
   runtime_dir:

@@ -104,7 +104,7 @@ options:
       - For O(state=open), the process that owns this run on the host, the run's guard (M(consistent.backup.backup_guard)'s
         RV(consistent.backup.backup_guard#module:pid)). The lock records it with the host, boot id and process start
         time; when that process is provably gone (same host, process gone or host rebooted), a later run takes the
-        lock over and reports it in RV(broke_stale_lock).
+        lock over and reports it in RV(broke_stale_lock). At least 1.
     type: int
 extends_documentation_fragment:
   - consistent.backup._attributes

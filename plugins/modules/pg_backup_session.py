@@ -81,13 +81,13 @@ options:
   max_duration:
     description:
       - Seconds the holder keeps the backup open at most. When they pass, it closes its connection (the server aborts
-        the backup) and records the session as C(expired); a later O(state=stopped) fails.
+        the backup) and records the session as C(expired); a later O(state=stopped) fails. At least 1.
     type: int
     default: 21600
   keepalive_interval:
     description:
       - Seconds between the holder's C(SELECT pg_backend_pid()) statements, which keep the session from looking idle
-        and prove it still talks to the same backend (a pooler moving the session aborts the backup).
+        and prove it still talks to the same backend (a pooler moving the session aborts the backup). At least 1.
     type: int
     default: 10
   archive_timeout:

@@ -59,7 +59,7 @@ options:
     type: str
     default: postgres
   port:
-    description: The port the restored server listens on.
+    description: The port the restored server listens on (at least 1).
     type: int
     required: true
   socket_dir:

@@ -66,7 +66,7 @@ options:
     description: The backup set directory on disk (O(state=verified) and O(state=copied)).
     type: path
   file_number:
-    description: With O(state=verified), the tape file the set was written to (from O(state=positioned)).
+    description: With O(state=verified), the tape file the set was written to (from O(state=positioned)); V(-1) (the default) when not known.
     type: int
     default: -1
   ledger:

@@ -263,5 +263,17 @@ def test_bad_input_is_refused_naming_the_option_without_a_traceback(case, capsys
     if (case.module, case.key, case.kind) in UNNAMED_BY_ANSIBLE:
         return
     assert names_the_option(case, msg), "%s: the message does not name %s: %s" % (case.id, case.shown, msg)
+    if msg.startswith(case.shown + " must"):
+        assert result.get("retryable") is False, "%s: bad input is not fixed by a retry" % case.id
     if case.secret:
         assert "a\nb" not in msg
+
+
+@pytest.mark.parametrize("module, option", [("tape_changer", "mtx"), ("tape_status", "tapeinfo")])
+def test_a_program_given_by_its_bare_name_passes_the_option_check(module, option, capsys, tmp_path, monkeypatch):
+    # Declared command_ok: a bare name is looked up on PATH ("relative/dir", with a slash, is refused above).
+    monkeypatch.chdir(tmp_path)
+    args = with_tmp(BASELINE[module], str(tmp_path))
+    args[option] = "no-such-program-here"
+    result = module_result(importlib.import_module(PACKAGE + module), capsys, check_mode=True, **args)
+    assert not str(result.get("msg", "")).startswith(option + " must"), result

@@ -16,6 +16,10 @@ class ModuleDocFragment:
 
     DOCUMENTATION = r'''
 options: {}
+notes:
+  - Every option is checked before anything runs, in check mode too (plugins/module_utils/_options.py) - a path must be
+    absolute, a number 0 or more (or the lowest value its description gives), a string non-empty and one line; a
+    failure names the option and is not retried.
 attributes:
   check_mode:
     description: Can run in C(check_mode) and return changed status prediction without modifying target.

@@ -23,7 +23,7 @@ options:
     type: str
     aliases: [host]
   login_port:
-    description: Server port. Not set means libpq's default (C(PGPORT), 5432).
+    description: Server port, at least 1. Not set means libpq's default (C(PGPORT), 5432).
     type: int
     aliases: [port]
   login_user:

@@ -594,6 +594,8 @@ PRE_WINDOW_ARGSPEC = dict(type='dict', options=dict(
     run_id=dict(type='str', required=True),
     timeout=dict(type='int', required=True),
 ))
+# Its lowest values for _options.check_options: a bound of 0 would stop pre's call before it starts.
+PRE_WINDOW_MINIMUM = {'pre_window.timeout': 1}
 
 
 def pre_window(option: t.Optional[t.Dict[str, t.Any]], what: str) -> t.Optional[PreWindow]:

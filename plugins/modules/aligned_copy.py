@@ -527,6 +527,7 @@ import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
 from ansible_collections.consistent.backup.plugins.module_utils._copy import (
     CHANGES_CHOICES,
@@ -617,6 +618,10 @@ def main() -> None:
     began = time.monotonic()
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     PhaseLedger(module, module.params["ledger"], ledger_facts)
+    # run_id: empty is documented (any recorded list of the same sources is used again); sink.volume: its default '',
+    # only recorded; sink.file_number: -1 (the default) is "not known", the sink asks the drive.
+    check_options(module, empty_ok=("run_id", "sink.volume"), minimum={"sink.file_number": -1},
+                  units={"free_space_margin": "percent", "block_size": "bytes", "sink.block_size": "bytes"})
     params = module.params
     dest = params["dest"]
     backup_id = params["backup_id"]

@@ -100,9 +100,10 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import output_tail
-from ansible_collections.consistent.backup.plugins.module_utils._guard import PRE_WINDOW_ARGSPEC, GuardError, pre_window, run_pre
+from ansible_collections.consistent.backup.plugins.module_utils._guard import PRE_WINDOW_ARGSPEC, PRE_WINDOW_MINIMUM, GuardError, pre_window, run_pre
 
 
 def _argv(raw) -> list:
@@ -137,6 +138,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     PhaseLedger(module, module.params['ledger'])
+    check_options(module, minimum=PRE_WINDOW_MINIMUM, units={"timeout": "seconds", "pre_window.timeout": "seconds"})
     try:
         argv = _argv(module.params['argv'])
     except ValueError as exc:

@@ -87,11 +87,11 @@ options:
     type: int
     default: 120
   max_quiesce:
-    description: The hard maximum, in seconds, that the database may stay out of its normal state (C(backup_max_quiesce)).
+    description: The hard maximum, in seconds, that the database may stay out of its normal state (C(backup_max_quiesce)); at least 1.
     type: int
     default: 21600
   retries:
-    description: Attempts of post when the guard runs it (the job's C(backup_retries)).
+    description: Attempts of post when the guard runs it (the job's C(backup_retries)); at least 1.
     type: int
     default: 3
   retry_delay:
@@ -99,7 +99,7 @@ options:
     type: int
     default: 5
   post_timeout:
-    description: Seconds one attempt of a post command may take before it is killed.
+    description: Seconds one attempt of a post command may take before it is killed; at least 1.
     type: int
     default: 600
   runtime_dir:
@@ -206,6 +206,7 @@ current:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils._guard import (
     GuardDir,
     GuardError,
@@ -237,14 +238,14 @@ def main() -> None:
         required_if=[('state', 'armed', ('post', 'backup_id'))],
         supports_check_mode=True,
     )
+    # A guard needs at least one attempt of post and a bound on quiescing and on each post; 0 turns the lease off.
+    check_options(module, minimum=dict(max_quiesce=1, retries=1, post_timeout=1),
+                  units=dict(lease_seconds="seconds", max_quiesce="seconds", retry_delay="seconds", post_timeout="seconds"))
     params = module.params
     if params['state'] == 'armed':
         problem = backup_id_problem(params['backup_id'])
         if problem:
             module.fail_json(msg=problem, retryable=False)
-        for name, low in (('lease_seconds', 0), ('max_quiesce', 1), ('retries', 1), ('retry_delay', 0), ('post_timeout', 1)):
-            if params[name] < low:
-                module.fail_json(msg='%s must be at least %d; found %d' % (name, low, params[name]), retryable=False)
         if params['lease_seconds'] and params['lease_seconds'] <= params['retry_delay']:
             module.fail_json(msg='lease_seconds (%d) must be longer than retry_delay (%d): between two attempts nothing renews '
                              'the lease, so the guard would run post while the run waits; raise backup_guard_lease'

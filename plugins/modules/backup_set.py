@@ -117,7 +117,7 @@ options:
       - For O(state=open), the process that owns this run on the host, the run's guard (M(consistent.backup.backup_guard)'s
         RV(consistent.backup.backup_guard#module:pid)). The lock records it with the host, boot id and process start
         time; when that process is provably gone (same host, process gone or host rebooted), a later run takes the
-        lock over and reports it in RV(broke_stale_lock).
+        lock over and reports it in RV(broke_stale_lock). At least 1.
     type: int
 extends_documentation_fragment:
   - consistent.backup._attributes
@@ -228,6 +228,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import (
     BackupSetError,
     build_report,
@@ -278,6 +279,8 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
+    # failure: the run's failure message as the playbook saw it, a text of any lines; no process has pid 0.
+    check_options(module, multiline_ok=("failure",), minimum=dict(owner_pid=1), units=dict(stale_lock_after="seconds"))
     params = module.params
     try:
         path = set_path(params['dest'], params['backup_id'])

@@ -270,6 +270,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
 from ansible_collections.consistent.backup.plugins.module_utils._bdb import (
     BdbError, archivable_in_set, module_environment, plan_backup, previous_set, utility_argument_spec)
@@ -294,6 +295,7 @@ def main() -> None:
     )
     PhaseLedger(module, module.params['ledger'], facts=lambda result: {
         'checkpoint_lsn_before': result.get('checkpoint_lsn_before'), 'checkpoint_lsn_after': result.get('checkpoint_lsn_after')})
+    check_options(module)
     try:
         env = module_environment(module, module.params['home'])
         env.check()

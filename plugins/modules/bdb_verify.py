@@ -224,6 +224,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
 from ansible_collections.consistent.backup.plugins.module_utils._bdb import (
     BdbError, chain_logs, check_logs, check_target, find_utilities, lay_out, module_environment, plan_chain, plan_kept,
@@ -281,6 +282,7 @@ def main() -> None:
     )
     PhaseLedger(module, module.params['ledger'], facts=lambda result: {
         'verified': result.get('ok'), 'last_valid_lsn': result.get('last_valid_lsn')})
+    check_options(module)
     params = module.params
     result = {'ok': False, 'checks': []}
     scratch = None

@@ -266,9 +266,10 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils import _btrieve
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
-from ansible_collections.consistent.backup.plugins.module_utils._guard import PRE_WINDOW_ARGSPEC, GuardError, pre_window, run_pre
+from ansible_collections.consistent.backup.plugins.module_utils._guard import PRE_WINDOW_ARGSPEC, PRE_WINDOW_MINIMUM, GuardError, pre_window, run_pre
 
 
 def ledger_facts(result: dict) -> dict:
@@ -336,6 +337,10 @@ def main() -> None:
         supports_check_mode=True,
     )
     PhaseLedger(module, module.params['ledger'], ledger_facts)
+    # user, password, db: '' (the default) is an engine without security; run_id: '' (the default) is no job run, and
+    # the btrieve role passes backup_run_id | default('').
+    check_options(module, empty_ok=("user", "password", "db", "run_id"), minimum=PRE_WINDOW_MINIMUM,
+                  units={"timeout": "seconds", "pre_window.timeout": "seconds"})
     params = module.params
     if (params['password'] or params['db']) and not params['user']:
         module.fail_json(msg='password and db are the login of user, which is empty; set user (backup_btrieve_user) to the '

@@ -258,10 +258,10 @@ msg:
   sample: "/mnt/backup/postgresql has 1.0 MiB available, min_free needs 20.0 GiB. Free space on /mnt/backup or lower min_free"
 '''
 
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils._mounts import (
     MountinfoError,
     Needs,
@@ -285,10 +285,8 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
+    check_options(module)
     params = module.params
-    for option in ('path', 'mountpoint'):
-        if params[option] is not None and not os.path.isabs(params[option]):
-            module.fail_json(msg="%s must be an absolute path; found %r. Give the full path, such as /mnt/backup" % (option, params[option]))
     try:
         needs = Needs(
             mountpoint=params['mountpoint'],

@@ -81,13 +81,13 @@ options:
   max_duration:
     description:
       - Seconds the holder keeps the backup open at most. When they pass, it closes its connection (the server aborts
-        the backup) and records the session as C(expired); a later O(state=stopped) fails.
+        the backup) and records the session as C(expired); a later O(state=stopped) fails. At least 1.
     type: int
     default: 21600
   keepalive_interval:
     description:
       - Seconds between the holder's C(SELECT pg_backend_pid()) statements, which keep the session from looking idle
-        and prove it still talks to the same backend (a pooler moving the session aborts the backup).
+        and prove it still talks to the same backend (a pooler moving the session aborts the backup). At least 1.
     type: int
     default: 10
   archive_timeout:
@@ -429,8 +429,9 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
-from ansible_collections.consistent.backup.plugins.module_utils._guard import PRE_WINDOW_ARGSPEC, GuardError, pre_window, run_pre
+from ansible_collections.consistent.backup.plugins.module_utils._guard import PRE_WINDOW_ARGSPEC, PRE_WINDOW_MINIMUM, GuardError, pre_window, run_pre
 
 from ansible_collections.consistent.backup.plugins.module_utils._pg_session import (
     PSYCOPG_IMPORT_ERROR,
@@ -480,6 +481,10 @@ def main() -> None:
         supports_check_mode=True,
     )
     PhaseLedger(module, module.params['ledger'], ledger_facts)
+    # A port counts from 1; the holder's bound and its check interval are at least a second (0 would end the backup at once).
+    check_options(module, minimum=dict(PRE_WINDOW_MINIMUM, login_port=1, max_duration=1, keepalive_interval=1),
+                  units={"max_duration": "seconds", "keepalive_interval": "seconds", "archive_timeout": "seconds",
+                         "pre_window.timeout": "seconds"})
     params = module.params
     # Wrong input is refused before anything is touched, in check mode too, and never retried.
     if params['backup_id'] is not None:
@@ -487,17 +492,9 @@ def main() -> None:
             validate_backup_id(params['backup_id'])
         except SessionError as exc:
             module.fail_json(msg=exc.msg, retryable=False)
-    for option in ('max_duration', 'keepalive_interval'):
-        if params[option] <= 0:
-            module.fail_json(msg="%s must be a positive number of seconds; found %d" % (option, params[option]), retryable=False)
-    if params['archive_timeout'] < 0:
-        module.fail_json(msg="archive_timeout must be 0 or more seconds; found %d" % params['archive_timeout'], retryable=False)
     if '/' in params['data_prefix'].strip('/') or params['data_prefix'].strip('/') in ('', '.', '..'):
         module.fail_json(msg="data_prefix must be one directory name under <set_path>/data/, such as pgdata; found %r"
                          % params['data_prefix'], retryable=False)
-    if params['run_id'] is not None and not params['run_id'].strip():
-        module.fail_json(msg="run_id must name the job run (for example backup_run_id); found an empty string. Leave it out "
-                         "or pass the run's id", retryable=False)
 
     session = PgBackupSession(params, module.check_mode, module.warn)
     operations = {

@@ -59,7 +59,7 @@ options:
     type: str
     default: postgres
   port:
-    description: The port the restored server listens on.
+    description: The port the restored server listens on (at least 1).
     type: int
     required: true
   socket_dir:
@@ -208,6 +208,7 @@ settings:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils._pg_restore import RestoreError, prepare, prepare_in_place, recovery_settings
 
 
@@ -236,6 +237,7 @@ def main() -> None:
         required_if=[('data_present', True, ('label_dest',))],
         supports_check_mode=True,
     )
+    check_options(module, minimum=dict(port=1))  # a TCP port counts from 1
     params = module.params
     try:
         settings = recovery_settings(params['port'], params['wal_archive'], params['socket_dir'], params['recovery_target'],

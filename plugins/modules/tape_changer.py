@@ -128,6 +128,7 @@ tape:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils._mtx import (
     ChangerError, describe_move, find_drive, loaded_problem, parse_error, parse_status, plan_moves,
 )
@@ -184,6 +185,8 @@ def main() -> None:
         required_if=[("state", "loaded", ("slot", "barcode"), True)],
         supports_check_mode=True,
     )
+    # mtx: a bare program name is looked up on PATH; slots count from 1 (mtx).
+    check_options(module, command_ok=("mtx",), minimum=dict(slot=1), units=dict(wait_timeout="seconds"))
     params = module.params
     changer = Changer(module)
     status = changer.status()

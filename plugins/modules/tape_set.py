@@ -66,7 +66,7 @@ options:
     description: The backup set directory on disk (O(state=verified) and O(state=copied)).
     type: path
   file_number:
-    description: With O(state=verified), the tape file the set was written to (from O(state=positioned)).
+    description: With O(state=verified), the tape file the set was written to (from O(state=positioned)); V(-1) (the default) when not known.
     type: int
     default: -1
   ledger:
@@ -156,6 +156,7 @@ import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger, phases_from_ledger, read_ledger
 from ansible_collections.consistent.backup.plugins.module_utils._copy import CopyError, stream_set_to_tape
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import write_json
@@ -395,6 +396,10 @@ def main() -> None:
         required_if=[("state", "verified", ("set_path", "volume")), ("state", "copied", ("set_path", "volume"))],
         supports_check_mode=True,
     )
+    # volume: '' (the default) takes any labelled volume; file_number: -1 (the default) is "not known" (copied spaces
+    # to the end of data).
+    check_options(module, empty_ok=("volume",), minimum=dict(file_number=-1),
+                  units=dict(retention_days="days", record_size="bytes", block_size="bytes"))
     problem = record_size_problem(module.params["record_size"], module.params["block_size"])
     if problem:
         module.fail_json(msg="tape %s: %s" % (module.params["device"], problem))

@@ -201,6 +201,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils._tape import (
     NEEDS, TapeError, default_ops, parse_tapeinfo, rewinding_node_problem, sysfs_facts, unmet_needs, wait_status,
 )
@@ -229,6 +230,7 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
+    check_options(module, command_ok=("tapeinfo",), units=dict(wait_timeout="seconds"))  # tapeinfo: a bare name is looked up on PATH
     device = module.params["device"]
     problem = rewinding_node_problem(device)
     if problem:

@@ -105,9 +105,9 @@ def test_an_id_that_breaks_the_rule_is_refused_at_once_and_not_retryable(capsys,
 
 
 @pytest.mark.parametrize("args, msg", [
-    ({"max_duration": 0}, "max_duration must be a positive number of seconds; found 0"),
-    ({"keepalive_interval": -1}, "keepalive_interval must be a positive number of seconds; found -1"),
-    ({"archive_timeout": -5}, "archive_timeout must be 0 or more seconds; found -5"),
+    ({"max_duration": 0}, "max_duration must be 1 or more seconds; found 0. Give a whole number of 1 or more seconds"),
+    ({"keepalive_interval": -1}, "keepalive_interval must be 1 or more seconds; found -1. Give a whole number of 1 or more seconds"),
+    ({"archive_timeout": -5}, "archive_timeout must be 0 or more seconds; found -5. Give a whole number of 0 or more seconds"),
     ({"data_prefix": "pg/data"}, "data_prefix must be one directory name under <set_path>/data/, such as pgdata; found 'pg/data'"),
     ({"data_prefix": ".."}, "data_prefix must be one directory name under <set_path>/data/, such as pgdata; found '..'"),
 ])
@@ -120,7 +120,7 @@ def test_invalid_numbers_and_names_are_refused_naming_the_option(capsys, runtime
 def test_an_empty_run_id_is_refused(capsys, runtime_dir):
     result = run(capsys, state="stopped", backup_id="b1", run_id=" ", runtime_dir=str(runtime_dir))
     assert result["failed"] is True and result["retryable"] is False
-    assert result["msg"].startswith("run_id must name the job run")
+    assert result["msg"] == "run_id must not be empty; found ' '. Give a value, or leave run_id out"
 
 
 def test_started_stopped_and_aborted_need_a_backup_id(capsys, runtime_dir):

@@ -265,7 +265,7 @@ def test_a_directory_db_config_names_that_is_missing_is_reported_as_a_layout_pro
 
 # --- the plan: full or incremental, decided before pre ---------------------------------------------------------
 
-LIVE = ["logs/log.0000000005", "logs/log.0000000006", "logs/log.0000000007"]
+LIVE = ("logs/log.0000000005", "logs/log.0000000006", "logs/log.0000000007")
 
 
 def chain_of_two(dest, host="db1"):

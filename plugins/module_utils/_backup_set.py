@@ -421,12 +421,22 @@ def close_set(path: str, backup_id: str, run_id: str, engine: str, phases: t.Dic
     identity = _sets.read_identity(path) or {}
     report["host"] = identity.get("host") or report["host"]
     report["database"] = identity.get("database")
+    # The engine's section of the report starts from what the set records about itself (manifest.json's facts under
+    # the engine's name), with how many sources changed while they were read; the engine's report adds to it.
+    recorded = ((manifest or {}).get("facts") or {}).get(engine)
+    if isinstance(recorded, dict):
+        section = dict(recorded, changed_during_copy=len((manifest or {}).get("changed_during_copy") or []))
+        section.update(extra.get(engine) or {})
+        extra = dict(extra, **{engine: section})
+    # The engine's report (and the guard's record) add facts before the verdict is settled, and never replace one the
+    # verdict rests on: an engine report with a 'verdict' or 'failure' key decides nothing.
+    for key, value in extra.items():
+        report.setdefault(key, value)
     if report["verdict"] == "success":
         missing = missing_for_complete(path, require, manifest_problem)
         if missing:
             report["verdict"] = "failed"
             report["failure"] = "the set lacks %s, so it is not marked COMPLETE" % ", ".join(missing)
-    report.update(extra)
     report["lock_taken_over"] = (lock or {}).get("took_over")
     report["complete"] = report["verdict"] == "success"
     atomic_write(os.path.join(path, REPORT_NAME), (json.dumps(report, indent=2, sort_keys=False) + "\n").encode("utf-8"), 0o640)

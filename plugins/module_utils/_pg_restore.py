@@ -23,9 +23,9 @@ import os
 import pwd
 import re
 import stat
+import time
 import typing as t
 
-from ansible_collections.consistent.backup.plugins.module_utils import _layout
 from ansible_collections.consistent.backup.plugins.module_utils import _restore_gate as _gate
 from ansible_collections.consistent.backup.plugins.module_utils import _sets
 from ansible_collections.consistent.backup.plugins.module_utils._copy import CopyError, DirectorySink, FileMeta, copy_file
@@ -555,3 +555,69 @@ def prepare(backup_dest: t.Optional[str], backup_id: str, label_dest: t.Optional
         left = _undo(target, target_before, tablespace_dir, tablespace_dir_before, plan["tablespaces"])
         raise RestoreError(_gate.undo_message(target, reason, left)) from None
     return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Starting the restored server: pg_ctl as the server's user, wait for promotion, read what recovery did.
+# --------------------------------------------------------------------------------------------------------------
+
+Runner = t.Callable[[t.List[str]], t.Tuple[int, str, str]]
+_REDO_RE = re.compile(r"redo starts at ([0-9A-F]+/[0-9A-F]+)")
+_CONSISTENT_RE = re.compile(r"consistent recovery state reached at ([0-9A-F]+/[0-9A-F]+)")
+LOG_NAME = "restore.log"
+
+
+def server_bindir(server_version_num: int, bindir: t.Optional[str]) -> str:
+    """The binaries of the backed-up major version (Debian's layout unless ``bindir`` is given); refused without pg_ctl."""
+    chosen = bindir or "/usr/lib/postgresql/%d/bin" % (int(server_version_num) // 10000)
+    if not os.access(os.path.join(chosen, "pg_ctl"), os.X_OK):
+        raise RestoreError("%s/pg_ctl not found; the set is from PostgreSQL %s and must be started by the same major "
+                           "version. Install it or set restore_bindir" % (chosen, server_version_num))
+    return chosen
+
+
+def log_tail(target: str, lines: int = 15) -> str:
+    try:
+        with open(os.path.join(target, LOG_NAME), "r", encoding="utf-8", errors="replace") as handle:
+            return " | ".join(handle.read().splitlines()[-lines:])
+    except OSError as exc:
+        return "(no %s: %s)" % (LOG_NAME, exc.strerror)
+
+
+def start_server(target: str, bindir: str, owner: str, port: int, socket_dir: str, timeout: int, run: Runner,
+                 clock: t.Callable[[], float] = time.monotonic, pause: t.Callable[[float], None] = time.sleep
+                 ) -> t.Dict[str, t.Any]:
+    """Start the restored server as ``owner``, wait until recovery is over and it is promoted (or ``timeout``
+    seconds), and report the new timeline, the current WAL position and, from its log, where redo started and
+    where it became consistent. A failure says why with the last lines of the server's log."""
+    as_owner = ["runuser", "-u", owner, "--"]
+    rc, out, err = run(as_owner + [os.path.join(bindir, "pg_ctl"), "-D", target, "-l", os.path.join(target, LOG_NAME),
+                                   "-w", "-t", str(timeout), "start"])
+    if rc != 0:
+        raise RestoreError("the restored server in %s did not start (pg_ctl rc %d: %s). Last lines of %s/%s: %s"
+                           % (target, rc, (err or out).strip(), target, LOG_NAME, log_tail(target)))
+    psql = as_owner + [os.path.join(bindir, "psql"), "-h", socket_dir, "-p", str(port), "-d", "postgres", "-XAt", "-c"]
+    deadline = clock() + timeout
+    while True:
+        rc, out, err = run(psql + ["SELECT pg_is_in_recovery()"])
+        if rc == 0 and out.strip() == "f":
+            break
+        if clock() >= deadline:
+            raise RestoreError("the restored server in %s did not finish recovery within %d s (restore_timeout; last "
+                               "answer: %s). Check that the WAL archive holds the segments the set needs. Last lines "
+                               "of %s/%s: %s" % (target, timeout, (out or err).strip() or "none", target, LOG_NAME,
+                                                 log_tail(target)))
+        pause(0.2)
+    rc, out, err = run(psql + ["SELECT pg_walfile_name(pg_current_wal_lsn()) || '|' || pg_current_wal_lsn()"])
+    if rc != 0 or "|" not in out:
+        raise RestoreError("the restored server in %s is up but its WAL position cannot be read (%s)" % (target, err.strip()))
+    walfile, lsn = out.strip().split("|", 1)
+    try:
+        with open(os.path.join(target, LOG_NAME), "r", encoding="utf-8", errors="replace") as handle:
+            log = handle.read()
+    except OSError:
+        log = ""
+    redo, consistent = _REDO_RE.search(log), _CONSISTENT_RE.search(log)
+    return {"timeline": int(walfile[:8], 16), "current_lsn": lsn, "walfile": walfile,
+            # a log without these lines (other log settings) reports an empty value instead of failing the restore
+            "first_lsn_replayed": redo.group(1) if redo else "", "consistent_at": consistent.group(1) if consistent else ""}

@@ -58,17 +58,10 @@ options:
     type: str
   database:
     description:
-      - For O(state=open), the database the engine declared (its key: a PostgreSQL data directory, a Berkeley DB home,
+      - For O(state=open), the database the engine declared (its key - a PostgreSQL data directory, a Berkeley DB home,
         the Btrieve files), recorded in the set's C(set.json), so that C(latest) is chosen among the sets of one
         database.
     type: str
-  phases:
-    description:
-      - For O(state=closed), phases to add to or override the ledger's, keyed by phase name.
-      - Each value is a dict with C(start) and C(end) (epoch seconds), C(attempts), C(result) (C(ok), C(failed),
-        C(skipped) or C(not run)) and C(msg).
-    type: dict
-    default: {}
   guard:
     description: For O(state=closed), the result of M(consistent.backup.backup_guard) O(consistent.backup.backup_guard#module:state=armed), for the report.
     type: dict
@@ -83,9 +76,6 @@ options:
         RV(readiness).
     type: dict
     default: {}
-  failure:
-    description: For O(state=closed), the reason the run failed, as the playbook saw it.
-    type: str
   require:
     description:
       - For O(state=closed), files (relative to the set) that must exist before C(COMPLETE) is written,
@@ -158,10 +148,6 @@ EXAMPLES = r'''
     state: closed
     engine: postgresql
     require: [backup_label]
-    phases:
-      pre: {start: 1795251581.0, end: 1795251581.4, attempts: 1, result: ok}
-      copy: {start: 1795251581.4, end: 1795251590.1, attempts: 1, result: ok}
-      post: {start: 1795251590.1, end: 1795251590.5, attempts: 1, result: ok}
 '''
 
 RETURN = r'''
@@ -266,8 +252,6 @@ def main() -> None:
             engine=dict(type='str', default='files'),
             host=dict(type='str'),
             database=dict(type='str'),
-            phases=dict(type='dict', default={}),
-            failure=dict(type='str'),
             require=dict(type='list', elements='str', default=[]),
             require_phases=dict(type='list', elements='str', default=[]),
             extra=dict(type='dict', default={}),
@@ -308,8 +292,7 @@ def main() -> None:
         guard = guard_section(params['guard'], params['guard_disarmed'])
         if module.check_mode:
             manifest, _problem = read_manifest(path)
-            report = build_report(params['backup_id'], params['engine'], params['phases'], manifest,
-                                  params['failure'], check_mode=True)
+            report = build_report(params['backup_id'], params['engine'], {}, manifest, None, check_mode=True)
             report['guard'] = guard
             readiness = ['the medium %s passed its checks; set %s could be opened' % (params['dest'], path),
                          'the guard would hold: %s' % (params['guard'].get('post_what') or 'nothing')]
@@ -322,8 +305,8 @@ def main() -> None:
                              quiesce_seconds=report['quiesce_seconds'], released=False, readiness=readiness,
                              summary=summary(report, path), failure_message=failure_message(report, path))
         held_before = read_lock(path)
-        report = close_set(path, params['backup_id'], params['run_id'], params['engine'], params['phases'],
-                           params['failure'], params['require'], dict(params['extra'], guard=guard),
+        report = close_set(path, params['backup_id'], params['run_id'], params['engine'], {},
+                           None, params['require'], dict(params['extra'], guard=guard),
                            require_phases=params['require_phases'])
         module.exit_json(changed=True, set_path=path, report=report, verdict=report['verdict'],
                          complete=report['complete'], quiesce_seconds=report['quiesce_seconds'],

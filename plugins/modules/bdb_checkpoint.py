@@ -25,7 +25,7 @@ description:
   - The utilities are found as C(db5.3_X), then C(db_X) on the PATH (or with O(utility_prefix), or in O(bindir)), and
     always run with C(LC_ALL=C).
   - With O(backup_dest) it also returns RV(previous_set), the newest C(COMPLETE) set of this environment (and of
-    O(set_host)) there (the base an incremental backup builds on), and with O(plan) the backup's RV(plan): full or
+    O(set_host)) there (the base an incremental backup builds on), and with O(plan) the backup's RV(plan) - full or
     incremental, decided before pre with the whole chain resolved.
   - With O(archive_set) it removes, after the checkpoint, exactly the logs C(db_archive -a) says are no longer needed
     AND that the given C(COMPLETE), verified set holds with the same size and SHA-256 - never C(db_archive -d).
@@ -49,7 +49,7 @@ options:
     type: path
   set_host:
     description:
-      - With O(backup_dest), only sets of this host (recorded in the set's C(set.json) when it was opened: the job
+      - With O(backup_dest), only sets of this host (recorded in the set's C(set.json) when it was opened - the job
         variable C(backup_host), by default the inventory hostname) are candidates for RV(previous_set), so two hosts
         with the same home on one destination never build on each other's sets. Leave out to consider every host.
     type: str

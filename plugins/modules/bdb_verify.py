@@ -205,6 +205,13 @@ removed_by_recovery:
   type: list
   elements: str
   sample: []
+verification:
+  description:
+    - A passed proof as C(report.json) records it (the bdb section's C(verification)) - C(ok), C(chain), C(checks),
+      C(databases), C(last_valid_lsn), C(laid_out), C(seconds) (C(layout), C(recover), C(db_verify)), C(recover_dir)
+      and C(recovery_checkpoint_lsn).
+  returned: success, not in check mode
+  type: dict
 ok:
   description: Whether every check passed (the module fails otherwise).
   returned: always
@@ -364,7 +371,18 @@ def main() -> None:
                          % (result.get('backup_id'), '; '.join(failed), (' (failed databases: %s)' % ', '.join(bad)) if bad else '',
                             _undo(written, None)),
                          retryable=False, **result)
+    result['verification'] = verification_record(result, params['keep_dir'])
     module.exit_json(changed=bool(params['target']), **result)
+
+
+def verification_record(result: dict, keep_dir) -> dict:
+    """What report.json records of a passed proof (the bdb section's verification), from the proof's result."""
+    return {'ok': result.get('ok'), 'chain': result.get('chain'), 'checks': result.get('checks', []),
+            'databases': result.get('databases', []), 'last_valid_lsn': result.get('last_valid_lsn'),
+            'laid_out': result.get('laid_out'),
+            'seconds': {'layout': result.get('layout_seconds'), 'recover': result.get('recover_seconds'),
+                        'db_verify': result.get('db_verify_seconds')},
+            'recover_dir': keep_dir or None, 'recovery_checkpoint_lsn': result.get('recovery_checkpoint_lsn')}
 
 
 def _undo(written, scratch):

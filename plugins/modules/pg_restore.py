@@ -35,7 +35,11 @@ description:
     C(tablespace_map) for their new places; leaves C(pg_wal) empty; writes
     C(recovery.signal) and the recovery settings (C(restore_command) from O(wal_archive), the recovery target,
     C(recovery_target_action), C(archive_mode=off), O(port)) into C(postgresql.auto.conf).
-  - It does not start the server; C(playbooks/restore.yml) does, and reports the timeline and the first LSN replayed.
+  - With O(start), it then starts the restored server as O(owner) (C(pg_ctl -w) with the binaries of the set's major
+    version, O(bindir)), waits until recovery is over and the server is promoted (at most O(start_timeout) seconds),
+    and returns RV(started) - the new timeline, the current WAL position, and from the server's log where redo
+    started and where recovery became consistent. A server that does not come up fails with the last lines of its
+    log (C(<target>/restore.log)). The server is left running; stop it with C(pg_ctl -D <target> stop).
 options:
   backup_dest:
     description: Where the backup sets are (C(<backup_dest>/<backup_id>)). May be left out when the label store names the set.
@@ -104,6 +108,17 @@ options:
         put in place. Tablespaces stay where the backup software restored them (the paths in C(tablespace_map)).
     type: bool
     default: false
+  start:
+    description: Start the restored server and wait for its promotion (see the description). Not in check mode.
+    type: bool
+    default: false
+  bindir:
+    description: The server binaries (C(pg_ctl), C(psql)); default C(/usr/lib/postgresql/<major>/bin) of the set's version.
+    type: path
+  start_timeout:
+    description: Seconds the start and the recovery may take together, with O(start).
+    type: int
+    default: 600
 extends_documentation_fragment:
   - consistent.backup._attributes
   - consistent.backup._attributes.actiongroup_all
@@ -204,12 +219,21 @@ settings:
   description: The recovery settings written to postgresql.auto.conf.
   returned: always
   type: dict
+started:
+  description:
+    - With O(start), what the promoted server reports - C(timeline) (the new timeline), C(current_lsn), C(walfile),
+      C(first_lsn_replayed) and C(consistent_at) (from its log; empty when the log lacks those lines), and C(bindir).
+  returned: when start is true and not in check mode
+  type: dict
+  sample: {timeline: 2, current_lsn: 0/3000148, walfile: 000000020000000000000003, first_lsn_replayed: 0/2000028,
+           consistent_at: 0/2000138, bindir: /usr/lib/postgresql/15/bin}
 '''
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
-from ansible_collections.consistent.backup.plugins.module_utils._pg_restore import RestoreError, prepare, prepare_in_place, recovery_settings
+from ansible_collections.consistent.backup.plugins.module_utils._pg_restore import (
+    RestoreError, prepare, prepare_in_place, recovery_settings, server_bindir, start_server)
 
 
 def main() -> None:
@@ -232,6 +256,9 @@ def main() -> None:
             data_present=dict(type='bool', default=False),
             set_host=dict(type='str'),
             set_database=dict(type='str'),
+            start=dict(type='bool', default=False),
+            bindir=dict(type='path'),
+            start_timeout=dict(type='int', default=600),
         ),
         required_one_of=[('backup_dest', 'label_dest')],
         required_if=[('data_present', True, ('label_dest',))],
@@ -249,6 +276,14 @@ def main() -> None:
             result = prepare(params['backup_dest'], params['backup_id'], params['label_dest'], params['target'],
                              params['tablespace_dir'] or params['target'].rstrip('/') + '_tablespaces', params['owner'],
                              settings, params['verify'], module.check_mode, params['set_host'], params['set_database'])
+        if params['start'] and result.get('server_version_num'):
+            bindir = server_bindir(result['server_version_num'], params['bindir'])
+            if not module.check_mode:
+                result['started'] = dict(start_server(
+                    params['target'], bindir, params['owner'], params['port'], params['socket_dir'],
+                    params['start_timeout'], lambda argv: module.run_command(argv, environ_update={'LANG': 'C', 'LC_ALL': 'C'})),
+                    bindir=bindir)
+                result['changed'] = True
     except RestoreError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

@@ -393,3 +393,21 @@ def test_a_secret_echoed_in_a_failure_is_masked_in_the_ledger_and_in_report_json
         assert "s3cret" not in handle.read()
     # The module's own result is masked by AnsibleModule (fail_json), which gets it unchanged.
     assert "s3cret" in module.exited[1]["msg"]
+
+
+def test_an_engine_report_with_a_verdict_key_does_not_change_the_verdict(tmp_path):
+    path = bs.open_set(str(tmp_path), "b1", "run-1", None)["set_path"]
+    # no manifest: the set is not complete, whatever the engine's report says
+    report = bs.close_set(path, "b1", "run-1", "files", PHASES_OK, None, [],
+                          {"verdict": "success", "complete": True, "failure": None, "engine_fact": 7})
+    assert (report["verdict"], report["complete"], report["engine_fact"]) == ("failed", False, 7)
+    assert report["failure"].startswith("the set lacks manifest.json")
+    assert not os.path.exists(os.path.join(path, "COMPLETE"))
+
+
+def test_open_records_whose_set_it_is(tmp_path):
+    opened = bs.open_set(str(tmp_path), "b1", "run-1", None, engine="bdb", host="db1", database="/srv/env")
+    assert opened["identity"] == {"format": 1, "backup_id": "b1", "engine": "bdb", "host": "db1",
+                                  "database": "/srv/env", "run_id": "run-1"}
+    with open(os.path.join(opened["set_path"], "set.json"), encoding="utf-8") as handle:
+        assert json.load(handle) == opened["identity"]

@@ -265,7 +265,7 @@ def test_a_directory_db_config_names_that_is_missing_is_reported_as_a_layout_pro
 
 # --- the plan: full or incremental, decided before pre ---------------------------------------------------------
 
-LIVE = ["logs/log.0000000005", "logs/log.0000000006", "logs/log.0000000007"]
+LIVE = ("logs/log.0000000005", "logs/log.0000000006", "logs/log.0000000007")
 
 
 def chain_of_two(dest, host="db1"):
@@ -336,3 +336,14 @@ def test_hot_and_offline_plans_need_no_previous_set(tmp_path):
     with pytest.raises(_bdb.BdbError) as caught:
         plan(str(tmp_path), full_every=0, mode="hot")
     assert "backup_bdb_full_every must be 1 or more; found 0" in str(caught.value)
+
+
+def test_latest_is_the_newest_bdb_set_when_another_engines_set_is_newer(tmp_path):
+    dest = str(tmp_path)
+    make_set(dest, "f1", {"home": "/env", "mode": "hot"})
+    os.makedirs(os.path.join(dest, "pg1"))
+    with open(os.path.join(dest, "pg1", "set.json"), "w", encoding="utf-8") as handle:
+        json.dump({"engine": "postgresql", "host": "db1", "database": "/pgdata"}, handle)
+    open(os.path.join(dest, "pg1", "COMPLETE"), "w", encoding="utf-8").close()
+    os.utime(os.path.join(dest, "pg1", "COMPLETE"), (4e9, 4e9))
+    assert [link["backup_id"] for link in _bdb.resolve_chain(dest, "latest", set_host="db1")] == ["f1"]

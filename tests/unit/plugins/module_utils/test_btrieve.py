@@ -6,6 +6,7 @@ the module's record, stale deltas; butil is a scripted runner here."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -245,3 +246,13 @@ def test_discard_keeps_each_delta_aside_before_it_deletes_it(tmp_path):
     assert not os.path.exists(delta)
     assert kept[0]["delta"] == delta and os.path.getsize(kept[0]["kept"]) == 100
     assert kept[0]["kept"].endswith(delta) and os.path.exists(path)
+
+
+def test_latest_is_the_newest_btrieve_set_when_another_engines_set_is_newer(tmp_path):
+    for name, engine, when in (("bt1", "btrieve", 1e9), ("pg1", "postgresql", 4e9)):
+        os.makedirs(os.path.join(str(tmp_path), name))
+        with open(os.path.join(str(tmp_path), name, "set.json"), "w", encoding="utf-8") as handle:
+            json.dump({"engine": engine, "host": "db1", "database": "x"}, handle)
+        open(os.path.join(str(tmp_path), name, "COMPLETE"), "w", encoding="utf-8").close()
+        os.utime(os.path.join(str(tmp_path), name, "COMPLETE"), (when, when))
+    assert b.resolve_complete_set(str(tmp_path), "latest", "db1") == os.path.join(str(tmp_path), "bt1")

@@ -136,3 +136,17 @@ def test_data_present_needs_a_label_store(tmp_path, capsys):
     result = run(capsys, **restore_args(tmp_path / "media", tmp_path / "t", data_present=True))
     assert result["failed"] is True
     assert result["msg"] == "data_present is True but all of the following are missing: label_dest"
+
+
+def test_latest_is_the_newest_postgresql_set_when_another_engines_set_is_newer(tmp_path, capsys):
+    build_set(tmp_path / "media", "pg1")
+    newer = tmp_path / "media" / "files1"
+    os.makedirs(str(newer / "data"))
+    with open(str(newer / "manifest.json"), "w", encoding="utf-8") as handle:
+        json.dump({"format": 1, "engine": "files", "files": []}, handle)
+    with open(str(newer / "COMPLETE"), "w", encoding="utf-8") as handle:
+        handle.write("{}")
+    os.utime(str(newer / "COMPLETE"), (4e9, 4e9))
+    result = run(capsys, _ansible_check_mode=True, **restore_args(tmp_path / "media", tmp_path / "restored", backup_id="latest"))
+    assert result.get("failed") is not True, result.get("msg")
+    assert result["backup_id"] == "pg1"

@@ -128,7 +128,7 @@ class PlanKey:
 class CopyPlan:
     """What a copy will do, in order. ``vanished`` lists paths already gone during the walk.
 
-    ``key`` set (by ``plan_attempt``) makes ``run_copy`` record the list before it copies and remove the
+    ``key`` set (by ``plan_attempt``) makes ``_copy.run_copy`` record the list before it copies and remove the
     record once the copy succeeded; ``resumed`` says the list is a recorded first attempt's (plus new files).
     """
 
@@ -459,7 +459,7 @@ def discard_plan(set_path: str) -> bool:
 
 
 def plan_attempt(sources: t.Sequence[Source], create_dirs: t.Sequence[str], set_path: str, run_id: str = "") -> CopyPlan:
-    """The list one attempt of a retried copy must copy (read-only; ``run_copy`` records it).
+    """The list one attempt of a retried copy must copy (read-only; ``_copy.run_copy`` records it).
 
     The first attempt walks the sources. A later attempt of the same request (same normalised sources and
     create_dirs) and the same ``run_id`` walks again and adds every item of the recorded list: files that
@@ -566,7 +566,7 @@ def phase_row(rows: t.Dict[int, t.Dict[str, t.Any]], phase: int, template: t.Dic
 
 
 def summarize_plan(plan: CopyPlan, set_path: str) -> t.Dict[str, t.Any]:
-    """What ``run_copy`` would do, without writing anything (check mode).
+    """What ``_copy.run_copy`` would do, without writing anything (check mode).
 
     A file counts as identical when the set's manifest (or a killed run's journal) has it with the source's size, mtime and
     mode and the copy on the medium has that size. Unlike a real run, check mode does not re-read

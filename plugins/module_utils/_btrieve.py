@@ -40,8 +40,7 @@ from ansible_collections.consistent.backup.plugins.module_utils import _detach
 from ansible_collections.consistent.backup.plugins.module_utils import _restore_gate as _gate
 from ansible_collections.consistent.backup.plugins.module_utils import _sets
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir, output_tail, write_json
-from ansible_collections.consistent.backup.plugins.module_utils._layout import (
-    COMPLETE_NAME, DATA_DIR, MANIFEST_NAME, backup_id_problem, default_runtime_dir, set_path, utc_iso)
+from ansible_collections.consistent.backup.plugins.module_utils._layout import DATA_DIR, MANIFEST_NAME, default_runtime_dir, utc_iso
 from ansible_collections.consistent.backup.plugins.module_utils._mounts import MountinfoError, mount_for, read_mountinfo
 from ansible_collections.consistent.backup.plugins.module_utils._secrets import mask, mask_data
 

@@ -72,6 +72,7 @@ PROGRESS_INTERVAL = 0.5
 
 Progress = t.Callable[[int], None]
 
+
 @dataclass
 class CopyResult:
     """What ``run_copy`` did; ``as_dict()`` gives the module's return values."""
@@ -891,4 +892,3 @@ def _stream_one_file(copier: _Copier, stream: StreamSink, ring: Ring, item: Item
     copier.entries.append(entry)
     if copier.progress is not None:
         copier.progress(copier.bytes_done)
-

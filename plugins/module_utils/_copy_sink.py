@@ -356,7 +356,6 @@ class DirectorySink:
         return removed
 
 
-
 class StreamSink:
     """The stream destination of the copy engine: one position, so one file at a time, in plan order.
 
@@ -439,4 +438,3 @@ def copy_file(src_fd: int, destination: str, meta: FileMeta, read_size: int = DE
     if one_off:
         sink.barrier()  # the new name too
     return size, digest
-

@@ -75,7 +75,6 @@ def default_opener(path: str, flags: int) -> int:
     return os.open(path, flags)
 
 
-
 class _Job:
     """One file going through the ring: its hash, its output fd and the first write error."""
 
@@ -282,8 +281,6 @@ class Ring:
             self.free.put(slot)
 
 
-
-
 def stream_file(src_fd: int, out_fd: t.Optional[int], view: memoryview, reader: Reader, writer: Writer,
                 direct: bool = False) -> t.Tuple[str, int]:
     """Read ``src_fd`` to its end in requests of ``len(view)`` bytes from aligned offsets, hashing each and writing it to ``out_fd``.
@@ -324,7 +321,6 @@ def stream_file(src_fd: int, out_fd: t.Optional[int], view: memoryview, reader: 
     return hasher.hexdigest(), offset
 
 
-
 def hash_file(src_fd: int, read_size: int = DEFAULT_READ_SIZE) -> t.Tuple[str, int]:
     """(sha256 hex, bytes) of the open file ``src_fd``, read the engine's way (aligned requests of ``read_size``)."""
     buffer = mmap.mmap(-1, read_size)
@@ -334,4 +330,3 @@ def hash_file(src_fd: int, read_size: int = DEFAULT_READ_SIZE) -> t.Tuple[str, i
     finally:
         view.release()
         buffer.close()
-

@@ -25,7 +25,6 @@ import re
 import stat
 import typing as t
 
-from ansible_collections.consistent.backup.plugins.module_utils import _layout
 from ansible_collections.consistent.backup.plugins.module_utils import _restore_gate as _gate
 from ansible_collections.consistent.backup.plugins.module_utils import _sets
 from ansible_collections.consistent.backup.plugins.module_utils._copy_plan import CopyError

@@ -78,21 +78,22 @@ def vm_hwm_kib() -> int:
 
 def child(args: argparse.Namespace) -> int:
     sys.path.insert(0, args.collections or COLLECTIONS)
-    from ansible_collections.consistent.backup.plugins.module_utils import _copy  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.consistent.backup.plugins.module_utils import _copy, _copy_plan, _copy_sink, _copy_stream
 
     if args.writeback_window is not None:
-        _copy.WRITEBACK_WINDOW = args.writeback_window
+        _copy_stream.WRITEBACK_WINDOW = args.writeback_window
     if args.buffers is not None:
-        _copy.RING_BUFFERS = args.buffers
+        _copy_stream.RING_BUFFERS = args.buffers
     if args.barrier is not None:
-        _copy.BARRIER = args.barrier
+        _copy_sink.BARRIER = args.barrier
     if args.no_early_writeback:
-        _copy.start_writeback = lambda fd: None
+        _copy_sink.start_writeback = lambda fd: None
     if args.early_writeback_min is not None:
-        _copy.EARLY_WRITEBACK_MIN = args.early_writeback_min
+        _copy_sink.EARLY_WRITEBACK_MIN = args.early_writeback_min
     tuning = {"workers": args.workers} if args.workers is not None else {}
-    sources = _copy.normalize_sources([{"path": args.src, "dest": os.path.basename(args.src)}])
-    plan = _copy.plan_copy(sources)
+    sources = _copy_plan.normalize_sources([{"path": args.src, "dest": os.path.basename(args.src)}])
+    plan = _copy_plan.plan_copy(sources)
     result = _copy.run_copy(plan, args.sets, args.backup_id, block_size=args.block_size, read_size=args.read_size,
                             direct=args.direct, engine="files", **tuning)
     with open(os.path.join(result.set_path, "manifest.json")) as handle:

@@ -28,7 +28,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
-from ansible_collections.consistent.backup.plugins.module_utils import _copy, _tape, _tar_sink  # noqa: E402
+from ansible_collections.consistent.backup.plugins.module_utils import _copy, _copy_plan, _tape, _tape_stream, _tar_sink  # noqa: E402
 
 
 class FileTape(_tape.TapeOps):
@@ -73,9 +73,9 @@ def main() -> int:
                 subprocess.run(["sync"], check=True)
                 began = time.monotonic()
                 if tool == "engine":
-                    plan = _copy.plan_copy(_copy.normalize_sources([{"path": src_dir, "dest": "src"}]))
+                    plan = _copy_plan.plan_copy(_copy_plan.normalize_sources([{"path": src_dir, "dest": "src"}]))
                     spec = _tar_sink.TarSpec(device=tape, record_size=args.record_size, file_number=0)
-                    _copy.run_copy(plan, os.path.join(work, "sets"), "b%d" % number, tar=spec, tape_ops=FileTape())
+                    _copy.run_copy(plan, os.path.join(work, "sets"), "b%d" % number, stream=_tape_stream.TarTapeSink(spec, FileTape()))
                 else:
                     subprocess.run(["dd", "if=" + src, "of=" + tape, "bs=%d" % args.record_size, "conv=fsync", "status=none"],
                                    check=True)

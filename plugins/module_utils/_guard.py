@@ -59,16 +59,13 @@ from ansible_collections.consistent.backup.plugins.module_utils import _detach
 from ansible_collections.consistent.backup.plugins.module_utils import _pg_session
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, exclusive_lock, output_tail, private_dir_problem, write_json
 from ansible_collections.consistent.backup.plugins.module_utils._layout import default_runtime_dir, utc_iso
+# The lease, ``fired`` and ``state.json``: the names the copy (``_lease.Lease``) and the guard agree on.
+from ansible_collections.consistent.backup.plugins.module_utils._lease import FIRED_NAME, LEASE_NAME, STATE_NAME
 from ansible_collections.consistent.backup.plugins.module_utils._secrets import mask
 
 GUARDS_DIR = "guards"
-STATE_NAME = "state.json"
-# The copy renews this file's mtime while it makes progress (aligned_copy's lease_file option).
-LEASE_NAME = "lease"
 # Written by the controller's post: the guard exits without running post.
 DISARM_NAME = "disarm"
-# Written by the guard before it runs post: a copy that still runs must stop, its data is not consistent.
-FIRED_NAME = "fired"
 HISTORY_DIR = "history"
 # The pre window's handshake with the guard (PreWindow): the lock, pre's start mark and its end mark.
 PRE_LOCK_NAME = "pre.lock"

@@ -28,7 +28,8 @@ import typing as t
 
 from ansible_collections.consistent.backup.plugins.module_utils import _restore_gate as _gate
 from ansible_collections.consistent.backup.plugins.module_utils import _sets
-from ansible_collections.consistent.backup.plugins.module_utils._copy import CopyError, DirectorySink, FileMeta, copy_file
+from ansible_collections.consistent.backup.plugins.module_utils._copy_plan import CopyError
+from ansible_collections.consistent.backup.plugins.module_utils._copy_sink import DirectorySink, FileMeta, copy_file
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, fsync_dir
 from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, backup_id_problem
 from ansible_collections.consistent.backup.plugins.module_utils._manifest import load_manifest

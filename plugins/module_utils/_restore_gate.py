@@ -33,7 +33,7 @@ import shutil
 import stat
 import typing as t
 
-from ansible_collections.consistent.backup.plugins.module_utils._copy import hash_file
+from ansible_collections.consistent.backup.plugins.module_utils._copy_stream import hash_file
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
 ENTRY_TYPES = ("file", "dir", "symlink")

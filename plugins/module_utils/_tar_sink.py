@@ -17,8 +17,9 @@ change without notice.
 * ``read_back`` positions on the set's file, reads the stream record by record and compares every member with the
   manifest (size and SHA-256), and the stream's manifest with the one on disk.
 
-The engine (``_copy.run_copy`` with ``tar=``) feeds the stream in plan order; the copy rules (page-aligned reads,
-changes detected, the manifest written through ``_manifest``) are the engine's, not repeated here.
+``_tape_stream.TarTapeSink`` puts these behind the copy engine's ``StreamSink`` protocol: the engine (``_copy``)
+feeds the stream in plan order; the copy rules (page-aligned reads, changes detected, the manifest written through
+``_manifest``) are the engine's, not repeated here.
 """
 
 from __future__ import annotations
@@ -314,9 +315,3 @@ def read_back(device: str, ops: TapeOps, file_number: int, record_size: int, man
         problems.append("the stream's %s differs from the set's manifest on disk" % MANIFEST_MEMBER)
     return {"verified": not problems, "problems": problems, "files_checked": len(seen), "members": members,
             "records": records, "file_number": file_number, "record_size": record_size}
-
-
-def read_back_error(device: str, exc: Exception) -> TarSinkError:
-    if isinstance(exc, TapeError):
-        return TarSinkError(str(exc))
-    return TarSinkError("tape %s: reading the set back failed: %s" % (device, exc))

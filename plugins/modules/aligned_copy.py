@@ -529,25 +529,26 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
-from ansible_collections.consistent.backup.plugins.module_utils._copy import (
+from ansible_collections.consistent.backup.plugins.module_utils._copy import run_copy
+from ansible_collections.consistent.backup.plugins.module_utils._copy_plan import (
     CHANGES_CHOICES,
     CHANGES_FAIL,
     CopyError,
     DEFAULT_BLOCK_SIZE,
     DEFAULT_FREE_SPACE_MARGIN,
-    Lease,
     add_free_space,
     check_free_space,
     normalize_sources,
     plan_attempt,
-    run_copy,
     set_path_for,
     summarize_plan,
     validate_block_sizes,
     validate_request,
 )
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import parse_size
+from ansible_collections.consistent.backup.plugins.module_utils._lease import Lease
 from ansible_collections.consistent.backup.plugins.module_utils._manifest import manifest_path
+from ansible_collections.consistent.backup.plugins.module_utils._tape_stream import TarTapeSink
 from ansible_collections.consistent.backup.plugins.module_utils._tar_sink import DEFAULT_RECORD_SIZE, TarSpec, record_size_problem
 
 
@@ -660,7 +661,7 @@ def main() -> None:
         result = run_copy(
             plan, dest, backup_id, block_size=params["block_size"], read_size=read_size, direct=params["direct"],
             engine=params["engine"], facts=params["facts"], preserve_owner=params["preserve_owner"],
-            changes=params["changes"], progress=lease, tar=tar,
+            changes=params["changes"], progress=lease, stream=TarTapeSink(tar) if tar is not None else None,
         )
     except CopyError as exc:
         facts = dict(changed_during_copy=[])

@@ -237,7 +237,7 @@ from ansible_collections.consistent.backup.plugins.module_utils._bdb import (
     BdbError, chain_logs, check_logs, check_target, find_utilities, lay_out, module_environment, plan_chain, plan_kept,
     record_kept, recorded_databases, remove_regions, remove_tree, resolve_chain, utility_argument_spec, verify_copy)
 from ansible_collections.consistent.backup.plugins.module_utils._restore_gate import GateError, Written
-from ansible_collections.consistent.backup.plugins.module_utils._copy import DirectorySink, FileMeta, copy_file
+from ansible_collections.consistent.backup.plugins.module_utils._copy_sink import DirectorySink, FileMeta, copy_file
 
 
 # Bytes per read of the layout (a whole multiple of every Berkeley DB page size, up to 64 KiB).

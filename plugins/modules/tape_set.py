@@ -158,7 +158,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger, phases_from_ledger, read_ledger
-from ansible_collections.consistent.backup.plugins.module_utils._copy import CopyError, stream_set_to_tape
+from ansible_collections.consistent.backup.plugins.module_utils._copy_plan import CopyError
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import write_json
 from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, REPORT_NAME, utc_iso
 from ansible_collections.consistent.backup.plugins.module_utils._manifest import manifest_path
@@ -166,6 +166,7 @@ from ansible_collections.consistent.backup.plugins.module_utils._tape import (
     Drive, TapeError, TapeOps, catalog_end_of_data, catalog_path, default_ops, expected_volume_problem, label_record,
     load_catalog, parse_label, unexpired_sets, update_catalog,
 )
+from ansible_collections.consistent.backup.plugins.module_utils._tape_stream import stream_set_to_tape
 from ansible_collections.consistent.backup.plugins.module_utils._tar_sink import (
     RECORD_SIZE_MAX, TarSinkError, TarSpec, read_back, record_size_problem,
 )
@@ -361,7 +362,7 @@ def copied(module: AnsibleModule, ops: TapeOps) -> None:
     post_end = (report.get("phases") or {}).get("post", {}).get("end")
     extra = {"disk_verdict": report.get("verdict"), "tape_verdict": "success", "post_end": post_end,
              "tape_start": started, "tape_end": ended, "tape_seconds": round(ended - started, 3)}
-    check_and_record(module, ops, set_path, position, p["volume"], dict(result.tape, written_by="disk_then_tape"), extra)
+    check_and_record(module, ops, set_path, position, p["volume"], dict(result.stream, written_by="disk_then_tape"), extra)
 
 
 def positioned_file(module: AnsibleModule, ops: TapeOps) -> int:

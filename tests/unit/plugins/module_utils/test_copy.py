@@ -16,12 +16,12 @@ import subprocess
 
 import pytest
 
-from ansible_collections.consistent.backup.plugins.module_utils import _copy
-from ansible_collections.consistent.backup.plugins.module_utils._copy import (
+from ansible_collections.consistent.backup.plugins.module_utils import _copy_stream
+from ansible_collections.consistent.backup.plugins.module_utils._copy import run_copy
+from ansible_collections.consistent.backup.plugins.module_utils._copy_plan import (
     CopyError,
     normalize_sources,
     plan_copy,
-    run_copy,
     summarize_plan,
     validate_block_sizes,
     validate_request,
@@ -91,7 +91,7 @@ class RecordingReader:
     def __call__(self, fd, buffer, offset):
         self.requests.append((len(buffer), offset))
         self.buffers.add(id(buffer.obj))
-        return _copy.default_reader(fd, buffer, offset)
+        return _copy_stream.default_reader(fd, buffer, offset)
 
 
 class RecordingOpener:
@@ -159,7 +159,7 @@ def test_memory_is_a_fixed_ring_of_buffers_whatever_the_file_size(src, dest):
     reader = RecordingReader()
     copy([{"path": str(src / "f"), "dest": "f"}], dest, reader=reader)
     assert len(reader.requests) == 41
-    assert len(reader.buffers) <= _copy.RING_BUFFERS
+    assert len(reader.buffers) <= _copy_stream.RING_BUFFERS
 
 
 def test_mode_and_nanosecond_mtime_are_preserved(src, dest):

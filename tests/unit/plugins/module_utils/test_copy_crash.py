@@ -16,8 +16,9 @@ import time
 
 import pytest
 
-from ansible_collections.consistent.backup.plugins.module_utils import _copy
-from ansible_collections.consistent.backup.plugins.module_utils._copy import normalize_sources, plan_attempt, run_copy
+from ansible_collections.consistent.backup.plugins.module_utils import _copy_plan
+from ansible_collections.consistent.backup.plugins.module_utils._copy import run_copy
+from ansible_collections.consistent.backup.plugins.module_utils._copy_plan import normalize_sources, plan_attempt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
@@ -34,15 +35,15 @@ CHILD = r"""
 import json, os, sys, time
 args = json.loads(sys.argv[1])
 sys.path.insert(0, args["collections"])
-from ansible_collections.consistent.backup.plugins.module_utils import _copy
+from ansible_collections.consistent.backup.plugins.module_utils import _copy, _copy_plan, _copy_stream
 _copy.JOURNAL_INTERVAL = 0.05
 
 def slow_reader(fd, buffer, offset):
     time.sleep(0.004)
-    return _copy.default_reader(fd, buffer, offset)
+    return _copy_stream.default_reader(fd, buffer, offset)
 
-sources = _copy.normalize_sources([{"path": args["src"], "dest": "tree"}])
-plan = _copy.plan_attempt(sources, [], os.path.join(args["dest"], args["backup_id"]), args["run_id"])
+sources = _copy_plan.normalize_sources([{"path": args["src"], "dest": "tree"}])
+plan = _copy_plan.plan_attempt(sources, [], os.path.join(args["dest"], args["backup_id"]), args["run_id"])
 _copy.run_copy(plan, args["dest"], args["backup_id"], block_size=args["block"], read_size=args["read"], reader=slow_reader)
 """
 
@@ -62,7 +63,7 @@ def tree(tmp_path):
 
 def journal_lines(set_path: str) -> int:
     try:
-        with open(os.path.join(set_path, _copy.JOURNAL_NAME), "rb") as handle:
+        with open(os.path.join(set_path, _copy_plan.JOURNAL_NAME), "rb") as handle:
             return handle.read().count(b"\n")
     except FileNotFoundError:
         return 0
@@ -88,7 +89,7 @@ def kill_in_the_middle(src, dest) -> str:
 
 
 def journaled(set_path: str) -> dict:
-    _existed, entries = _copy.load_journal(set_path)
+    _existed, entries = _copy_plan.load_journal(set_path)
     return entries
 
 
@@ -155,6 +156,6 @@ def test_check_mode_after_a_killed_copy_counts_what_the_journal_vouches_for_as_i
     set_path = kill_in_the_middle(src, dest)
     done = journaled(set_path)
     sources = normalize_sources([{"path": str(src), "dest": "tree"}])
-    summary = _copy.summarize_plan(plan_attempt(sources, [], set_path, RUN_ID), set_path)
+    summary = _copy_plan.summarize_plan(plan_attempt(sources, [], set_path, RUN_ID), set_path)
     assert summary["identical_files"] >= len(done)
     assert summary["to_copy"] == FILES - summary["identical_files"]

@@ -16,8 +16,10 @@ import time
 
 import pytest
 
-from ansible_collections.consistent.backup.plugins.module_utils import _copy, _manifest
-from ansible_collections.consistent.backup.plugins.module_utils._copy import CopyError, DirectorySink, normalize_sources, plan_copy, run_copy
+from ansible_collections.consistent.backup.plugins.module_utils import _copy, _copy_plan, _copy_sink, _copy_stream, _manifest
+from ansible_collections.consistent.backup.plugins.module_utils._copy import run_copy
+from ansible_collections.consistent.backup.plugins.module_utils._copy_plan import CopyError, normalize_sources, plan_copy
+from ansible_collections.consistent.backup.plugins.module_utils._copy_sink import DirectorySink
 
 BLOCK = 8192
 READ = 4 * BLOCK
@@ -120,7 +122,7 @@ def test_a_later_phase_is_written_only_after_the_earlier_phases_are_durable(src,
 def test_without_syncfs_every_file_and_every_directory_that_gained_a_name_is_fsynced(src, dest, monkeypatch):
     many(src / "a", count=5)
     many(src / "b", count=5)
-    monkeypatch.setattr(_copy, "syncfs", lambda fd: False)
+    monkeypatch.setattr(_copy_sink, "syncfs", lambda fd: False)
     synced = set()
     real_fsync = os.fsync
 
@@ -141,16 +143,16 @@ def test_without_syncfs_every_file_and_every_directory_that_gained_a_name_is_fsy
 def test_syncfs_is_used_where_the_system_has_it(dest):
     fd = os.open(str(dest), os.O_RDONLY)
     try:
-        assert _copy.syncfs(fd) is True
+        assert _copy_sink.syncfs(fd) is True
     finally:
         os.close(fd)
 
 
 def test_the_barrier_fsync_setting_uses_fsync_instead_of_syncfs(dest, monkeypatch):
-    monkeypatch.setattr(_copy, "BARRIER", _copy.BARRIER_FSYNC)
+    monkeypatch.setattr(_copy_sink, "BARRIER", _copy_sink.BARRIER_FSYNC)
     fd = os.open(str(dest), os.O_RDONLY)
     try:
-        assert _copy.syncfs(fd) is False
+        assert _copy_sink.syncfs(fd) is False
     finally:
         os.close(fd)
 
@@ -158,13 +160,13 @@ def test_the_barrier_fsync_setting_uses_fsync_instead_of_syncfs(dest, monkeypatc
 def test_writeback_of_every_file_is_started_before_it_is_named(src, dest, monkeypatch):
     many(src, count=6)
     started = []
-    real = _copy.start_writeback
+    real = _copy_sink.start_writeback
 
     def recording(fd):
         started.append(os.fstat(fd).st_size)
         real(fd)
 
-    monkeypatch.setattr(_copy, "start_writeback", recording)
+    monkeypatch.setattr(_copy_sink, "start_writeback", recording)
     copy([{"path": str(src), "dest": "s"}], dest)
     assert started == [BLOCK] * 6
 
@@ -175,13 +177,13 @@ def test_a_medium_that_fails_the_barrier_fails_the_copy_and_nothing_vouches_for_
     def failing_syncfs(fd):
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(_copy, "syncfs", failing_syncfs)
-    monkeypatch.setattr(_copy, "BARRIER_FSYNC_FILES", 0)
+    monkeypatch.setattr(_copy_sink, "syncfs", failing_syncfs)
+    monkeypatch.setattr(_copy_sink, "BARRIER_FSYNC_FILES", 0)
     with pytest.raises(CopyError, match=r"syncing the filesystem of .*\[Errno 5\]") as caught:
         copy([{"path": str(src), "dest": "s"}], dest)
     assert caught.value.retryable is True
     assert not os.path.exists(os.path.join(set_path(dest), "manifest.json"))
-    assert _copy.load_journal(set_path(dest))[1] == {}
+    assert _copy_plan.load_journal(set_path(dest))[1] == {}
 
 
 # -- the resume journal -------------------------------------------------------------------------------------------------
@@ -198,11 +200,11 @@ def test_the_journal_is_appended_only_after_a_barrier_and_lists_only_files_it_co
     monkeypatch.setattr(_copy, "JOURNAL_INTERVAL", 0.0)
     seen = []
     real_barrier = DirectorySink.barrier
-    journal = os.path.join(set_path(dest), _copy.JOURNAL_NAME)
+    journal = os.path.join(set_path(dest), _copy_plan.JOURNAL_NAME)
 
     def checking_barrier(sink, directories=True):
         # Every file the journal vouches for was committed before this barrier or an earlier one.
-        listed = set(_copy.load_journal(set_path(dest))[1]) if os.path.exists(journal) else set()
+        listed = set(_copy_plan.load_journal(set_path(dest))[1]) if os.path.exists(journal) else set()
         seen.append(listed)
         return real_barrier(sink, directories)
 
@@ -220,7 +222,7 @@ def test_files_a_journal_vouches_for_are_skipped_without_a_manifest(src, dest):
     with open(manifest_path) as handle:
         files = [e for e in json.load(handle)["files"] if e["type"] == "file"]
     os.unlink(manifest_path)
-    with open(os.path.join(set_path(dest), _copy.JOURNAL_NAME), "w") as handle:
+    with open(os.path.join(set_path(dest), _copy_plan.JOURNAL_NAME), "w") as handle:
         handle.write("".join(json.dumps(e) + "\n" for e in files[:7]))
         handle.write('{"path": "s/f009", "type": "fi')  # torn by the crash
     result = copy([{"path": str(src), "dest": "s"}], dest)
@@ -234,7 +236,7 @@ def test_a_journal_entry_whose_source_changed_is_copied_again(src, dest):
     with open(manifest_path) as handle:
         files = [e for e in json.load(handle)["files"] if e["type"] == "file"]
     os.unlink(manifest_path)
-    with open(os.path.join(set_path(dest), _copy.JOURNAL_NAME), "w") as handle:
+    with open(os.path.join(set_path(dest), _copy_plan.JOURNAL_NAME), "w") as handle:
         handle.write("".join(json.dumps(e) + "\n" for e in files))
     write(src / "f001", b"new content of the same page count".ljust(BLOCK, b"."))
     os.utime(str(src / "f001"), ns=(0, files[1]["mtime_ns"]))
@@ -248,7 +250,7 @@ def test_only_our_temporary_names_are_swept_after_a_killed_run(src, dest):
     data_root = dest / SET / "data"
     ours = write(data_root / "s" / ".f000.cb-4242-7.partial", b"half")
     theirs = write(data_root / "s" / ".notes.partial", b"kept")
-    write(dest / SET / _copy.JOURNAL_NAME, b"")
+    write(dest / SET / _copy_plan.JOURNAL_NAME, b"")
     copy([{"path": str(src), "dest": "s"}], dest)
     assert not ours.exists() and theirs.exists()
 
@@ -267,7 +269,7 @@ def test_two_workers_read_small_files_at_the_same_time(src, dest):
         time.sleep(0.01)
         with lock:
             active[0] -= 1
-        return _copy.default_reader(fd, buffer, offset)
+        return _copy_stream.default_reader(fd, buffer, offset)
 
     copy([{"path": str(src), "dest": "s"}], dest, reader=overlapping_reader)
     assert peak[0] == _copy.COPY_WORKERS == 2
@@ -296,10 +298,10 @@ def test_memory_stays_a_fixed_set_of_buffers_with_workers_and_the_ring(src, dest
 
     def recording_reader(fd, buffer, offset):
         buffers.add(id(buffer.obj))
-        return _copy.default_reader(fd, buffer, offset)
+        return _copy_stream.default_reader(fd, buffer, offset)
 
     copy([{"path": str(src), "dest": "s"}], dest, reader=recording_reader)
-    assert len(buffers) <= _copy.RING_BUFFERS + _copy.COPY_WORKERS
+    assert len(buffers) <= _copy_stream.RING_BUFFERS + _copy.COPY_WORKERS
 
 
 def test_a_failing_worker_stops_the_copy_and_the_files_done_before_are_recorded(src, dest):
@@ -342,7 +344,7 @@ def test_copy_file_checks_before_it_names_the_file_and_a_refused_copy_leaves_not
     fd = open_source(source)
     try:
         with pytest.raises(ValueError, match="refused"):
-            _copy.copy_file(fd, str(target / "rel"), _copy.FileMeta(0o600), check=refuse)
+            _copy_sink.copy_file(fd, str(target / "rel"), _copy_sink.FileMeta(0o600), check=refuse)
     finally:
         os.close(fd)
     assert seen[0][:2] == (3 * BLOCK, hashlib.sha256(b"x" * 3 * BLOCK).hexdigest())
@@ -356,7 +358,7 @@ def test_copy_file_never_replaces_an_existing_name(tmp_path):
     fd = open_source(source)
     try:
         with pytest.raises(FileExistsError):
-            _copy.copy_file(fd, str(existing), _copy.FileMeta(0o600))
+            _copy_sink.copy_file(fd, str(existing), _copy_sink.FileMeta(0o600))
     finally:
         os.close(fd)
     assert existing.read_bytes() == b"old"
@@ -367,7 +369,7 @@ def test_copy_file_sets_mode_and_mtime_and_returns_size_and_sha256(tmp_path):
     source = write(tmp_path / "src" / "rel", b"page" * 2048)
     fd = open_source(source)
     try:
-        size, checksum = _copy.copy_file(fd, str(tmp_path / "copy"), _copy.FileMeta(0o640, atime_ns=1, mtime_ns=1_500_000_000_123_456_789))
+        size, checksum = _copy_sink.copy_file(fd, str(tmp_path / "copy"), _copy_sink.FileMeta(0o640, atime_ns=1, mtime_ns=1_500_000_000_123_456_789))
     finally:
         os.close(fd)
     st = os.stat(str(tmp_path / "copy"))
@@ -378,26 +380,26 @@ def test_copy_file_sets_mode_and_mtime_and_returns_size_and_sha256(tmp_path):
 def test_small_files_can_leave_their_writeback_to_the_barrier(src, dest, monkeypatch):
     many(src, count=4, size=BLOCK)
     write(src / "large", os.urandom(3 * READ))
-    monkeypatch.setattr(_copy, "EARLY_WRITEBACK_MIN", 2 * READ)
+    monkeypatch.setattr(_copy_sink, "EARLY_WRITEBACK_MIN", 2 * READ)
     started = []
-    monkeypatch.setattr(_copy, "start_writeback", lambda fd: started.append(os.fstat(fd).st_size))
+    monkeypatch.setattr(_copy_sink, "start_writeback", lambda fd: started.append(os.fstat(fd).st_size))
     copy([{"path": str(src), "dest": "s"}], dest)
     assert started == [3 * READ]
 
 
 def test_a_batch_of_a_few_files_is_made_durable_file_by_file_without_waiting_for_other_writers(src, dest, monkeypatch):
-    many(src, count=_copy.BARRIER_FSYNC_FILES)
+    many(src, count=_copy_sink.BARRIER_FSYNC_FILES)
     calls = []
-    monkeypatch.setattr(_copy, "syncfs", lambda fd: calls.append(fd) or True)
+    monkeypatch.setattr(_copy_sink, "syncfs", lambda fd: calls.append(fd) or True)
     copy([{"path": str(src), "dest": "s"}], dest)
     assert calls == []
 
 
 def test_a_batch_of_many_files_is_made_durable_with_one_syncfs(src, dest, monkeypatch):
-    many(src, count=_copy.BARRIER_FSYNC_FILES + 1)
+    many(src, count=_copy_sink.BARRIER_FSYNC_FILES + 1)
     calls = []
-    real = _copy.syncfs
-    monkeypatch.setattr(_copy, "syncfs", lambda fd: calls.append(fd) or real(fd))
+    real = _copy_sink.syncfs
+    monkeypatch.setattr(_copy_sink, "syncfs", lambda fd: calls.append(fd) or real(fd))
     fsynced = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: fsynced.append(fd) or real_fsync(fd))
@@ -410,7 +412,7 @@ def test_after_a_failed_barrier_every_later_barrier_fails_too(tmp_path, monkeypa
     sink = DirectorySink(str(tmp_path), str(tmp_path), chown=False)
     sink_file = sink.open_file(str(tmp_path / "f"))
     os.write(sink_file.fd, b"x")
-    sink.commit(sink_file, _copy.FileMeta(0o600))
+    sink.commit(sink_file, _copy_sink.FileMeta(0o600))
 
     def failing_fsync(fd):
         raise OSError(errno.EIO, "Input/output error")

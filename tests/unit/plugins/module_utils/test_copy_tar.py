@@ -18,7 +18,7 @@ import tarfile
 
 import pytest
 
-from ansible_collections.consistent.backup.plugins.module_utils import _copy, _manifest, _tar_sink
+from ansible_collections.consistent.backup.plugins.module_utils import _copy, _copy_plan, _manifest, _tape_stream, _tar_sink
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "integration"))
 from tape_fixtures import fake_tape, tar_members  # noqa: E402  pylint: disable=wrong-import-position
@@ -46,10 +46,10 @@ def drive(tmp_path):
 def copy_to_tape(tmp_path, tree, drive, file_number=0, **spec):
     dest = tmp_path / "catalog"
     dest.mkdir(exist_ok=True)
-    sources = _copy.normalize_sources([{"path": str(tree), "dest": "db"}])
-    plan = _copy.plan_copy(sources)
+    sources = _copy_plan.normalize_sources([{"path": str(tree), "dest": "db"}])
+    plan = _copy_plan.plan_copy(sources)
     tar = _tar_sink.TarSpec(device=drive, record_size=spec.pop("record_size", RECORD), file_number=file_number, **spec)
-    return _copy.run_copy(plan, str(dest), "b1", tar=tar, tape_ops=fake_tape.make_ops())
+    return _copy.run_copy(plan, str(dest), "b1", stream=_tape_stream.TarTapeSink(tar, fake_tape.make_ops()))
 
 
 def test_record_writer_writes_only_whole_records():
@@ -72,8 +72,8 @@ def test_the_set_is_one_stream_of_fixed_records_whose_members_match_the_manifest
     tape_file = fake_tape.tape_file(drive, "LT1000L3", 0)
     records = [int(line.split()[2]) for line in open(os.path.join(drive, "records.log"), encoding="utf-8")]
     assert records and set(records) == {RECORD}
-    assert os.path.getsize(tape_file) == len(records) * RECORD == result.tape["stream_bytes"]
-    assert result.tape["records"] == len(records) and result.tape["file_number"] == 0
+    assert os.path.getsize(tape_file) == len(records) * RECORD == result.stream["stream_bytes"]
+    assert result.stream["records"] == len(records) and result.stream["file_number"] == 0
     assert fake_tape.load(drive)["file"] == 1  # the filemark
     manifest = _manifest.load_manifest(result.set_path)
     members = tar_members(tape_file)
@@ -98,7 +98,7 @@ def test_read_back_verifies_every_checksum(tmp_path, tree, drive):
     manifest_bytes = open(_manifest.manifest_path(result.set_path), "rb").read()
     verdict = _tar_sink.read_back(drive, fake_tape.make_ops(), 0, RECORD, json.loads(manifest_bytes), manifest_bytes)
     assert verdict["verified"] is True and verdict["problems"] == []
-    assert verdict["files_checked"] == 3 and verdict["records"] == result.tape["records"]
+    assert verdict["files_checked"] == 3 and verdict["records"] == result.stream["records"]
 
 
 def test_a_flipped_byte_fails_the_read_back(tmp_path, tree, drive):
@@ -118,14 +118,14 @@ def test_a_flipped_byte_fails_the_read_back(tmp_path, tree, drive):
 
 
 def test_a_record_size_that_is_not_a_multiple_of_the_volume_block_size_is_refused(tmp_path, tree, drive):
-    with pytest.raises(_copy.CopyError, match="not a multiple of the volume's block size 3072"):
+    with pytest.raises(_copy_plan.CopyError, match="not a multiple of the volume's block size 3072"):
         copy_to_tape(tmp_path, tree, drive, block_size=3072)
     assert not os.path.exists(os.path.join(drive, "records.log"))
 
 
 def test_a_drive_in_fixed_block_mode_refuses_another_record_size(tmp_path, tree, drive):
     fake_tape.save(drive, dict(fake_tape.load(drive), block_size=48 * 1024))
-    with pytest.raises(_copy.CopyError, match="not a multiple of the drive's block size 49152"):
+    with pytest.raises(_copy_plan.CopyError, match="not a multiple of the drive's block size 49152"):
         copy_to_tape(tmp_path, tree, drive)
 
 
@@ -133,35 +133,35 @@ def test_a_retry_goes_back_to_the_start_of_the_sets_file(tmp_path, tree, drive):
     open(fake_tape.tape_file(drive, "LT1000L3", 0), "wb").close()  # the label's file
     fake_tape.save(drive, dict(fake_tape.load(drive), file=1, offset=10 * RECORD))  # a failed attempt wrote 10 records
     result = copy_to_tape(tmp_path, tree, drive, file_number=1)
-    assert result.tape["file_number"] == 1 and fake_tape.load(drive)["file"] == 2
+    assert result.stream["file_number"] == 1 and fake_tape.load(drive)["file"] == 2
 
 
 def test_a_set_beyond_the_end_of_data_is_refused(tmp_path, tree, drive):
-    with pytest.raises(_copy.CopyError, match="expected to write at the start of file 3"):
+    with pytest.raises(_copy_plan.CopyError, match="expected to write at the start of file 3"):
         copy_to_tape(tmp_path, tree, drive, file_number=3)
 
 
 def test_a_complete_disk_set_is_streamed_with_its_own_manifest(tmp_path, tree, drive):
     dest = tmp_path / "disk"
     dest.mkdir()
-    plan = _copy.plan_copy(_copy.normalize_sources([{"path": str(tree), "dest": "db"}]))
+    plan = _copy_plan.plan_copy(_copy_plan.normalize_sources([{"path": str(tree), "dest": "db"}]))
     disk = _copy.run_copy(plan, str(dest), "b1")
-    result = _copy.stream_set_to_tape(disk.set_path, _tar_sink.TarSpec(device=drive, record_size=RECORD, file_number=0),
-                                      fake_tape.make_ops())
+    result = _tape_stream.stream_set_to_tape(disk.set_path, _tar_sink.TarSpec(device=drive, record_size=RECORD, file_number=0),
+                                             fake_tape.make_ops())
     members = tar_members(fake_tape.tape_file(drive, "LT1000L3", 0))
     assert members["manifest.json"] == open(_manifest.manifest_path(disk.set_path), "rb").read()
-    assert result.tape["records"] * RECORD == os.path.getsize(fake_tape.tape_file(drive, "LT1000L3", 0))
+    assert result.stream["records"] * RECORD == os.path.getsize(fake_tape.tape_file(drive, "LT1000L3", 0))
 
 
 def test_a_rotten_disk_set_is_not_streamed(tmp_path, tree, drive):
     dest = tmp_path / "disk"
     dest.mkdir()
-    disk = _copy.run_copy(_copy.plan_copy(_copy.normalize_sources([{"path": str(tree), "dest": "db"}])), str(dest), "b1")
+    disk = _copy.run_copy(_copy_plan.plan_copy(_copy_plan.normalize_sources([{"path": str(tree), "dest": "db"}])), str(dest), "b1")
     with open(os.path.join(disk.set_path, "data", "db", "logs", "log.1"), "r+b") as handle:
         handle.write(b"\0")
-    with pytest.raises(_copy.CopyError, match="does not match its manifest"):
-        _copy.stream_set_to_tape(disk.set_path, _tar_sink.TarSpec(device=drive, record_size=RECORD, file_number=0),
-                                 fake_tape.make_ops())
+    with pytest.raises(_copy_plan.CopyError, match="does not match its manifest"):
+        _tape_stream.stream_set_to_tape(disk.set_path, _tar_sink.TarSpec(device=drive, record_size=RECORD, file_number=0),
+                                        fake_tape.make_ops())
 
 
 class FailingDrive(fake_tape.FakeTapeOps):
@@ -181,10 +181,10 @@ class FailingDrive(fake_tape.FakeTapeOps):
 def test_a_write_error_in_the_middle_of_a_large_file_names_the_drive_and_is_retryable(tmp_path, tree, drive):
     dest = tmp_path / "catalog"
     dest.mkdir()
-    plan = _copy.plan_copy(_copy.normalize_sources([{"path": str(tree), "dest": "db"}]))
-    with pytest.raises(_copy.CopyError) as failure:
-        _copy.run_copy(plan, str(dest), "b1", tar=_tar_sink.TarSpec(device=drive, record_size=RECORD, file_number=0),
-                       tape_ops=FailingDrive())
+    plan = _copy_plan.plan_copy(_copy_plan.normalize_sources([{"path": str(tree), "dest": "db"}]))
+    with pytest.raises(_copy_plan.CopyError) as failure:
+        _copy.run_copy(plan, str(dest), "b1",
+                       stream=_tape_stream.TarTapeSink(_tar_sink.TarSpec(device=drive, record_size=RECORD, file_number=0), FailingDrive()))
     assert str(failure.value).startswith("tape %s: writing the tar stream failed with [Errno 5]" % drive)
     assert failure.value.retryable is True
 
@@ -192,15 +192,15 @@ def test_a_write_error_in_the_middle_of_a_large_file_names_the_drive_and_is_retr
 def test_a_retried_stream_keeps_the_first_attempts_list_so_a_vanished_file_fails_again(tmp_path, tree, drive):
     dest = tmp_path / "catalog"
     dest.mkdir()
-    sources = _copy.normalize_sources([{"path": str(tree), "dest": "db"}])
+    sources = _copy_plan.normalize_sources([{"path": str(tree), "dest": "db"}])
     set_path = os.path.join(str(dest), "b1")
     os.makedirs(set_path)
     spec = _tar_sink.TarSpec(device=drive, record_size=RECORD, file_number=0)
-    first = _copy.plan_attempt(sources, [], set_path, "run1")
+    first = _copy_plan.plan_attempt(sources, [], set_path, "run1")
     failing = FailingDrive()
-    with pytest.raises(_copy.CopyError):
-        _copy.run_copy(first, str(dest), "b1", tar=spec, tape_ops=failing)
-    assert os.path.exists(_copy.plan_path(set_path))
+    with pytest.raises(_copy_plan.CopyError):
+        _copy.run_copy(first, str(dest), "b1", stream=_tape_stream.TarTapeSink(spec, failing))
+    assert os.path.exists(_copy_plan.plan_path(set_path))
     os.unlink(str(tree / "logs" / "log.1"))
-    with pytest.raises(_copy.CopyError, match="listed by the first attempt of this copy"):
-        _copy.plan_attempt(sources, [], set_path, "run1")
+    with pytest.raises(_copy_plan.CopyError, match="listed by the first attempt of this copy"):
+        _copy_plan.plan_attempt(sources, [], set_path, "run1")

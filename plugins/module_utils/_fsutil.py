@@ -11,6 +11,7 @@ public API and may change without notice.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -138,3 +139,55 @@ def output_tail(text: t.Any, limit: int = OUTPUT_TAIL_CHARS) -> str:
         text = text.decode("utf-8", "replace")
     text = str(text).strip()
     return text if len(text) <= limit else "..." + text[-limit:]
+
+
+# --- sharing extents: a layout that costs no copy where the filesystem allows it -------------------------------------
+
+# FICLONE (linux/fs.h, _IOW(0x94, 9, int)): the destination shares every extent of the source (a reflink). XFS with
+# reflink=1, Btrfs, bcachefs, OCFS2; a clone is a snapshot of the source's extents, taken with both inodes locked and
+# the source's dirty pages written first, and a later write to either file is copy-on-write.
+FICLONE = 0x40049409
+# What says "this filesystem (or this pair of filesystems) cannot do that" rather than "the copy failed": the next
+# method is tried. Anything else (EIO, ENOSPC, EDQUOT) is the layout's failure and is raised.
+_CLONE_REFUSED = frozenset((errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM))
+CLONE_METHODS = ("reflink", "copy_file_range")
+# Bytes asked of one copy_file_range call (the kernel copies at most about 2 GiB per call anyway).
+_COPY_RANGE_CHUNK = 1 << 30
+
+
+def clone_file(src_fd: int, dst_fd: int, size: int, refused: t.Optional[t.Set[str]] = None) -> str:
+    """Make the empty file ``dst_fd`` (open for writing) a copy of the open file ``src_fd`` without passing its bytes
+    through this process (``size``, the source's size at open, tells an empty file from a filesystem on which
+    copy_file_range copies nothing); the method used: ``reflink`` (FICLONE: shared extents, no new space),
+    ``copy_file_range`` (in-kernel copy, which some filesystems turn into a reflink or a server-side copy), or '' when
+    neither is possible here, so that the caller copies the bytes itself.
+
+    ``refused`` (shared by the calls of one layout) collects the methods this pair of filesystems refused, so they
+    are not tried again for every file. Nothing here checks the bytes: the caller reads the destination back and
+    compares it with what it expects (the destination is then the file whose checksum was checked)."""
+    refused = set() if refused is None else refused
+    if "reflink" not in refused:
+        try:
+            fcntl.ioctl(dst_fd, FICLONE, src_fd)
+            return "reflink"
+        except OSError as exc:
+            if exc.errno not in _CLONE_REFUSED:
+                raise
+            refused.add("reflink")
+    if "copy_file_range" not in refused and hasattr(os, "copy_file_range"):
+        offset = 0
+        while True:  # to the source's end, as a copy reads it: a file that grew since ``size`` is copied whole
+            try:
+                done = os.copy_file_range(src_fd, dst_fd, _COPY_RANGE_CHUNK, offset, offset)
+            except OSError as exc:
+                if offset or exc.errno not in _CLONE_REFUSED:
+                    raise
+                refused.add("copy_file_range")
+                return ""
+            if done == 0:
+                if offset == 0 and size > 0:  # a filesystem that copies nothing this way (older kernels, some filesystems)
+                    refused.add("copy_file_range")
+                    return ""
+                return "copy_file_range"
+            offset += done
+    return ""

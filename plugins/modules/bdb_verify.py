@@ -13,7 +13,11 @@ version_added: 0.2.0
 description:
   - Lays out a Berkeley DB set - a full set, or a full set and the incremental sets after it up to O(backup_id) - into
     a scratch directory, never the live environment, checking every file against its set's C(manifest.json) (size and
-    SHA-256) again as it is copied.
+    SHA-256) again as it is laid out.
+  - "Where the filesystem allows it (XFS with reflink, Btrfs) each file is a reflink clone (FICLONE) of the set's file:
+    the copy shares the set's extents, costs no space and no write, and recovery's writes to it are copy-on-write, so
+    they never reach the set's bytes. The clone is then read back and checked against the manifest before it is
+    named. Elsewhere C(copy_file_range), then a plain copy checked as it is copied. RV(layout_method) says which."
   - "Before a byte is written every set passes the restore gate, as every restore of every engine does: each manifest
     path relative and normalised, a regular file in the set (no symlink, device, setuid or setgid file) and in the
     set's own record (the facts' C(data_files), the logs from C(first_log) to C(last_log), DB_CONFIG); every recorded
@@ -49,7 +53,8 @@ options:
   scratch_dir:
     description:
       - Where the scratch copy is made (a new directory C(.bdb-verify-*) in it), when O(target) is not given.
-      - Default - O(backup_dest) (the copy needs as much room as the chain's files).
+      - Default - O(backup_dest) (the copy needs as much room as the chain's files, unless it is a reflink clone of
+        them, which needs room only for what recovery writes).
       - Created (mode 0700, with its parents) when it does not exist.
     type: path
   keep_dir:
@@ -172,8 +177,29 @@ last_log:
   returned: always
   type: str
   sample: log.0000000009
+layout_method:
+  description:
+    - How the files were laid out - V(reflink) (FICLONE - the copy shares the set's extents and costs no space until
+      recovery writes to it, copy-on-write), V(copy_file_range) (an in-kernel copy), or V(copy) (read and written by
+      the module). When files were laid out differently, the one that shared least.
+    - Whatever the method, every file laid out is checked against its manifest entry (size and SHA-256) - a clone by
+      reading the clone itself back, a copy as it is copied - before it is named.
+  returned: success, not in check mode
+  type: str
+  choices: [reflink, copy_file_range, copy]
+  sample: reflink
+bytes_cloned:
+  description: Bytes laid out by reflink (shared with the set, no new space).
+  returned: success, not in check mode
+  type: int
+  sample: 104857600
+layout_bytes:
+  description: Bytes laid out by each method.
+  returned: success, not in check mode
+  type: dict
+  sample: {reflink: 104857600}
 layout_seconds:
-  description: Seconds spent laying the sets out (copy and SHA-256 check of every file).
+  description: Seconds spent laying the sets out (clone or copy, and SHA-256 check of every file).
   returned: success, not in check mode
   type: float
   sample: 3.2
@@ -227,7 +253,9 @@ retryable:
 import os
 import stat
 import tempfile
+import threading
 import time
+import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -238,15 +266,48 @@ from ansible_collections.consistent.backup.plugins.module_utils._bdb import (
     record_kept, recorded_databases, remove_regions, remove_tree, resolve_chain, utility_argument_spec, verify_copy)
 from ansible_collections.consistent.backup.plugins.module_utils._restore_gate import GateError, Written
 from ansible_collections.consistent.backup.plugins.module_utils._copy_sink import DirectorySink, FileMeta, copy_file
+from ansible_collections.consistent.backup.plugins.module_utils._copy_stream import hash_file
+from ansible_collections.consistent.backup.plugins.module_utils._fsutil import CLONE_METHODS, clone_file
 
 
 # Bytes per read of the layout (a whole multiple of every Berkeley DB page size, up to 64 KiB).
 LAYOUT_READ_SIZE = 4 * 1024 * 1024
 
 
-def copy_checked(source: str, destination: str, entry: dict, sink: DirectorySink, replace: bool = False) -> None:
+class Layout:
+    """How the files of one layout were made: bytes and files per method (the two layout threads add to it)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.refused = set()  # type: t.Set[str]
+        self.bytes = {}  # type: t.Dict[str, int]
+        self.files = {}  # type: t.Dict[str, int]
+
+    def add(self, method: str, size: int) -> None:
+        with self.lock:
+            self.bytes[method] = self.bytes.get(method, 0) + size
+            self.files[method] = self.files.get(method, 0) + 1
+
+    def facts(self) -> t.Dict[str, t.Any]:
+        """The method of the layout - the one that shared least among those used, so ``reflink`` means every file
+        shares its extents with the set - and the bytes of each."""
+        used = [method for method in LAYOUT_METHODS if self.files.get(method)]
+        return {'layout_method': used[-1] if used else 'copy', 'bytes_cloned': self.bytes.get('reflink', 0),
+                'layout_bytes': dict(self.bytes)}
+
+
+# From most to least shared: a reflink costs no space, copy_file_range copies in the kernel, copy through this process.
+LAYOUT_METHODS = CLONE_METHODS + ('copy',)
+
+
+def copy_checked(source: str, destination: str, entry: dict, sink: DirectorySink, layout: Layout, replace: bool = False) -> None:
     """One file of a set into the copy through the copy engine's ``sink``; refused unless it matches the manifest.
-    With ``replace`` (a kept copy) the file takes the place of an older copy of it (a log that has grown since)."""
+    With ``replace`` (a kept copy) the file takes the place of an older copy of it (a log that has grown since).
+
+    Where the filesystem allows it the file is cloned (its extents shared with the set's file, see clone_file), and
+    then the clone itself is read back and checked: the bytes checked are the bytes recovery will read, in a file
+    of ours that nobody else writes, whatever happens to the set's file on its shared medium meanwhile. Elsewhere it
+    is copied, and checked as it is copied (the bytes hashed are the bytes written)."""
     if replace and os.path.lexists(destination):
         os.unlink(destination)
     try:
@@ -265,10 +326,38 @@ def copy_checked(source: str, destination: str, entry: dict, sink: DirectorySink
                 raise BdbError('%s does not match its manifest.json (expected %s bytes with sha256 %s, found %d bytes with '
                                'sha256 %s): the set was changed or the medium is damaged; restore another set'
                                % (source, entry.get('size'), entry.get('sha256'), size, checksum))
-        copy_file(fd, destination, FileMeta(stat.S_IMODE(info.st_mode) & 0o777, -1, -1, info.st_atime_ns, info.st_mtime_ns),
-                  read_size=LAYOUT_READ_SIZE, chown=False, check=check, sink=sink)
+        meta = FileMeta(stat.S_IMODE(info.st_mode) & 0o777, -1, -1, info.st_atime_ns, info.st_mtime_ns)
+        method = _clone_checked(fd, destination, info.st_size, meta, check, sink, layout.refused)
+        if not method:
+            method = 'copy'
+            copy_file(fd, destination, meta, read_size=LAYOUT_READ_SIZE, chown=False, check=check, sink=sink)
+        layout.add(method, int(entry.get('size') or 0))
     finally:
         os.close(fd)
+
+
+def _clone_checked(src_fd: int, destination: str, size: int, meta: FileMeta, check: t.Callable[[int, str], None],
+                   sink: DirectorySink, refused: t.Set[str]) -> str:
+    """Clone ``src_fd`` to ``destination`` through ``sink`` (temporary name, renamed once checked) and check the clone
+    (its size and SHA-256, read back from the clone); the method, or '' when this filesystem cannot clone (nothing is
+    left behind: the caller copies)."""
+    sink_file = sink.open_file(destination)
+    try:
+        method = clone_file(src_fd, sink_file.fd, size, refused)
+        if method:
+            clone_fd = os.open(sink_file.temp, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, 'O_CLOEXEC', 0))
+            try:
+                checksum, length = hash_file(clone_fd, LAYOUT_READ_SIZE)
+            finally:
+                os.close(clone_fd)
+            check(length, checksum)
+            sink.commit(sink_file, meta, no_replace=True)
+            return method
+    except BaseException:
+        sink.abort(sink_file)
+        raise
+    sink.abort(sink_file)
+    return ''
 
 
 def main() -> None:
@@ -336,8 +425,10 @@ def main() -> None:
         # through the page cache; removed before the kernel flushes them, they never cost the disk a write).
         sink = DirectorySink(home, home, chown=False, writeback=not scratch)
         began = time.monotonic()
+        layout = Layout()
         result.update(lay_out(plan, home, lambda source, destination, entry: copy_checked(
-            source, destination, entry, sink, replace=bool(params['keep_dir'])), written))
+            source, destination, entry, sink, layout, replace=bool(params['keep_dir'])), written))
+        result.update(layout.facts())
         result['laid_out'] = [link['backup_id'] for link in to_lay_out]
         result['layout_seconds'] = round(time.monotonic() - began, 3)
         if params['target']:
@@ -380,6 +471,7 @@ def verification_record(result: dict, keep_dir) -> dict:
     return {'ok': result.get('ok'), 'chain': result.get('chain'), 'checks': result.get('checks', []),
             'databases': result.get('databases', []), 'last_valid_lsn': result.get('last_valid_lsn'),
             'laid_out': result.get('laid_out'),
+            'layout': {'method': result.get('layout_method'), 'bytes_cloned': result.get('bytes_cloned')},
             'seconds': {'layout': result.get('layout_seconds'), 'recover': result.get('recover_seconds'),
                         'db_verify': result.get('db_verify_seconds')},
             'recover_dir': keep_dir or None, 'recovery_checkpoint_lsn': result.get('recovery_checkpoint_lsn')}

@@ -25,13 +25,13 @@ INVENTORY = os.path.join(ROOT, "tests", "integration", "files", "bdb_inventory.p
 class BdbEnv:
     """An environment in ``<base>/env`` and its writer's state in ``<base>/state``."""
 
-    def __init__(self, base: str, data_dir: str = "data", log_dir: str = "logs") -> None:
+    def __init__(self, base: str, data_dir: str = "data", log_dir: str = "logs", log_max: int = 65536) -> None:
         self.home = os.path.join(base, "env")
         self.state = os.path.join(base, "state")
         self.runtime_dir = os.path.join(base, "run")
         self.log_dir = os.path.join(self.home, log_dir)  # log_dir (and data_dir) may be absolute: outside the home
         os.makedirs(self.state)
-        subprocess.run([PYTHON, INVENTORY, "create", self.home, "65536", data_dir, log_dir], check=True)
+        subprocess.run([PYTHON, INVENTORY, "create", self.home, str(log_max), data_dir, log_dir], check=True)
         self.writer: t.Optional[subprocess.Popen] = None
 
     def start_writer(self) -> None:
@@ -41,6 +41,10 @@ class BdbEnv:
     def write(self, upto: int) -> None:
         """Transactions until the ``upto``th, then a clean close."""
         subprocess.run([PYTHON, INVENTORY, "write", self.home, self.state, str(upto)], check=True, timeout=120)
+
+    def fill(self, mib: int) -> None:
+        """bulk.db: about ``mib`` MiB of records, written in transactions, its old logs removed (files/bdb_inventory.py)."""
+        subprocess.run([PYTHON, INVENTORY, "fill", self.home, str(mib)], check=True, timeout=600)
 
     def stop_writer(self) -> None:
         if self.writer is not None and self.writer.poll() is None:

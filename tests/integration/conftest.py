@@ -16,6 +16,7 @@ from helpers import ROOT, Tmpfs, first_port
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from pgcluster import Cluster, free_port  # noqa: E402  pylint: disable=wrong-import-position
+from xfsloop import XfsLoop, unavailable  # noqa: E402  pylint: disable=wrong-import-position
 
 CLUSTERS = "/var/tmp/consistent-backup/tests"
 
@@ -32,6 +33,20 @@ def tmpfs_factory(tmp_path):
     yield make
     for mount in made:
         mount.umount()
+
+
+@pytest.fixture
+def xfs_reflink(tmp_path):
+    """A real XFS filesystem with reflink on a loop device (a 600 MiB sparse file), unmounted and detached at the end,
+    whatever the test did."""
+    reason = unavailable()
+    if reason:
+        pytest.skip("no XFS reflink filesystem: " + reason)
+    made = XfsLoop(str(tmp_path / "xfs.img"), str(tmp_path / "xfs")).mount()
+    try:
+        yield made
+    finally:
+        made.umount()
 
 
 @pytest.fixture(scope="session", autouse=True)

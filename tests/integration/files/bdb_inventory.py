@@ -12,6 +12,9 @@ Getting Started guide (../shared/seeds/003). Real transactional environments thr
                                             (then S seconds)
     bdb_inventory.py resume STATE           post command: let it go on (succeeds when it already runs)
     bdb_inventory.py check HOME             print JSON: per part its total and the sum over its locations, last txn
+    bdb_inventory.py fill HOME MIB          add bulk.db, about MIB MiB of incompressible 1000-byte records written in
+                                            transactions, then checkpoint and remove the logs no longer needed (a
+                                            large environment whose logs are not larger than it)
     bdb_inventory.py drop-when HOME STATE NAME DIR PART
                                             make database NAME (committed), then remove it (DB_ENV->dbremove in a
                                             transaction) as soon as DIR holds a file whose name contains PART (the
@@ -171,6 +174,30 @@ def drop_when(home, state, name, directory, part, timeout=300.0):
     env.close()
 
 
+def fill(home, mib):
+    env = open_env(home)
+    env.set_flags(db.DB_TXN_NOSYNC, 1)  # a load, not the writer under test: one flush per checkpoint is enough
+    bulk = open_db(env, "bulk.db", 8192)
+    payload = os.urandom(1 << 20)
+    rng = random.Random(5)
+    records = mib * (1 << 20) // 1000
+    for start in range(0, records, 2000):
+        txn = env.txn_begin()
+        for number in range(start, min(records, start + 2000)):
+            offset = rng.randrange(0, len(payload) - 1000)
+            bulk.put(b"%010d" % number, payload[offset:offset + 1000], txn=txn)
+        txn.commit()
+        if start % 20000 == 0:
+            env.txn_checkpoint(0, 0, db.DB_FORCE)
+            for name in env.log_archive(db.DB_ARCH_ABS):
+                os.unlink(name)
+    bulk.close()
+    env.txn_checkpoint(0, 0, db.DB_FORCE)
+    for name in env.log_archive(db.DB_ARCH_ABS):
+        os.unlink(name)
+    env.close()
+
+
 def check(home):
     env = open_env(home)
     parts, locations = open_db(env, "parts.db"), open_db(env, "locations.db")
@@ -198,6 +225,8 @@ if __name__ == "__main__":
         resume(sys.argv[2])
     elif command == "check":
         check(sys.argv[2])
+    elif command == "fill":
+        fill(sys.argv[2], int(sys.argv[3]))
     elif command == "drop-when":
         drop_when(*sys.argv[2:7])
     else:

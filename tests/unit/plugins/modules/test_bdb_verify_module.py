@@ -6,10 +6,14 @@ and its refusals (a set that is not COMPLETE, a target that is not empty). Recov
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import functools
 import hashlib
 import json
 import os
+
+import pytest
 
 from ansible_collections.consistent.backup.plugins.modules import bdb_verify
 from module_result import module_result  # noqa: E402  pylint: disable=wrong-import-position
@@ -132,3 +136,57 @@ def test_a_full_set_without_the_db_config_its_directories_need_is_refused(capsys
         json.dump(manifest, handle)
     result = run(capsys, check_mode=True, backup_dest=str(tmp_path), backup_id="f1")
     assert result["failed"] is True and "which only a DB_CONFIG names, but it holds no DB_CONFIG" in result["msg"]
+
+
+def refuse(code):
+    """A stand-in for the ioctl or copy_file_range that refuses with ``code`` as the kernel does."""
+    def double(*_args):
+        raise OSError(code, os.strerror(code))
+    return double
+
+
+def layout_one(tmp_path, content=b"page" * 5000):
+    """copy_checked of one file into a sink, as the proof's layout calls it; (destination, layout)."""
+    source = tmp_path / "set.db"
+    source.write_bytes(content)
+    (tmp_path / "copy").mkdir()
+    destination = str(tmp_path / "copy" / "set.db")
+    entry = {"size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    sink = bdb_verify.DirectorySink(str(tmp_path / "copy"), "the copy", chown=False, writeback=False)
+    layout = bdb_verify.Layout()
+    bdb_verify.copy_checked(str(source), destination, entry, sink, layout)
+    return destination, layout
+
+
+def test_a_layout_without_clone_or_copy_file_range_copies_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(fcntl, "ioctl", refuse(errno.EOPNOTSUPP))
+    monkeypatch.setattr(os, "copy_file_range", refuse(errno.EXDEV))
+    destination, layout = layout_one(tmp_path)
+    assert open(destination, "rb").read() == b"page" * 5000
+    assert layout.facts() == {"layout_method": "copy", "bytes_cloned": 0, "layout_bytes": {"copy": 20000}}
+    assert os.listdir(os.path.dirname(destination)) == ["set.db"]  # the clone's temporary file was removed
+
+
+def test_a_refused_reflink_lays_out_with_copy_file_range(monkeypatch, tmp_path):
+    monkeypatch.setattr(fcntl, "ioctl", refuse(errno.EINVAL))
+    destination, layout = layout_one(tmp_path)
+    assert open(destination, "rb").read() == b"page" * 5000
+    assert layout.facts()["layout_method"] == "copy_file_range"
+
+
+def test_a_clone_that_differs_from_the_manifest_is_refused_and_removed(monkeypatch, tmp_path):
+    # the clone is read back and checked: a clone that does not hold the manifest's bytes is never named
+    def bad_clone(_src_fd, dst_fd, _size, _refused):
+        os.write(dst_fd, b"torn" * 5000)
+        return "reflink"
+    monkeypatch.setattr(bdb_verify, "clone_file", bad_clone)
+    with pytest.raises(bdb_verify.BdbError, match="does not match its manifest.json"):
+        layout_one(tmp_path)
+    assert os.listdir(str(tmp_path / "copy")) == []
+
+
+def test_a_layout_reports_the_method_that_shared_least():
+    layout = bdb_verify.Layout()
+    layout.add("reflink", 100)
+    layout.add("copy", 5)
+    assert layout.facts() == {"layout_method": "copy", "bytes_cloned": 100, "layout_bytes": {"reflink": 100, "copy": 5}}

@@ -263,8 +263,8 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    # failure: the run's failure message as the playbook saw it, a text of any lines; no process has pid 0.
-    check_options(module, multiline_ok=("failure",), minimum=dict(owner_pid=1), units=dict(stale_lock_after="seconds"))
+    # no process has pid 0
+    check_options(module, minimum=dict(owner_pid=1), units=dict(stale_lock_after="seconds"))
     params = module.params
     try:
         path = set_path(params['dest'], params['backup_id'])

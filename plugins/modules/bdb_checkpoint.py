@@ -295,7 +295,7 @@ def main() -> None:
     )
     PhaseLedger(module, module.params['ledger'], facts=lambda result: {
         'checkpoint_lsn_before': result.get('checkpoint_lsn_before'), 'checkpoint_lsn_after': result.get('checkpoint_lsn_after')})
-    check_options(module)
+    check_options(module, minimum={"plan.full_every": 1})  # a full set every 0 runs means nothing
     try:
         env = module_environment(module, module.params['home'])
         env.check()

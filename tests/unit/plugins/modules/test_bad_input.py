@@ -88,6 +88,7 @@ PARENTS: t.Dict[t.Tuple[str, str], t.Dict[str, t.Any]] = {
     ("backup_command", "pre_window"): {"guard_dir": TMP + "/guard", "run_id": "r1", "timeout": 60},
     ("btrieve_continuous", "pre_window"): {"guard_dir": TMP + "/guard", "run_id": "r1", "timeout": 60},
     ("pg_backup_session", "pre_window"): {"guard_dir": TMP + "/guard", "run_id": "r1", "timeout": 60},
+    ("bdb_checkpoint", "plan"): {"backup_id": "b1", "mode": "hot"},
 }
 
 # Lowest values other than 0, as the modules declare them (the negative case goes below them).
@@ -106,6 +107,7 @@ MINIMUM: t.Dict[t.Tuple[str, str], int] = {
     ("pg_backup_session", "keepalive_interval"): 1,
     ("pg_restore", "port"): 1,
     ("tape_changer", "slot"): 1,  # mtx counts slots from 1
+    ("bdb_checkpoint", "plan.full_every"): 1,  # a full set every 0 runs means nothing
 }
 
 # The declared exceptions: (module, option, case) -> why the value is allowed.
@@ -117,7 +119,6 @@ ALLOWED: t.Dict[t.Tuple[str, str, str], str] = {
     ("btrieve_continuous", "db", "empty"): "the default: an engine without security takes no login",
     ("btrieve_continuous", "run_id", "empty"): "the default; the btrieve role passes backup_run_id | default('')",
     ("tape_set", "volume", "empty"): "the default: any labelled volume (a blank tape is refused)",
-    ("backup_set", "failure", "newline"): "the run's failure message, as the playbook saw it: a text",
 }
 
 # AnsibleModule refuses these before the collection's check can run, but its message does not name the option: for a
@@ -126,7 +127,7 @@ ALLOWED: t.Dict[t.Tuple[str, str, str], str] = {
 UNNAMED_BY_ANSIBLE: t.Dict[t.Tuple[str, str, str], str] = {
     (module, option, "wrong_type"): "AnsibleModule's own message for a dict with sub-options"
     for module, option in (("aligned_copy", "sink"), ("backup_command", "pre_window"), ("btrieve_continuous", "pre_window"),
-                           ("pg_backup_session", "pre_window"))
+                           ("pg_backup_session", "pre_window"), ("bdb_checkpoint", "plan"))
 }
 
 INJECTION = "x; touch {tmp}/pwned $(touch {tmp}/pwned2) `touch {tmp}/pwned3`"

@@ -432,9 +432,9 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
 from ansible_collections.consistent.backup.plugins.module_utils._guard import PRE_WINDOW_ARGSPEC, GuardError, pre_window, run_pre
 
-from ansible_collections.consistent.backup.plugins.module_utils._pg_session import (
+from ansible_collections.consistent.backup.plugins.module_utils._pg_session import PgBackupSession
+from ansible_collections.consistent.backup.plugins.module_utils._pg_sql import (
     PSYCOPG_IMPORT_ERROR,
-    PgBackupSession,
     SessionError,
     connection_argument_spec,
     validate_backup_id,

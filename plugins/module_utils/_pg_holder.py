@@ -63,6 +63,9 @@ GONE = "gone"
 BUSY = "busy"
 
 _MAX_SOCKET_PATH = 107  # sizeof(sun_path) - 1 on Linux
+# The on-host guard's post (guard_post): how long the holder may take to answer the abort, and then to exit.
+GUARD_ABORT_TIMEOUT = 10.0
+GUARD_EXIT_WAIT = 15.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -552,5 +555,27 @@ def mark_gone(store: SessionStore, state: t.Dict[str, t.Any]) -> t.Dict[str, t.A
     state["state"] = ABORTED
     store.write_state(state)
     return state
+
+
+def guard_post(store: SessionStore) -> t.Dict[str, t.Any]:
+    """The post the on-host guard holds for this session (backup_guard's ``post``, the generic ``socket`` kind).
+
+    It asks the holder to abort (the holder closes its connection, so the server leaves backup mode) and waits for the
+    holder to exit; a holder that does not answer gets SIGTERM. Post is idempotent: nobody listening on the socket means
+    the holder is gone (the session was stopped, aborted or never started, or the holder died and its connection with
+    it), so the server is not in backup mode for this session any more.
+    """
+    return {"socket": {
+        "path": store.socket_path,
+        "request": {"cmd": "abort"},
+        "reason_key": "reason",
+        "success": {"ok": True},
+        "absent_ok": True,
+        "timeout": GUARD_ABORT_TIMEOUT,
+        "exit_wait": GUARD_EXIT_WAIT,
+        "answer_field": "state.state",
+        "what": "end the PostgreSQL backup session %s (its holder closes the connection; the server leaves backup mode)"
+                % store.backup_id,
+    }}
 
 

@@ -28,7 +28,7 @@ from ansible_collections.consistent.backup.plugins.module_utils._layout import D
 from ansible_collections.consistent.backup.plugins.module_utils._manifest import load_manifest
 from ansible_collections.consistent.backup.plugins.module_utils._pg_holder import (
     ALIVE, BUSY, ENDED_UNUSABLE, FAILED, GONE, RUNNING, STARTING, STOPPED, STOPPING, HolderUnreachable, SessionStore,
-    aborted_message, ended_message, holder_request, mark_gone, session_liveness, spawn_holder)
+    aborted_message, ended_message, guard_post, holder_request, mark_gone, session_liveness, spawn_holder)
 from ansible_collections.consistent.backup.plugins.module_utils._pg_sql import (
     HAS_PSYCOPG, SessionError, connect, connection_kwargs, describe_target, error_text, holder_connection_kwargs, holder_queries,
     parse_lsn, psycopg_module, retryable_sqlstate, run_preflight, stop_queries, validate_backup_id)
@@ -214,8 +214,14 @@ class PgBackupSession:
 
     # -- started --------------------------------------------------------------------------------------
     def started(self) -> t.Dict[str, t.Any]:
+        """Start the backup (check mode: the preflight); every result carries ``guard_post``, the guard's post for it."""
         store = self.require_id()
         store.check_socket_path()
+        result = self._started(store)
+        result["guard_post"] = guard_post(store)
+        return result
+
+    def _started(self, store: SessionStore) -> t.Dict[str, t.Any]:
         if not HAS_PSYCOPG:
             raise SessionError("psycopg missing", retryable=False, missing_psycopg=True)
         if not self.check_mode:

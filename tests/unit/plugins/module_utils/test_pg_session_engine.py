@@ -17,13 +17,14 @@ import threading
 
 import pytest
 
-from ansible_collections.consistent.backup.plugins.module_utils import _layout, _pg_holder, _pg_session, _pg_sql
+from ansible_collections.consistent.backup.plugins.module_utils import _guard, _layout, _pg_holder, _pg_session, _pg_sql
 from ansible_collections.consistent.backup.plugins.module_utils._layout import default_runtime_dir
 from ansible_collections.consistent.backup.plugins.module_utils._pg_holder import (
     ALIVE,
     GONE,
     SessionStore,
     aborted_message,
+    guard_post,
     holder_probe,
 )
 from ansible_collections.consistent.backup.plugins.module_utils._pg_session import PgBackupSession, write_outputs
@@ -674,6 +675,27 @@ def test_started_again_by_the_same_run_returns_the_running_session(runtime, monk
     result = PgBackupSession(params(runtime, run_id="run-now"), False, lambda w: None).started()
 
     assert result["changed"] is False and result["start_lsn"] == "0/2000028" and result["session_run_id"] == "run-now"
+    assert result["guard_post"] == guard_post(SessionStore(runtime, "b1"))
+
+
+# -- the guard's post: a request on the holder's socket --------------------------------------------------------------
+
+def test_the_guards_post_asks_the_holder_on_its_socket_to_abort_and_waits_for_it_to_exit(runtime):
+    store = SessionStore(runtime, "b1")
+
+    post = _guard.normalize_post(guard_post(store))["socket"]
+
+    assert post["path"] == store.socket_path and post["request"] == {"cmd": "abort"} and post["reason_key"] == "reason"
+    assert post["success"] == {"ok": True} and post["exit_wait"] > 0 and "PostgreSQL backup session b1" in post["what"]
+
+
+def test_the_guards_post_counts_a_holder_that_is_gone_as_the_session_ended(runtime):
+    store = stored_session(runtime, "stopped")
+
+    outcome = _guard.run_post(_guard.normalize_post(guard_post(store)), 3, 0, 30, "released by the guard: test")
+
+    assert outcome["ok"] is True and len(outcome["attempts"]) == 1
+    assert outcome["attempts"][0]["stdout"].startswith("nobody listens on %s" % store.socket_path)
 
 
 # -- retryable: what a retry cannot fix is said once ----------------------------------------------------------------

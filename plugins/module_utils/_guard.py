@@ -794,7 +794,13 @@ def arm(gdir: GuardDir, spec: t.Dict[str, t.Any], check_mode: bool, secret_argv:
             # The guard died without running post (SIGKILL, OOM, reboot): the database may still be quiesced, so its
             # post runs now, before anything else touches the database.
             stale = found["state"]
-            outcome = run_post(normalize_post(stale.get("post") or {"none": True}), stale.get("retries", 3),
+            try:
+                stale_post = normalize_post(stale.get("post") or {"none": True})
+            except GuardError as exc:
+                raise GuardError("database %s: the earlier run %s left its guard dead, and the post it recorded cannot be "
+                                 "run (%s); bring the database back by hand, remove %s, then run the backup again"
+                                 % (gdir.database, stale.get("run_id"), exc, gdir.state_path))
+            outcome = run_post(stale_post, stale.get("retries", 3),
                                stale.get("retry_delay", 5), stale.get("post_timeout", 600),
                                "taken over by run %s: the earlier guard is gone (%s)" % (spec["run_id"], found["stale"]),
                                secret_argv)

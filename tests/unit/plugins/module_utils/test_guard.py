@@ -175,6 +175,17 @@ def test_dead_guard_is_taken_over_and_its_post_run_first(gdir, tmp_path):
     assert guard.read_state()["run_id"] == "r2"
 
 
+def test_a_dead_guard_whose_recorded_post_is_of_no_known_kind_is_refused_saying_what_to_do(gdir, tmp_path):
+    guard = gdir()
+    armed = g.arm(guard, spec("r1", {"none": True}), check_mode=False)
+    os.kill(armed["pid"], signal.SIGKILL)
+    wait_for(lambda: not _detach.pid_alive(armed["pid"]), 5, "the guard to die")
+    guard.write_state(dict(guard.read_state(), post={"pg_session": {"backup_id": "b-r1"}}))  # an earlier release's record
+
+    with pytest.raises(g.GuardError, match="cannot be run .*exactly one of command.*bring the database back by hand"):
+        g.arm(gdir(), spec("r2", {"none": True}), check_mode=False)
+
+
 def test_next_run_reports_what_the_guard_did_once(gdir, tmp_path):
     marker = tmp_path / "post.log"
     guard = gdir()

@@ -267,8 +267,8 @@ def describe_post(post: t.Dict[str, t.Any]) -> str:
     if "command" in post:
         return "run %s" % " ".join(shlex.quote(part) for part in post["command"])
     if "socket" in post:
-        return post["socket"].get("what") or "send %s to %s" % (json.dumps(post["socket"]["request"], sort_keys=True),
-                                                               post["socket"]["path"])
+        sock = post["socket"]
+        return sock.get("what") or "send %s to %s" % (json.dumps(sock["request"], sort_keys=True), sock["path"])
     return "nothing (the engine has nothing to undo)"
 
 

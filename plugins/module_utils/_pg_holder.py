@@ -159,7 +159,6 @@ def _raise_terminate(signum: int, frame: t.Any) -> None:
     raise _Terminate(signal.Signals(signum).name)
 
 
-
 class Holder:
     """Runs in the detached process: starts the backup, serves status/stop/abort, keeps the session alive."""
 
@@ -577,5 +576,3 @@ def guard_post(store: SessionStore) -> t.Dict[str, t.Any]:
         "what": "end the PostgreSQL backup session %s (its holder closes the connection; the server leaves backup mode)"
                 % store.backup_id,
     }}
-
-

@@ -33,6 +33,7 @@ from ansible_collections.consistent.backup.plugins.module_utils._pg_sql import (
     HAS_PSYCOPG, SessionError, connect, connection_kwargs, describe_target, error_text, holder_connection_kwargs, holder_queries,
     parse_lsn, psycopg_module, retryable_sqlstate, run_preflight, stop_queries, validate_backup_id)
 
+
 # ---------------------------------------------------------------------------------------------------------
 # Label files
 # ---------------------------------------------------------------------------------------------------------
@@ -477,4 +478,3 @@ class PgBackupSession:
         if what == "stopped":
             result.update(label_paths=[], backup_manifest=None)
         return result
-

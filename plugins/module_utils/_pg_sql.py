@@ -545,7 +545,6 @@ def stop_queries(server_version_num: int, wait_for_archive: bool) -> t.List[str]
     return queries
 
 
-
 def retryable_error(exc: BaseException) -> bool:
     """Whether trying again may help: a SessionError says so, a server error by its SQLSTATE."""
     if isinstance(exc, SessionError):

@@ -63,8 +63,8 @@ options:
       - C(command) - the operator's post command (argv list, or a string split without a shell); it must succeed
         when the database is already open.
       - C(socket) - one request to a service on a Unix socket on this host, one JSON line each way (the PostgreSQL
-        role states its post so, as M(consistent.backup.pg_backup_session) returns it in RV(consistent.backup.pg_backup_session#module:guard_post):
-        ask its holder to abort). Members - C(path) (absolute, required), C(request) (a dict, required),
+        role states its post so, as M(consistent.backup.pg_backup_session) returns it in RV(consistent.backup.pg_backup_session#module:guard_post),
+        asking its holder to abort). Members - C(path) (absolute, required), C(request) (a dict, required),
         C(reason_key) (the request member that receives why the guard runs post), C(success) (the answer's members
         that mean success, default C({})), C(absent_ok) (nobody listening on C(path) means the service already ended,
         which is success - post is idempotent; default V(false)), C(timeout) (seconds to wait for the answer, default

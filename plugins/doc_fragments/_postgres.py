@@ -11,7 +11,7 @@ from __future__ import annotations
 class ModuleDocFragment:
     """PostgreSQL connection options, named as community.postgresql names them (login_host, login_port, ...).
 
-    The argument spec that matches is plugins/module_utils/_pg_session.py's ``connection_argument_spec()``.
+    The argument spec that matches is plugins/module_utils/_pg_sql.py's ``connection_argument_spec()``.
     """
 
     DOCUMENTATION = r'''

@@ -55,8 +55,7 @@ import threading
 import time
 import typing as t
 
-from ansible_collections.consistent.backup.plugins.module_utils import _detach
-from ansible_collections.consistent.backup.plugins.module_utils import _pg_session
+from ansible_collections.consistent.backup.plugins.module_utils import _detach, _wire
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import atomic_write, exclusive_lock, output_tail, private_dir_problem, write_json
 from ansible_collections.consistent.backup.plugins.module_utils._layout import default_runtime_dir, utc_iso
 # The lease, ``fired`` and ``state.json``: the names the copy (``_lease.Lease``) and the guard agree on.
@@ -86,7 +85,6 @@ UNREPORTED_STATES = (FIRING, PRE_WAIT, FIRED, POST_FAILED)
 POLL_SECONDS = 0.25
 # How much of a post command's output the guard keeps in its record.
 RECORD_TAIL_CHARS = 2000
-PG_HOLDER_EXIT_WAIT = 15.0
 T = t.TypeVar("T")
 # How often pre renews the lease while its call runs, and how long after pre's bound the guard still waits for
 # pre's end mark (the killed call's cleanup, the module writing pre.done).
@@ -211,11 +209,18 @@ class GuardDir:
 # Post, as the guard runs it
 # ---------------------------------------------------------------------------------------------------------
 
+POST_KINDS = ("command", "socket", "none")
+# The members of a socket post (see normalize_post): anything else is refused, so a typo fails at arming.
+SOCKET_POST_DEFAULTS = {"request": None, "path": None, "reason_key": None, "success": {}, "absent_ok": False,
+                        "timeout": 10.0, "exit_wait": 0.0, "answer_field": None, "what": None}  # type: t.Dict[str, t.Any]
+
+
 def normalize_post(post: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
-    """Check the engine's post description: ``{command: argv|string}`` or ``{pg_session: {backup_id, runtime_dir}}``."""
-    if not isinstance(post, dict) or len([k for k in ("command", "pg_session", "none") if k in post]) != 1:
-        raise GuardError("post must name exactly one of command (the operator's post command), pg_session (end the "
-                         "PostgreSQL holder's session) or none (nothing to undo); found %r" % (post,))
+    """Check the engine's post description: ``{command: argv|string}``, ``{socket: {path, request, ...}}`` or
+    ``{none: true}``. The guard knows these generic kinds only; an engine states its post in one of them."""
+    if not isinstance(post, dict) or len([k for k in POST_KINDS if k in post]) != 1:
+        raise GuardError("post must name exactly one of command (the operator's post command), socket (a request to a "
+                         "service on a Unix socket) or none (nothing to undo); found %r" % (post,))
     if "command" in post:
         command = post["command"]
         argv = shlex.split(command) if isinstance(command, str) else [str(part) for part in (command or [])]
@@ -223,21 +228,44 @@ def normalize_post(post: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
             raise GuardError("post.command is empty; give the operator's post command (argv list or a string split "
                              "without a shell), or post: {none: true} when there is nothing to undo")
         return {"command": argv}
-    if "pg_session" in post:
-        session = dict(post["pg_session"] or {})
-        if not session.get("backup_id"):
-            raise GuardError("post.pg_session needs backup_id: the holder's session to end")
-        session.setdefault("runtime_dir", None)
-        return {"pg_session": session}
+    if "socket" in post:
+        return {"socket": _normalize_socket_post(post["socket"])}
     return {"none": True}
+
+
+def _normalize_socket_post(given: t.Any) -> t.Dict[str, t.Any]:
+    """``{path, request, reason_key, success, absent_ok, timeout, exit_wait, answer_field, what}`` with defaults."""
+    if not isinstance(given, dict):
+        raise GuardError("post.socket must be a dict with path and request; found %r" % (given,))
+    unknown = sorted(set(given) - set(SOCKET_POST_DEFAULTS))
+    if unknown:
+        raise GuardError("post.socket has unknown member(s) %s; expected only %s" % (", ".join(unknown), ", ".join(SOCKET_POST_DEFAULTS)))
+    spec = dict(SOCKET_POST_DEFAULTS, **{key: value for key, value in given.items() if value is not None})
+    if not isinstance(spec["path"], str) or not os.path.isabs(spec["path"]):
+        raise GuardError("post.socket.path must be the absolute path of the service's Unix socket; found %r" % (spec["path"],))
+    if not isinstance(spec["request"], dict) or not spec["request"]:
+        raise GuardError("post.socket.request must be the request to send (a non-empty dict); found %r" % (spec["request"],))
+    if not isinstance(spec["success"], dict):
+        raise GuardError("post.socket.success must be a dict of the answer's members that mean success; found %r" % (spec["success"],))
+    try:
+        spec["timeout"] = float(spec["timeout"])
+        spec["exit_wait"] = float(spec["exit_wait"])
+    except (TypeError, ValueError):
+        raise GuardError("post.socket.timeout and exit_wait must be numbers of seconds; found %r and %r"
+                         % (spec["timeout"], spec["exit_wait"]))
+    if spec["timeout"] <= 0 or spec["exit_wait"] < 0:
+        raise GuardError("post.socket.timeout must be more than 0 and exit_wait 0 or more seconds; found %s and %s"
+                         % (spec["timeout"], spec["exit_wait"]))
+    spec["absent_ok"] = bool(spec["absent_ok"])
+    return spec
 
 
 def describe_post(post: t.Dict[str, t.Any]) -> str:
     if "command" in post:
         return "run %s" % " ".join(shlex.quote(part) for part in post["command"])
-    if "pg_session" in post:
-        return "end the PostgreSQL backup session %s (its holder closes the connection; the server leaves backup mode)" % (
-            post["pg_session"]["backup_id"])
+    if "socket" in post:
+        sock = post["socket"]
+        return sock.get("what") or "send %s to %s" % (json.dumps(sock["request"], sort_keys=True), sock["path"])
     return "nothing (the engine has nothing to undo)"
 
 
@@ -260,33 +288,58 @@ def _run_command(argv: t.List[str], timeout: float, secrets: t.Sequence[str] = (
     return {"rc": proc.returncode, "stdout": tail(proc.stdout), "stderr": tail(proc.stderr), "ok": proc.returncode == 0}
 
 
-def _end_pg_session(session: t.Dict[str, t.Any], reason: str) -> t.Dict[str, t.Any]:
-    """Ask the holder to abort (it closes its connection, so the server leaves backup mode); SIGTERM if it does not answer.
+def _answer_says(answer: t.Any, field: t.Optional[str]) -> str:
+    """What the record quotes of an answer: its member ``field`` (dotted, such as ``state.state``) or all of it."""
+    if field:
+        for key in field.split("."):
+            answer = answer.get(key) if isinstance(answer, dict) else None
+    return output_tail(answer if isinstance(answer, str) else json.dumps(answer, sort_keys=True), RECORD_TAIL_CHARS)
 
-    Succeeds when no holder of that backup is alive afterwards (also when there was none: post is idempotent).
+
+def _socket_request(spec: t.Dict[str, t.Any], reason: str) -> t.Dict[str, t.Any]:
+    """One attempt of a socket post: send the request, read the answer; with ``exit_wait``, the listener must be gone.
+
+    Idempotent: with ``absent_ok``, nobody listening on the socket (no socket file, or nobody accepts on it) means the
+    service already ended, and that is success. The listener's pid is the one of the connected socket (SO_PEERCRED), so
+    no pid file can name an unrelated process; one that accepts but does not answer within ``timeout`` is sent SIGTERM
+    when ``exit_wait`` asks for its end.
     """
-    store = _pg_session.SessionStore(session.get("runtime_dir") or default_runtime_dir(), session["backup_id"])
-    state = store.read_state()
-    if not state or state.get("state") not in (_pg_session.STARTING, _pg_session.RUNNING, _pg_session.STOPPING):
-        return {"ok": True, "rc": 0, "stdout": "no running session for %s (state %s)" % (
-            session["backup_id"], (state or {}).get("state")), "stderr": ""}
-    pid = state.get("holder_pid")
-    said = ""
+    request = dict(spec["request"])
+    if spec.get("reason_key"):
+        request[spec["reason_key"]] = reason
+    peer = {}  # type: t.Dict[str, int]
     try:
-        answer = _pg_session.holder_request(store.socket_path, {"cmd": "abort", "reason": reason}, 10.0)
-        said = "holder answered: %s" % (answer.get("state") or {}).get("state")
-    except (OSError, ValueError, _pg_session.HolderUnreachable) as exc:
-        said = "holder did not answer (%s); sent SIGTERM to pid %s" % (exc, pid)
+        answer = _wire.request(spec["path"], request, spec["timeout"], peer)
+    except _wire.Unreachable as exc:
+        if spec["absent_ok"]:
+            return {"ok": True, "rc": 0, "stdout": "nobody listens on %s (%s): the service already ended" % (spec["path"], exc),
+                    "stderr": ""}
+        return {"ok": False, "rc": None, "stdout": "", "stderr": "nobody listens on %s (%s)" % (spec["path"], exc)}
+    except (OSError, ValueError) as exc:
+        pid = peer.get("pid")
+        if not (pid and spec["exit_wait"]):
+            return {"ok": False, "rc": None, "stdout": "", "stderr": "%s did not answer (%s)" % (spec["path"], exc)}
+        said = "%s did not answer (%s); sent SIGTERM to its listener, pid %s" % (spec["path"], exc, pid)
         if _detach.pid_alive(pid):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + PG_HOLDER_EXIT_WAIT
+    else:
+        said = "%s answered: %s" % (spec["path"], _answer_says(answer, spec.get("answer_field")))
+        members = answer if isinstance(answer, dict) else {}
+        unmet = {key: members.get(key) for key, value in spec["success"].items() if members.get(key) != value}
+        if unmet:
+            return {"ok": False, "rc": None, "stdout": said, "stderr": "the answer has %s; success needs %s" % (
+                json.dumps(unmet, sort_keys=True), json.dumps(spec["success"], sort_keys=True))}
+        pid = peer.get("pid")
+    if not (pid and spec["exit_wait"]):
+        return {"ok": True, "rc": 0, "stdout": said, "stderr": ""}
+    deadline = time.monotonic() + spec["exit_wait"]
     while _detach.pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     if _detach.pid_alive(pid):
-        return {"ok": False, "rc": None, "stdout": said, "stderr": "holder pid %s is still alive %d s after the abort" % (
-            pid, PG_HOLDER_EXIT_WAIT)}
-    return {"ok": True, "rc": 0, "stdout": said + "; holder pid %s is gone" % pid, "stderr": ""}
+        return {"ok": False, "rc": None, "stdout": said, "stderr": "the listener on %s, pid %s, is still alive %d s after the request"
+                % (spec["path"], pid, spec["exit_wait"])}
+    return {"ok": True, "rc": 0, "stdout": said + "; its listener, pid %s, is gone" % pid, "stderr": ""}
 
 
 def run_post(post: t.Dict[str, t.Any], retries: int, retry_delay: float, timeout: float, reason: str,
@@ -301,8 +354,8 @@ def run_post(post: t.Dict[str, t.Any], retries: int, retry_delay: float, timeout
         began = now()
         if "command" in post:
             outcome = _run_command(list(post["command"]) + list(secret_argv), timeout, secret_argv)
-        elif "pg_session" in post:
-            outcome = _end_pg_session(post["pg_session"], reason)
+        elif "socket" in post:
+            outcome = _socket_request(post["socket"], reason)
         else:
             outcome = {"ok": True, "rc": 0, "stdout": "nothing to undo", "stderr": ""}
         outcome.update({"attempt": number, "start": utc_iso(began), "seconds": round(now() - began, 3)})
@@ -740,7 +793,13 @@ def arm(gdir: GuardDir, spec: t.Dict[str, t.Any], check_mode: bool, secret_argv:
             # The guard died without running post (SIGKILL, OOM, reboot): the database may still be quiesced, so its
             # post runs now, before anything else touches the database.
             stale = found["state"]
-            outcome = run_post(normalize_post(stale.get("post") or {"none": True}), stale.get("retries", 3),
+            try:
+                stale_post = normalize_post(stale.get("post") or {"none": True})
+            except GuardError as exc:
+                raise GuardError("database %s: the earlier run %s left its guard dead, and the post it recorded cannot be "
+                                 "run (%s); bring the database back by hand, remove %s, then run the backup again"
+                                 % (gdir.database, stale.get("run_id"), exc, gdir.state_path))
+            outcome = run_post(stale_post, stale.get("retries", 3),
                                stale.get("retry_delay", 5), stale.get("post_timeout", 600),
                                "taken over by run %s: the earlier guard is gone (%s)" % (spec["run_id"], found["stale"]),
                                secret_argv)

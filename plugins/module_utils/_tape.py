@@ -7,10 +7,10 @@
 This is a private module_utils file of consistent.backup: it is not part of the collection's public API and may
 change without notice.
 
-Everything the kernel is asked goes through ``TapeOps`` (open, ioctl, read, write, close). The default is the
-real thing (``os.open`` and ``fcntl.ioctl`` on a real node); tests pass their own, and the environment variable
-``CONSISTENT_BACKUP_TAPE_OPS`` (documented as a test seam in docs/tape.md) names a Python file that provides one,
-so a playbook run can drive a tape double that lives under tests/. Nothing here knows about that double.
+Everything the kernel is asked goes through ``TapeOps`` (open, ioctl, read, write, close), made by ``default_ops``
+from ``OPS_FACTORY``: the real thing (``os.open`` and ``fcntl.ioctl`` on a real node). Nothing here reads the
+environment or knows about a tape double: tests pass their own ops, or replace ``OPS_FACTORY`` from tests/ (a
+playbook run loads that replacement through a ``sitecustomize`` the test helpers put on PYTHONPATH; docs/tape.md).
 
 Facts (../shared/reference/tape.md): ``struct mtget`` is ``"@5l2i"`` (mt_type, mt_resid = partition on st, mt_dsreg,
 mt_gstat, mt_erreg = soft errors, mt_fileno, mt_blkno); ioctl numbers are derived from the struct sizes, not copied.
@@ -21,7 +21,6 @@ the drive at open, and closing a rewinding node (/dev/stN) rewinds the tape, so 
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import re
@@ -156,20 +155,13 @@ class TapeOps:
         os.close(fd)
 
 
-OPS_ENV = "CONSISTENT_BACKUP_TAPE_OPS"
+# What makes the kernel layer: the real kernel. The one seam for tape doubles, which only tests/ replace.
+OPS_FACTORY = TapeOps  # type: t.Callable[[], TapeOps]
 
 
 def default_ops() -> TapeOps:
-    """The real kernel, unless the test seam ``CONSISTENT_BACKUP_TAPE_OPS`` names a Python file with ``make_ops()``."""
-    path = os.environ.get(OPS_ENV)
-    if not path:
-        return TapeOps()
-    spec = importlib.util.spec_from_file_location("consistent_backup_tape_ops", path)
-    if spec is None or spec.loader is None:
-        raise TapeError("%s=%s does not name a Python file; unset it (it is a test seam) to use the real drive" % (OPS_ENV, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_ops()
+    """The kernel calls a tape module uses (``OPS_FACTORY``: the real kernel)."""
+    return OPS_FACTORY()
 
 
 # --------------------------------------------------------------------------------------------

@@ -62,8 +62,16 @@ options:
       - What the guard does when it has to run post. Exactly one key.
       - C(command) - the operator's post command (argv list, or a string split without a shell); it must succeed
         when the database is already open.
-      - C(pg_session) - C({backup_id, runtime_dir}), end the PostgreSQL holder's session (the holder closes its
-        connection, so the server leaves backup mode).
+      - C(socket) - one request to a service on a Unix socket on this host, one JSON line each way (the PostgreSQL
+        role states its post so, as M(consistent.backup.pg_backup_session) returns it in RV(consistent.backup.pg_backup_session#module:guard_post),
+        asking its holder to abort). Members - C(path) (absolute, required), C(request) (a dict, required),
+        C(reason_key) (the request member that receives why the guard runs post), C(success) (the answer's members
+        that mean success, default C({})), C(absent_ok) (nobody listening on C(path) means the service already ended,
+        which is success - post is idempotent; default V(false)), C(timeout) (seconds to wait for the answer, default
+        10), C(exit_wait) (seconds the listening process, known from the socket itself, may take to exit after the
+        request; one that does not answer within C(timeout) is sent SIGTERM; default 0, not waited for),
+        C(answer_field) (the dotted member of the answer the record quotes) and C(what) (how the record describes
+        the post). Any other member is refused.
       - C(none) - nothing to undo.
       - Required with O(state=armed).
     type: dict

@@ -420,6 +420,27 @@ runtime_dir:
   returned: state is started
   type: str
   sample: /run/consistent-backup/b1
+guard_post:
+  description:
+    - The post the on-host guard holds for this session, for M(consistent.backup.backup_guard)'s
+      O(consistent.backup.backup_guard#module:post) (the PostgreSQL role declares it as its post). It is the generic
+      C(socket) kind - ask the holder on C(<runtime_dir>/<backup_id>/holder.sock) to abort (it closes its connection,
+      so the server leaves backup mode) and wait for it to exit (SIGTERM when it does not answer); nobody listening
+      there means the holder is gone and the server already left backup mode for it, which is success.
+    - Also returned in check mode, so a read-only preflight can declare it before anything starts.
+  returned: state is started
+  type: dict
+  sample:
+    socket:
+      path: /run/consistent-backup/b1/holder.sock
+      request: {cmd: abort}
+      reason_key: reason
+      success: {ok: true}
+      absent_ok: true
+      timeout: 10.0
+      exit_wait: 15.0
+      answer_field: state.state
+      what: end the PostgreSQL backup session b1 (its holder closes the connection; the server leaves backup mode)
 msg:
   description: What happened, or what would happen in check mode.
   returned: sometimes
@@ -433,9 +454,9 @@ from ansible_collections.consistent.backup.plugins.module_utils._options import 
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
 from ansible_collections.consistent.backup.plugins.module_utils._guard import PRE_WINDOW_ARGSPEC, PRE_WINDOW_MINIMUM, GuardError, pre_window, run_pre
 
-from ansible_collections.consistent.backup.plugins.module_utils._pg_session import (
+from ansible_collections.consistent.backup.plugins.module_utils._pg_session import PgBackupSession
+from ansible_collections.consistent.backup.plugins.module_utils._pg_sql import (
     PSYCOPG_IMPORT_ERROR,
-    PgBackupSession,
     SessionError,
     connection_argument_spec,
     validate_backup_id,

@@ -88,7 +88,7 @@ attributes:
     support: partial
     details: positioned on a labelled volume is not changed; verified and copied read or write the tape every time.
 notes:
-  - The tape double and the test seam C(CONSISTENT_BACKUP_TAPE_OPS) are described in docs/tape.md.
+  - The kernel calls go through an injectable layer; the tape double the tests put there, from tests/ only, is described in docs/tape.md.
 seealso:
   - module: consistent.backup.tape_status
   - module: consistent.backup.aligned_copy

@@ -76,8 +76,8 @@ attributes:
     details: Never changed.
 notes:
   - Linux st driver only. Each check opens a fresh descriptor - the driver probes the drive at open.
-  - The kernel calls go through an injectable layer. The environment variable C(CONSISTENT_BACKUP_TAPE_OPS) is a
-    test seam (docs/tape.md) that points it at a tape double under tests/; leave it unset in production.
+  - The kernel calls go through an injectable layer; the tests put a tape double there from tests/ only (docs/tape.md).
+    The module reads no environment variable to choose it.
 seealso:
   - module: consistent.backup.tape_changer
   - name: st(4)

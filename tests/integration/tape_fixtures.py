@@ -3,8 +3,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A tape library for tests: a changer double (files/mtx.py) and a drive double (files/fake_tape.py).
 
-Nothing here is used outside tests/. The modules reach the drive double through the test seam
-CONSISTENT_BACKUP_TAPE_OPS (docs/tape.md) and the changer double through their ``mtx`` option.
+Nothing here is used outside tests/. The modules reach the drive double through the test seam (docs/tape.md): a playbook
+run with TAPE_DOUBLE_ENV loads files/tape_seam/sitecustomize.py in each module's process, which swaps _tape's
+OPS_FACTORY for the double; unit tests swap it with ``use_tape_double``. The changer double is reached through the
+modules' ``mtx`` option.
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ import fake_tape  # noqa: E402  pylint: disable=wrong-import-position
 MTX = os.path.join(FILES, "mtx")
 TAPEINFO = os.path.join(FILES, "tapeinfo")
 FAKE_TAPE = os.path.join(FILES, "fake_tape.py")
-OPS_ENV = {"CONSISTENT_BACKUP_TAPE_OPS": FAKE_TAPE}
+TAPE_SEAM = os.path.join(FILES, "tape_seam")
+# The environment of a playbook run whose tape modules use the drive double (files/tape_seam/sitecustomize.py).
+TAPE_DOUBLE_ENV = {"CONSISTENT_BACKUP_TEST_TAPE_DOUBLE": FAKE_TAPE,
+                   "PYTHONPATH": os.pathsep.join(filter(None, [TAPE_SEAM, os.environ.get("PYTHONPATH")]))}
+
+
+def use_tape_double(monkeypatch: t.Any) -> None:
+    """In this process (unit tests), the tape modules' kernel layer is the drive double."""
+    from ansible_collections.consistent.backup.plugins.module_utils import _tape  # pylint: disable=import-outside-toplevel
+    monkeypatch.setattr(_tape, "OPS_FACTORY", fake_tape.make_ops)
 
 
 class Library:

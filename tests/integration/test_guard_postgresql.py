@@ -51,7 +51,7 @@ def test_controller_killed_during_copy_leaves_no_backup_session_and_the_next_run
     report = load_json(os.path.join(media.path, "after-kill", "report.json"))
     previous = report["guard"]["previous"]
     assert previous["backup_id"] == "killed" and previous["state"] == "fired" and previous["post_ok"] is True
-    assert "holder pid %d is gone" % holder["holder_pid"] in previous["post_attempts"][-1]["stdout"]
+    assert "answered: aborted; its listener, pid %d, is gone" % holder["holder_pid"] in previous["post_attempts"][-1]["stdout"]
     assert report["verdict"] == "success"
     # A normal run leaves neither a guard nor a holder behind.
     after = load_json(os.path.join(holders, "after-kill", "state.json"))

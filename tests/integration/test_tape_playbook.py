@@ -6,7 +6,7 @@ stream of fixed-size records, it is read back before COMPLETE, and disk-then-tap
 
 The library is the changer and drive doubles of tape_fixtures.py (verbatim mtx outputs, a drive directory standing in
 for the tape: one file per tape file); the modules reach the drive double through the test seam
-CONSISTENT_BACKUP_TAPE_OPS. The operator commands are files/fakedb.py.
+(TAPE_DOUBLE_ENV: files/tape_seam/sitecustomize.py in each module's process, docs/tape.md). The operator commands are files/fakedb.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import pytest
 
 from helpers import load_json, run_playbook
-from tape_fixtures import MTX, OPS_ENV, Library, tar_members
+from tape_fixtures import MTX, TAPE_DOUBLE_ENV, Library, tar_members
 from test_backup_files import fakedb, job_vars, one_host  # noqa: F401  pylint: disable=unused-import
 
 RECORD = 64 * 1024
@@ -47,7 +47,7 @@ def failed_result(run, name):
 
 
 def run_tape_job(tmp_path, values, **kwargs):
-    return run_playbook("backup.yml", one_host(tmp_path), values, env=OPS_ENV, **kwargs)
+    return run_playbook("backup.yml", one_host(tmp_path), values, env=TAPE_DOUBLE_ENV, **kwargs)
 
 
 def test_success_writes_one_stream_of_fixed_records_that_matches_the_manifest_and_reads_back(tmp_path, fakedb, library):  # noqa: F811

@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A tape drive double for the injectable kernel layer of plugins/module_utils/_tape.py (never used in production).
 
-Selected with CONSISTENT_BACKUP_TAPE_OPS=<this file> (the test seam, docs/tape.md). The "device" is a directory:
+Selected by the test seam (docs/tape.md): its ``make_ops`` replaces _tape.OPS_FACTORY, in a playbook run through
+tape_seam/sitecustomize.py (CONSISTENT_BACKUP_TEST_TAPE_DOUBLE=<this file>). The "device" is a directory:
 
     <drive>/state.json           the drive: loaded, volume, write_protected, loading_polls, block_size, density,
                                  file/offset (position), open_errno (an errno the next opens fail with)

@@ -175,6 +175,17 @@ def test_dead_guard_is_taken_over_and_its_post_run_first(gdir, tmp_path):
     assert guard.read_state()["run_id"] == "r2"
 
 
+def test_a_dead_guard_whose_recorded_post_is_of_no_known_kind_is_refused_saying_what_to_do(gdir, tmp_path):
+    guard = gdir()
+    armed = g.arm(guard, spec("r1", {"none": True}), check_mode=False)
+    os.kill(armed["pid"], signal.SIGKILL)
+    wait_for(lambda: not _detach.pid_alive(armed["pid"]), 5, "the guard to die")
+    guard.write_state(dict(guard.read_state(), post={"pg_session": {"backup_id": "b-r1"}}))  # an earlier release's record
+
+    with pytest.raises(g.GuardError, match="cannot be run .*exactly one of command.*bring the database back by hand"):
+        g.arm(gdir(), spec("r2", {"none": True}), check_mode=False)
+
+
 def test_next_run_reports_what_the_guard_did_once(gdir, tmp_path):
     marker = tmp_path / "post.log"
     guard = gdir()
@@ -227,6 +238,107 @@ def test_post_must_name_one_action():
     with pytest.raises(g.GuardError, match="exactly one of command"):
         g.normalize_post({"command": ["x"], "none": True})
     assert g.normalize_post({"command": "appdb resume 'a b'"}) == {"command": ["appdb", "resume", "a b"]}
+
+
+def test_a_socket_post_with_an_unknown_member_or_a_relative_path_is_refused(tmp_path):
+    with pytest.raises(g.GuardError, match="unknown member.*sucess"):
+        g.normalize_post({"socket": {"path": str(tmp_path / "s"), "request": {"cmd": "abort"}, "sucess": {"ok": True}}})
+    with pytest.raises(g.GuardError, match="absolute path"):
+        g.normalize_post({"socket": {"path": "s.sock", "request": {"cmd": "abort"}}})
+    assert g.normalize_post({"socket": {"path": str(tmp_path / "s"), "request": {"cmd": "abort"}}})["socket"]["timeout"] == 10.0
+
+
+# --- the socket post: one request to a service on a Unix socket -------------------------------------------------
+
+SERVICE = """
+import json, os, signal, socket, sys, time
+path, answer, mode, record = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(path)
+listener.listen(1)
+open(record + ".ready", "w").write(str(os.getpid()))
+client, _ = listener.accept()
+data = b""
+while not data.endswith(b"\\n"):
+    data += client.recv(65536)
+open(record, "w").write(data.decode())
+if mode == "silent":
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    time.sleep(60)
+client.sendall((json.dumps(answer) + "\\n").encode())
+if mode == "stays":
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def service(tmp_path):
+    started = []
+
+    def start(answer, mode="exits"):
+        path, record = str(tmp_path / "svc.sock"), str(tmp_path / "request.json")
+        proc = subprocess.Popen([sys.executable, "-c", SERVICE, path, json.dumps(answer), mode, record])
+        started.append(proc)
+        wait_for(lambda: os.path.exists(record + ".ready"), 10, "the service to listen")
+        return path, record, proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def socket_post(path, **more):
+    post = {"path": path, "request": {"cmd": "abort"}, "reason_key": "reason", "success": {"ok": True}, "absent_ok": True,
+            "timeout": 5, "exit_wait": 5, "answer_field": "state.state", "what": "end the test service"}
+    post.update(more)
+    return g.normalize_post({"socket": post})
+
+
+def test_a_socket_post_sends_its_request_with_the_reason_and_waits_for_the_listener_to_exit(service):
+    path, record, proc = service({"ok": True, "state": {"state": "aborted"}})
+
+    outcome = g.run_post(socket_post(path), 3, 0, 30, "released by the guard: the test")
+
+    assert outcome["ok"] is True and len(outcome["attempts"]) == 1 and outcome["what"] == "end the test service"
+    assert json.loads(open(record).read()) == {"cmd": "abort", "reason": "released by the guard: the test"}
+    assert "answered: aborted; its listener, pid %d, is gone" % proc.pid in outcome["attempts"][0]["stdout"]
+
+
+def test_a_socket_nobody_listens_on_is_success_only_when_absent_is_ok(tmp_path):
+    gone = str(tmp_path / "gone.sock")
+
+    assert g.run_post(socket_post(gone), 1, 0, 30, "test")["attempts"][0]["stdout"].startswith("nobody listens on %s" % gone)
+    refused = g.run_post(socket_post(gone, absent_ok=False), 2, 0, 30, "test")
+    assert refused["ok"] is False and len(refused["attempts"]) == 2
+
+
+def test_a_listener_that_does_not_answer_is_sent_sigterm_and_must_exit(service):
+    path, _record, proc = service({"ok": True}, mode="silent")
+
+    outcome = g.run_post(socket_post(path, timeout=0.5), 3, 0, 30, "test")
+
+    assert outcome["ok"] is True
+    assert "did not answer" in outcome["attempts"][0]["stdout"] and "sent SIGTERM to its listener, pid %d" % proc.pid in outcome["attempts"][0]["stdout"]
+    assert proc.wait(5) == 0
+
+
+def test_an_answer_without_the_members_of_success_fails_the_attempt(service):
+    path, _record, _proc = service({"ok": False, "error": "unknown command"}, mode="stays")
+
+    outcome = g.run_post(socket_post(path, exit_wait=0), 1, 0, 30, "test")
+
+    assert outcome["ok"] is False
+    assert 'the answer has {"ok": false}; success needs {"ok": true}' in outcome["attempts"][0]["stderr"]
+
+
+def test_a_listener_still_alive_after_exit_wait_fails_the_attempt(service):
+    path, _record, proc = service({"ok": True, "state": {"state": "aborted"}}, mode="stays")
+
+    outcome = g.run_post(socket_post(path, exit_wait=0.5), 1, 0, 30, "test")
+
+    assert outcome["ok"] is False and "pid %d, is still alive" % proc.pid in outcome["attempts"][0]["stderr"]
 
 
 # --- pre's window: pre cannot outrun the guard ------------------------------------------------------------------

@@ -17,23 +17,26 @@ import threading
 
 import pytest
 
-from ansible_collections.consistent.backup.plugins.module_utils import _layout, _pg_session
-from ansible_collections.consistent.backup.plugins.module_utils._pg_session import (
+from ansible_collections.consistent.backup.plugins.module_utils import _guard, _layout, _pg_holder, _pg_session, _pg_sql
+from ansible_collections.consistent.backup.plugins.module_utils._layout import default_runtime_dir
+from ansible_collections.consistent.backup.plugins.module_utils._pg_holder import (
     ALIVE,
     GONE,
-    PgBackupSession,
-    SessionError,
     SessionStore,
     aborted_message,
+    guard_post,
+    holder_probe,
+)
+from ansible_collections.consistent.backup.plugins.module_utils._pg_session import PgBackupSession, write_outputs
+from ansible_collections.consistent.backup.plugins.module_utils._pg_sql import (
+    SessionError,
     archiver_failing,
     backup_functions,
     connection_kwargs,
-    default_runtime_dir,
     describe_target,
     evaluate_preflight,
     format_lsn,
     holder_connection_kwargs,
-    holder_probe,
     is_not_in_progress_error,
     parse_lsn,
     render_sql,
@@ -42,7 +45,6 @@ from ansible_collections.consistent.backup.plugins.module_utils._pg_session impo
     setting_bytes,
     validate_backup_id,
     walfile_timeline,
-    write_outputs,
 )
 
 LABEL = ("START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\n"
@@ -166,7 +168,7 @@ def test_only_a_real_segment_at_or_after_the_stop_segment_proves_it_was_archived
     (None, "00000002.history", False),
 ])
 def test_the_archive_status_file_decides_when_it_can_be_read(status, last_archived, expected):
-    assert _pg_session.stop_segment_archived(STOP, status, last_archived) is expected
+    assert _pg_sql.stop_segment_archived(STOP, status, last_archived) is expected
 
 
 @pytest.mark.parametrize("names, in_pg_wal, expected", [
@@ -178,13 +180,13 @@ def test_the_archive_status_file_decides_when_it_can_be_read(status, last_archiv
     (None, False, "removed"),
 ])
 def test_the_archive_status_is_read_from_the_directory_listings(names, in_pg_wal, expected):
-    assert _pg_session.archive_status_from_listing(STOP, names, in_pg_wal) == expected
+    assert _pg_sql.archive_status_from_listing(STOP, names, in_pg_wal) == expected
 
 
 def test_the_poll_reads_the_status_file_when_it_may_then_the_listing_then_only_the_archiver():
-    by_file = _pg_session.archive_poll(STOP, True, True)
-    by_listing = _pg_session.archive_poll(STOP, False, True)
-    by_archiver = _pg_session.archive_poll(STOP, False, False)
+    by_file = _pg_sql.archive_poll(STOP, True, True)
+    by_listing = _pg_sql.archive_poll(STOP, False, True)
+    by_archiver = _pg_sql.archive_poll(STOP, False, False)
 
     assert by_file[0] == by_listing[0] == "archive_status" and by_archiver[0] == "pg_stat_archiver"
     assert by_file[2] == ["pg_wal/archive_status/%s.done" % STOP, "pg_wal/archive_status/%s.ready" % STOP, "pg_wal/" + STOP]
@@ -382,7 +384,7 @@ def test_started_refuses_a_socket_path_too_long_for_a_unix_socket_in_check_mode_
 
 
 def test_the_runtime_dir_falls_back_to_tmp_per_uid_when_run_is_not_writable(monkeypatch):
-    monkeypatch.setattr(_pg_session.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(_layout.os, "access", lambda path, mode: False)
 
     assert default_runtime_dir() == "/tmp/consistent-backup-%d" % os.getuid()
 
@@ -673,6 +675,27 @@ def test_started_again_by_the_same_run_returns_the_running_session(runtime, monk
     result = PgBackupSession(params(runtime, run_id="run-now"), False, lambda w: None).started()
 
     assert result["changed"] is False and result["start_lsn"] == "0/2000028" and result["session_run_id"] == "run-now"
+    assert result["guard_post"] == guard_post(SessionStore(runtime, "b1"))
+
+
+# -- the guard's post: a request on the holder's socket --------------------------------------------------------------
+
+def test_the_guards_post_asks_the_holder_on_its_socket_to_abort_and_waits_for_it_to_exit(runtime):
+    store = SessionStore(runtime, "b1")
+
+    post = _guard.normalize_post(guard_post(store))["socket"]
+
+    assert post["path"] == store.socket_path and post["request"] == {"cmd": "abort"} and post["reason_key"] == "reason"
+    assert post["success"] == {"ok": True} and post["exit_wait"] > 0 and "PostgreSQL backup session b1" in post["what"]
+
+
+def test_the_guards_post_counts_a_holder_that_is_gone_as_the_session_ended(runtime):
+    store = stored_session(runtime, "stopped")
+
+    outcome = _guard.run_post(_guard.normalize_post(guard_post(store)), 3, 0, 30, "released by the guard: test")
+
+    assert outcome["ok"] is True and len(outcome["attempts"]) == 1
+    assert outcome["attempts"][0]["stdout"].startswith("nobody listens on %s" % store.socket_path)
 
 
 # -- retryable: what a retry cannot fix is said once ----------------------------------------------------------------
@@ -682,7 +705,7 @@ def test_started_again_by_the_same_run_returns_the_running_session(runtime, monk
     ("42501", False), ("28P01", False), ("22023", False), ("55000", False),
 ])
 def test_server_errors_are_retryable_unless_privileges_authorization_input_or_state_are_wrong(sqlstate, expected):
-    assert _pg_session.retryable_sqlstate(sqlstate) is expected
+    assert _pg_sql.retryable_sqlstate(sqlstate) is expected
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -694,7 +717,7 @@ def test_server_errors_are_retryable_unless_privileges_authorization_input_or_st
     ("fe_sendauth: no password supplied", False),
 ])
 def test_a_refused_login_is_not_retryable_and_a_server_that_is_down_is(text, expected):
-    assert _pg_session.retryable_connect_error(text) is expected
+    assert _pg_sql.retryable_connect_error(text) is expected
 
 
 @pytest.mark.parametrize("changes, retryable", [
@@ -706,7 +729,7 @@ def test_a_refused_login_is_not_retryable_and_a_server_that_is_down_is(text, exp
     ({"archiver": {"last_failed_time": "2024-05-01T10:00:00Z", "last_archived_time": "2024-05-01T09:00:00Z"}}, True),
 ])
 def test_only_a_failing_archiver_refuses_the_start_in_a_way_a_retry_can_heal(changes, retryable):
-    verdict = _pg_session.preflight_verdict(healthy(**changes), True)
+    verdict = _pg_sql.preflight_verdict(healthy(**changes), True)
 
     assert verdict.errors
     assert verdict.retryable is retryable
@@ -719,7 +742,7 @@ def test_a_start_refused_on_the_server_for_privileges_is_reported_not_retryable(
     SessionStore(runtime, "b1").create()
     spec = {"backup_id": "b1", "run_id": "run-now", "runtime_dir": runtime, "server_version_num": 180000, "max_duration": 60,
             "keepalive_interval": 10}
-    holder = _pg_session.Holder(spec, None)
+    holder = _pg_holder.Holder(spec, None)
     reports = []
     holder.report = reports.append
     holder.listen = lambda: None
@@ -878,7 +901,7 @@ POSTMASTER_START = _layout.parse_utc_iso("2024-05-01T09:00:00Z")
 def running_holder(runtime, answers):
     SessionStore(runtime, "b1").create()
     spec = {"backup_id": "b1", "runtime_dir": runtime, "server_version_num": 180000, "max_duration": 60, "keepalive_interval": 10}
-    holder = _pg_session.Holder(spec, None)
+    holder = _pg_holder.Holder(spec, None)
     holder.conn = FakeConnection(answers)
     holder.state.update(state="running", backend_pid=4242, facts={
         "start_lsn": "0/2000028", "timeline": 1, "server_version_num": 180000, "system_identifier": 1,

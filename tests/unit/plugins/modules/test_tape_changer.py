@@ -15,7 +15,7 @@ from ansible_collections.consistent.backup.plugins.module_utils import _mtx
 from ansible_collections.consistent.backup.plugins.modules import tape_changer, tape_status
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "integration"))
-from tape_fixtures import FAKE_TAPE, MTX, TAPEINFO, Library  # noqa: E402  pylint: disable=wrong-import-position
+from tape_fixtures import MTX, TAPEINFO, Library, use_tape_double  # noqa: E402  pylint: disable=wrong-import-position
 from module_result import module_result  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -24,7 +24,7 @@ run = module_result  # run(module, capsys, **options)
 
 @pytest.fixture
 def library(tmp_path, monkeypatch):
-    monkeypatch.setenv("CONSISTENT_BACKUP_TAPE_OPS", FAKE_TAPE)
+    use_tape_double(monkeypatch)
     return Library(str(tmp_path / "lib"), {1: "LT1001L3", 2: None, 3: "LT1003L3", 4: None, 5: "LT1002L3"}, loaded="LT1000L3",
                    loaded_from=2, import_export=[5])
 

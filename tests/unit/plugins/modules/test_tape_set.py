@@ -15,7 +15,7 @@ from ansible_collections.consistent.backup.plugins.module_utils import _tape
 from ansible_collections.consistent.backup.plugins.modules import tape_set
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "integration"))
-from tape_fixtures import FAKE_TAPE, fake_tape  # noqa: E402  pylint: disable=wrong-import-position
+from tape_fixtures import fake_tape, use_tape_double  # noqa: E402  pylint: disable=wrong-import-position
 from module_result import module_result  # noqa: E402  pylint: disable=wrong-import-position
 
 RECORD = 64 * 1024
@@ -26,7 +26,7 @@ run = functools.partial(module_result, tape_set)  # run(capsys, [check_mode=True
 
 @pytest.fixture
 def drive(tmp_path, monkeypatch):
-    monkeypatch.setenv("CONSISTENT_BACKUP_TAPE_OPS", FAKE_TAPE)
+    use_tape_double(monkeypatch)
     return fake_tape.create(str(tmp_path / "nst0"), volume="LT1001L3")
 
 

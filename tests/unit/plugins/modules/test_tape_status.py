@@ -15,7 +15,9 @@ from ansible_collections.consistent.backup.plugins.modules import tape_status
 
 FILES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "integration", "files")
 sys.path.insert(0, FILES)
+sys.path.insert(0, os.path.dirname(FILES))
 import fake_tape  # noqa: E402  pylint: disable=wrong-import-position
+from tape_fixtures import use_tape_double  # noqa: E402  pylint: disable=wrong-import-position
 from module_result import module_result  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -24,7 +26,7 @@ run = functools.partial(module_result, tape_status)  # run(capsys, [check_mode=T
 
 @pytest.fixture
 def drive(tmp_path, monkeypatch):
-    monkeypatch.setenv("CONSISTENT_BACKUP_TAPE_OPS", os.path.join(FILES, "fake_tape.py"))
+    use_tape_double(monkeypatch)
     return fake_tape.create(str(tmp_path / "nst0"))
 
 

@@ -128,8 +128,8 @@ def main() -> int:
     for name, median in medians.items():
         print("median %-14s %.3f s" % (name, median))
     print("ratio files_job / ping8: %.2f" % (medians["files_job"] / medians["ping8"]))
-    print("ratio files_job_%d / ping8_%d: %.2f" % (args.hosts, args.hosts,
-                                                  medians["files_job_%d" % args.hosts] / medians["ping8_%d" % args.hosts]))
+    many_ratio = medians["files_job_%d" % args.hosts] / medians["ping8_%d" % args.hosts]
+    print("ratio files_job_%d / ping8_%d: %.2f" % (args.hosts, args.hosts, many_ratio))
     print("ratio bdb_job / ping8: %.2f" % (medians["bdb_job"] / medians["ping8"]))
     return 0
 

@@ -41,3 +41,18 @@ attributes:
     membership:
       - consistent.backup.all
 '''
+
+    # The modules that also take the job handle (doc_fragments/_job.py).
+    ACTIONGROUP_ALL_JOB = r'''
+options: {}
+attributes:
+  action_group:
+    description:
+      - Use C(group/consistent.backup.all) in C(module_defaults) to set defaults for this module.
+      - Use C(group/consistent.backup.job) to set O(job) for every module that works inside a set, as C(playbooks/backup.yml)
+        does.
+    support: full
+    membership:
+      - consistent.backup.all
+      - consistent.backup.job
+'''

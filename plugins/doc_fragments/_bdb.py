@@ -21,9 +21,4 @@ options:
     description:
       - Directory of the utilities (with O(utility_prefix) or the default prefixes), instead of the PATH.
     type: path
-  ledger:
-    description:
-      - Record this attempt in the set's phase ledger, C({set_path, run_id, phase}) (see M(consistent.backup.backup_set)).
-      - Not used in check mode.
-    type: dict
 '''

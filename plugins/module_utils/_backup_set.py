@@ -243,10 +243,45 @@ def phases_from_ledger(attempts: t.List[t.Dict[str, t.Any]]) -> t.Dict[str, t.Di
     return phases
 
 
+# The job handle (doc_fragments/_job.py): every module that works inside a set takes it; the ledger is job + phase.
+JOB_ARGUMENT_SPEC: t.Dict[str, t.Dict[str, t.Any]] = {
+    "job": {"type": "dict", "options": {"dest": {"type": "path", "required": True},
+                                        "backup_id": {"type": "str", "required": True},
+                                        "run_id": {"type": "str", "required": True}}},
+    "phase": {"type": "str", "choices": list(PHASE_ORDER)},
+}
+
+
+def job_argument_spec() -> t.Dict[str, t.Dict[str, t.Any]]:
+    """A fresh copy of the job handle's options, for a module's argument spec."""
+    return json.loads(json.dumps(JOB_ARGUMENT_SPEC))
+
+
+def job_set_path(module: t.Any) -> t.Optional[str]:
+    """The set of the module's ``job`` (None without one); a bad destination or id fails the module, naming it."""
+    job = module.params.get("job")
+    if not job:
+        return None
+    try:
+        return _layout.set_path(job["dest"], job["backup_id"], option="job.dest")
+    except ValueError as exc:  # the message starts with the option: job.dest ..., job.backup_id ...
+        text = str(exc)
+        module.fail_json(msg=text if text.startswith("job.") else "job." + text, retryable=False)
+    return None  # not reached
+
+
+def job_ledger(module: t.Any) -> t.Optional[t.Dict[str, t.Any]]:
+    """The ledger this attempt is recorded in: {set_path, run_id, phase} from ``job`` and ``phase``, else None."""
+    path = job_set_path(module)
+    if path is None or not module.params.get("phase"):
+        return None
+    return {"set_path": path, "run_id": module.params["job"]["run_id"], "phase": module.params["phase"]}
+
+
 class PhaseLedger:
     """Records the attempt a module makes when the module exits, whether it succeeds or fails.
 
-    ``ledger`` is the module option ``{set_path, run_id, phase}``; ``facts`` picks from the module's result what the
+    ``ledger`` is ``{set_path, run_id, phase}`` (job_ledger: the module's ``job`` and ``phase``); ``facts`` picks from the module's result what the
     report needs (bytes, quiesce times). Nothing is recorded in check mode or without a ledger option.
 
     The ledger is a file, so AnsibleModule's masking of ``no_log`` values does not reach it: every string of the line

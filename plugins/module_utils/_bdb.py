@@ -43,6 +43,7 @@ import tempfile
 import time
 import typing as t
 
+from ansible_collections.consistent.backup.plugins.module_utils import _backup_set
 from ansible_collections.consistent.backup.plugins.module_utils import _restore_gate as _gate
 from ansible_collections.consistent.backup.plugins.module_utils import _sets
 from ansible_collections.consistent.backup.plugins.module_utils._layout import (
@@ -266,8 +267,8 @@ def find_utilities(which: Which, prefix: t.Optional[str] = None, bindir: t.Optio
 
 
 def utility_argument_spec() -> t.Dict[str, t.Dict[str, str]]:
-    """The options every bdb module takes (documented once in doc_fragments/_bdb.py)."""
-    return dict(utility_prefix=dict(type="str"), bindir=dict(type="path"), ledger=dict(type="dict"))
+    """The options every bdb module takes (documented once in doc_fragments/_bdb.py and _job.py)."""
+    return dict(utility_prefix=dict(type="str"), bindir=dict(type="path"), **_backup_set.job_argument_spec())
 
 
 def module_environment(module: t.Any, home: str) -> "Environment":

@@ -53,10 +53,11 @@ options:
       - Absolute path of the backup destination root (the job variable C(backup_dest)). It must exist (mount and
         check the medium first, for example with M(consistent.backup.mount_check)) and must not be inside a source.
       - The set is C(<dest>/<backup_id>/), files go to C(<dest>/<backup_id>/data/<source dest>/...).
+      - Defaults to O(job.dest); one of the two is required.
     type: path
-    required: true
   backup_id:
-    required: true
+    description:
+      - Defaults to O(job.backup_id); one of the two is required.
   sources:
     description:
       - What to copy, as files or directory trees.
@@ -155,7 +156,8 @@ options:
       - The identity of the job run this call belongs to (the playbook's C(backup_run_id)). The first attempt's
         recorded list is used again only by a call of the same run with the same sources; a list recorded by another
         run (a failed earlier run of the same O(backup_id)) is replaced by a new listing.
-      - When empty, any recorded list of the same sources is used again until a copy succeeds.
+      - Defaults to O(job.run_id). When empty, any recorded list of the same sources is used again until a copy
+        succeeds.
     type: str
     default: ''
   free_space_margin:
@@ -176,12 +178,6 @@ options:
         run the backup again'."
       - Not used in check mode.
     type: path
-  ledger:
-    description:
-      - Record this attempt in the set's phase ledger, C({set_path, run_id, phase}) (see M(consistent.backup.backup_set)) -
-        its start, end, result, message, and on success the bytes copied and the changes seen during the copy.
-      - Not used in check mode.
-    type: dict
   sink:
     description:
       - Where the files go. Default - the directory C(<dest>/<backup_id>/data/).
@@ -222,8 +218,9 @@ options:
         default: 0
 extends_documentation_fragment:
   - consistent.backup._attributes
-  - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._attributes.actiongroup_all_job
   - consistent.backup._set
+  - consistent.backup._job
 attributes:
   check_mode:
     support: full
@@ -528,7 +525,7 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
-from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger, job_argument_spec, job_ledger
 from ansible_collections.consistent.backup.plugins.module_utils._copy import run_copy
 from ansible_collections.consistent.backup.plugins.module_utils._copy_plan import (
     CHANGES_CHOICES,
@@ -554,8 +551,8 @@ from ansible_collections.consistent.backup.plugins.module_utils._tar_sink import
 
 def argument_spec() -> dict:
     return dict(
-        dest=dict(type="path", required=True),
-        backup_id=dict(type="str", required=True),
+        dest=dict(type="path"),
+        backup_id=dict(type="str"),
         sources=dict(
             type="list", elements="dict", required=True,
             options=dict(
@@ -577,7 +574,6 @@ def argument_spec() -> dict:
         run_id=dict(type="str", default=""),
         free_space_margin=dict(type="int", default=DEFAULT_FREE_SPACE_MARGIN),
         lease_file=dict(type="path"),
-        ledger=dict(type="dict"),
         sink=dict(
             type="dict",
             options=dict(
@@ -590,6 +586,7 @@ def argument_spec() -> dict:
             ),
             required_if=[("kind", "tar", ("device",))],
         ),
+        **job_argument_spec()
     )
 
 
@@ -617,15 +614,19 @@ def ledger_facts(result: dict) -> dict:
 
 def main() -> None:
     began = time.monotonic()
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    PhaseLedger(module, module.params["ledger"], ledger_facts)
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           required_one_of=[("dest", "job"), ("backup_id", "job")])
+    PhaseLedger(module, job_ledger(module), ledger_facts)
     # run_id: empty is documented (any recorded list of the same sources is used again); sink.volume: its default '',
     # only recorded; sink.file_number: -1 (the default) is "not known", the sink asks the drive.
     check_options(module, empty_ok=("run_id", "sink.volume"), minimum={"sink.file_number": -1},
                   units={"free_space_margin": "percent", "block_size": "bytes", "sink.block_size": "bytes"})
     params = module.params
-    dest = params["dest"]
-    backup_id = params["backup_id"]
+    job = params["job"] or {}
+    # the job handle gives the set; an option of the call's own takes precedence
+    dest = params["dest"] or job.get("dest")
+    backup_id = params["backup_id"] or job.get("backup_id")
+    params["run_id"] = params["run_id"] or job.get("run_id", "")
     try:
         read_size = parse_size(params["read_size"], "read_size")
     except ValueError as exc:

@@ -12,7 +12,7 @@ version_added: 0.1.0
 description:
   - Runs one command without a shell (an argv list, or a string split like a command line), with C(LANG=C), and
     records the attempt - start, end, result, return code and the tails of stderr and stdout - in the set's phase
-    ledger (O(ledger)), so C(report.json) shows every attempt of a retried phase with its reason.
+    ledger (O(job) and O(phase)), so C(report.json) shows every attempt of a retried phase with its reason.
   - A failure says which command failed, its return code and the end of its stderr, which usually holds the reason.
   - An empty O(argv) runs nothing and records a successful attempt (an engine whose pre or post has nothing to do).
 options:
@@ -22,11 +22,6 @@ options:
       - Empty runs nothing.
     type: raw
     required: true
-  ledger:
-    description:
-      - Where to record the attempt, C({set_path, run_id, phase}); the set must exist (opened by
-        M(consistent.backup.backup_set)). Leave out to record nothing.
-    type: dict
   timeout:
     description:
       - Seconds the command may take before it is killed (and the attempt fails). C(0) waits for ever.
@@ -35,8 +30,9 @@ options:
     default: 0
 extends_documentation_fragment:
   - consistent.backup._attributes
-  - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._attributes.actiongroup_all_job
   - consistent.backup._pre_window
+  - consistent.backup._job
 attributes:
   check_mode:
     support: full
@@ -60,10 +56,8 @@ EXAMPLES = r'''
       guard_dir: "{{ backup_guard.guard_dir }}"
       run_id: "{{ backup_run_id }}"
       timeout: 300
-    ledger:
-      set_path: /backup/db1-20261122T0200Z
-      run_id: "{{ backup_run_id }}"
-      phase: pre
+    job: {dest: /backup, backup_id: db1-20261122T0200Z, run_id: "{{ backup_run_id }}"}  # module_defaults in backup.yml
+    phase: pre
   register: pre
   retries: 2
   until: pre is succeeded
@@ -101,7 +95,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
-from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger, job_argument_spec, job_ledger
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import output_tail
 from ansible_collections.consistent.backup.plugins.module_utils._guard import PRE_WINDOW_ARGSPEC, PRE_WINDOW_MINIMUM, GuardError, pre_window, run_pre
 
@@ -131,19 +125,19 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             argv=dict(type='raw', required=True),
-            ledger=dict(type='dict'),
             timeout=dict(type='int', default=0),
             pre_window=PRE_WINDOW_ARGSPEC,
+            **job_argument_spec()
         ),
         supports_check_mode=True,
     )
-    PhaseLedger(module, module.params['ledger'])
+    PhaseLedger(module, job_ledger(module))
     check_options(module, minimum=PRE_WINDOW_MINIMUM, units={"timeout": "seconds", "pre_window.timeout": "seconds"})
     try:
         argv = _argv(module.params['argv'])
     except ValueError as exc:
         module.fail_json(msg=str(exc), retryable=False)
-    phase = (module.params['ledger'] or {}).get('phase') or 'the'
+    phase = module.params['phase'] or 'the'
     shown = ' '.join(shlex.quote(part) for part in argv)
     try:
         window = pre_window(module.params['pre_window'], '%s command %s' % (phase, shown))

@@ -30,17 +30,18 @@ options:
     description:
       - Absolute path of the backup destination root (the job variable C(backup_dest)); the set is the directory
         C(<dest>/<backup_id>/). It must already exist (the media role checks it).
+      - Defaults to O(job.dest); one of the two is required (so are O(backup_id) and O(run_id), or O(job)).
     type: path
-    required: true
   backup_id:
+    description:
+      - Defaults to O(job.backup_id).
     type: str
-    required: true
   run_id:
     description:
       - The identity of the job run that owns the set (the playbooks pass C(backup_run_id), one per host and run).
         Opening again with the same O(run_id) is not a change; O(state=closed) reads this run's attempts from the ledger.
+      - Defaults to O(job.run_id).
     type: str
-    required: true
   state:
     description: What to do with the set.
     type: str
@@ -111,8 +112,9 @@ options:
     type: int
 extends_documentation_fragment:
   - consistent.backup._attributes
-  - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._attributes.actiongroup_all_job
   - consistent.backup._set
+  - consistent.backup._job
 attributes:
   check_mode:
     support: full
@@ -220,6 +222,7 @@ from ansible_collections.consistent.backup.plugins.module_utils._backup_set impo
     build_report,
     close_set,
     guard_section,
+    job_argument_spec,
     lock_is_stale,
     open_set,
     plan_open,
@@ -245,9 +248,9 @@ def failure_message(report: dict, path: str) -> str:
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            dest=dict(type='path', required=True),
-            backup_id=dict(type='str', required=True),
-            run_id=dict(type='str', required=True),
+            dest=dict(type='path'),
+            backup_id=dict(type='str'),
+            run_id=dict(type='str'),
             state=dict(type='str', default='open', choices=['open', 'closed', 'released']),
             engine=dict(type='str', default='files'),
             host=dict(type='str'),
@@ -260,12 +263,16 @@ def main() -> None:
             would=dict(type='dict', default={}),
             stale_lock_after=dict(type='int'),
             owner_pid=dict(type='int'),
+            **job_argument_spec()
         ),
+        required_one_of=[('dest', 'job'), ('backup_id', 'job'), ('run_id', 'job')],
         supports_check_mode=True,
     )
     # no process has pid 0
     check_options(module, minimum=dict(owner_pid=1), units=dict(stale_lock_after="seconds"))
     params = module.params
+    for key in ('dest', 'backup_id', 'run_id'):  # the job handle's, unless the call names its own
+        params[key] = params[key] or (params['job'] or {}).get(key)
     try:
         path = set_path(params['dest'], params['backup_id'])
         if params['state'] == 'open':

@@ -56,7 +56,7 @@ options:
   plan:
     description:
       - With O(backup_dest), decide the backup's mode before pre and return it as RV(plan). An incremental builds on
-        RV(previous_set); it becomes a full set, with the reason in RV(plan.full_reason), when that set's chain is
+        RV(previous_set); it becomes a full set, with the reason in C(full_reason) of RV(plan), when that set's chain is
         broken (a set of it gone, not C(COMPLETE), or of another host or environment), when the logs from that set's
         last log on are not all in the environment, every O(plan.full_every) runs, and after a bulk load.
       - An incremental with no set to build on is refused (take a full set first).
@@ -87,8 +87,9 @@ options:
     type: path
 extends_documentation_fragment:
   - consistent.backup._bdb
+  - consistent.backup._job
   - consistent.backup._attributes
-  - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._attributes.actiongroup_all_job
 attributes:
   check_mode:
     support: full
@@ -271,7 +272,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
-from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger, job_ledger
 from ansible_collections.consistent.backup.plugins.module_utils._bdb import (
     BdbError, archivable_in_set, module_environment, plan_backup, previous_set, utility_argument_spec)
 
@@ -293,7 +294,7 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    PhaseLedger(module, module.params['ledger'], facts=lambda result: {
+    PhaseLedger(module, job_ledger(module), facts=lambda result: {
         'checkpoint_lsn_before': result.get('checkpoint_lsn_before'), 'checkpoint_lsn_after': result.get('checkpoint_lsn_after')})
     check_options(module, minimum={"plan.full_every": 1})  # a full set every 0 runs means nothing
     try:

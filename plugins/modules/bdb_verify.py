@@ -74,9 +74,10 @@ options:
     default: true
 extends_documentation_fragment:
   - consistent.backup._bdb
+  - consistent.backup._job
   - consistent.backup._set.select
   - consistent.backup._attributes
-  - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._attributes.actiongroup_all_job
 attributes:
   check_mode:
     support: full
@@ -260,7 +261,7 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
-from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger, job_ledger
 from ansible_collections.consistent.backup.plugins.module_utils._bdb import (
     BdbError, chain_logs, check_logs, check_target, find_utilities, lay_out, module_environment, plan_chain, plan_kept,
     record_kept, recorded_databases, remove_regions, remove_tree, resolve_chain, utility_argument_spec, verify_copy)
@@ -376,7 +377,7 @@ def main() -> None:
         supports_check_mode=True,
         mutually_exclusive=[('target', 'keep_dir')],
     )
-    PhaseLedger(module, module.params['ledger'], facts=lambda result: {
+    PhaseLedger(module, job_ledger(module), facts=lambda result: {
         'verified': result.get('ok'), 'last_valid_lsn': result.get('last_valid_lsn')})
     check_options(module)
     params = module.params

@@ -117,11 +117,6 @@ options:
         recorded with the same O(run_id) (a retried pre) and ends one recorded with another.
     type: str
     default: ''
-  ledger:
-    description:
-      - Record this attempt in the set's phase ledger, C({set_path, run_id, phase}) (see M(consistent.backup.backup_set)).
-        Not used in check mode.
-    type: dict
   backup_dest:
     description: With V(restored), the backup destination root that holds the sets.
     type: path
@@ -136,9 +131,10 @@ options:
     default: /
 extends_documentation_fragment:
   - consistent.backup._attributes
-  - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._attributes.actiongroup_all_job
   - consistent.backup._pre_window
   - consistent.backup._set.select
+  - consistent.backup._job
 attributes:
   check_mode:
     support: full
@@ -268,7 +264,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils import _btrieve
-from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger, job_argument_spec, job_ledger
 from ansible_collections.consistent.backup.plugins.module_utils._guard import PRE_WINDOW_ARGSPEC, PRE_WINDOW_MINIMUM, GuardError, pre_window, run_pre
 
 
@@ -325,18 +321,18 @@ def main() -> None:
             discard_dir=dict(type='path', default='/var/lib/consistent-backup/btrieve-discarded'),
             state_dir=dict(type='path'),
             run_id=dict(type='str', default=''),
-            ledger=dict(type='dict'),
             backup_dest=dict(type='path'),
             backup_id=dict(type='str', default='latest'),
             restore_root=dict(type='path', default='/'),
             set_host=dict(type='str'),
             set_database=dict(type='str'),
             pre_window=PRE_WINDOW_ARGSPEC,
+            **job_argument_spec()
         ),
         required_if=[('state', 'restored', ['backup_dest'])],
         supports_check_mode=True,
     )
-    PhaseLedger(module, module.params['ledger'], ledger_facts)
+    PhaseLedger(module, job_ledger(module), ledger_facts)
     # user, password, db: '' (the default) is an engine without security; run_id: '' (the default) is no job run, and
     # the btrieve role passes backup_run_id | default('').
     check_options(module, empty_ok=("user", "password", "db", "run_id"), minimum=PRE_WINDOW_MINIMUM,

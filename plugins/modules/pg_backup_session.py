@@ -58,13 +58,6 @@ options:
         same O(backup_id), when this run's pre was refused) change nothing, write no file, succeed and say so in RV(msg).
       - Not set means any session of O(backup_id) is this run's (the behaviour without run ids).
     type: str
-  ledger:
-    description:
-      - Record this attempt in the backup set's phase ledger, C({set_path, run_id, phase}) (see
-        M(consistent.backup.backup_set)); a successful V(started) records when backup mode began and a successful
-        V(stopped) when it ended, so C(report.json) measures the quiesce window from the server's side.
-      - Not used in check mode.
-    type: dict
   login_db:
     description: Database to connect to (any database will do). Not set means libpq's default (C(PGDATABASE)).
   connect_params:
@@ -116,6 +109,7 @@ options:
         C(pg_basebackup)) atomically into O(set_path) and into C(<set_path>/data/<data_prefix>/), then writes
         PostgreSQL's C(backup_manifest) into C(<set_path>/data/<data_prefix>/) from the entries of the set's
         C(manifest.json) under C(<data_prefix>/) plus the label files.
+      - Defaults to the set of O(job) (C(<job.dest>/<job.backup_id>)).
     type: path
   data_prefix:
     description: Directory under C(<set_path>/data/) that holds the copy of the data directory.
@@ -136,10 +130,11 @@ options:
     type: path
 extends_documentation_fragment:
   - consistent.backup._attributes
-  - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._attributes.actiongroup_all_job
   - consistent.backup._set.identity
   - consistent.backup._pre_window
   - consistent.backup._postgres
+  - consistent.backup._job
 attributes:
   check_mode:
     support: full
@@ -451,7 +446,7 @@ msg:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
-from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger, job_argument_spec, job_ledger, job_set_path
 from ansible_collections.consistent.backup.plugins.module_utils._guard import PRE_WINDOW_ARGSPEC, PRE_WINDOW_MINIMUM, GuardError, pre_window, run_pre
 
 from ansible_collections.consistent.backup.plugins.module_utils._pg_session import PgBackupSession
@@ -489,8 +484,8 @@ def main() -> None:
         data_prefix=dict(type='str', default='pgdata'),
         label_dest=dict(type='path'),
         runtime_dir=dict(type='path'),
-        ledger=dict(type='dict'),
         pre_window=PRE_WINDOW_ARGSPEC,
+        **job_argument_spec()
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -501,12 +496,14 @@ def main() -> None:
         ],
         supports_check_mode=True,
     )
-    PhaseLedger(module, module.params['ledger'], ledger_facts)
+    PhaseLedger(module, job_ledger(module), ledger_facts)
     # A port counts from 1; the holder's bound and its check interval are at least a second (0 would end the backup at once).
     check_options(module, minimum=dict(PRE_WINDOW_MINIMUM, login_port=1, max_duration=1, keepalive_interval=1),
                   units={"max_duration": "seconds", "keepalive_interval": "seconds", "archive_timeout": "seconds",
                          "pre_window.timeout": "seconds"})
     params = module.params
+    # The job handle's set, unless the call names one (a split backup has neither: its label store is the record).
+    params['set_path'] = params['set_path'] or job_set_path(module)
     # Wrong input is refused before anything is touched, in check mode too, and never retried.
     if params['backup_id'] is not None:
         try:

@@ -63,18 +63,18 @@ options:
     type: int
     default: 28
   set_path:
-    description: The backup set directory on disk (O(state=verified) and O(state=copied)).
+    description:
+      - The backup set directory on disk (O(state=verified) and O(state=copied)); defaults to the set of O(job). One of
+        the two is required for those states.
     type: path
   file_number:
     description: With O(state=verified), the tape file the set was written to (from O(state=positioned)); V(-1) (the default) when not known.
     type: int
     default: -1
-  ledger:
-    description: Record this attempt in the set's phase ledger, C({set_path, run_id, phase}) (see M(consistent.backup.backup_set)).
-    type: dict
 extends_documentation_fragment:
   - consistent.backup._attributes
-  - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._attributes.actiongroup_all_job
+  - consistent.backup._job
 attributes:
   check_mode:
     support: full
@@ -157,7 +157,8 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
-from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger, phases_from_ledger, read_ledger
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import (
+    PhaseLedger, job_argument_spec, job_ledger, job_set_path, phases_from_ledger, read_ledger)
 from ansible_collections.consistent.backup.plugins.module_utils._copy_plan import CopyError
 from ansible_collections.consistent.backup.plugins.module_utils._fsutil import write_json
 from ansible_collections.consistent.backup.plugins.module_utils._layout import COMPLETE_NAME, REPORT_NAME, utc_iso
@@ -318,13 +319,13 @@ def check_and_record(module: AnsibleModule, ops: TapeOps, set_path: str, file_nu
 
 def verified(module: AnsibleModule, ops: TapeOps) -> None:
     p = module.params
-    set_path, ledger = p["set_path"], p["ledger"]
+    set_path, ledger = p["set_path"], job_ledger(module)
     copied_result = copy_result(set_path, ledger.get("run_id", "")) if ledger else "ok"
     if copied_result != "ok":
         partial = record_partial(module, ops) if copied_result == "failed" else None
         module.exit_json(changed=partial is not None, partial_file=partial, volume=p["volume"], record_size=p["record_size"],
                          skipped_reason="the copy did not succeed; there is no set on tape to read back%s"
-                         % ("" if partial is None else " (its partial tape file %d is recorded in the catalog, expired)" % partial),
+                         % ("" if partial is None else " (its partial tape file %s is recorded in the catalog, expired)" % partial),
                          catalog_path=catalog_path(p["catalog"], p["volume"]))
     PhaseLedger(module, ledger)
     if module.check_mode:
@@ -392,15 +393,17 @@ def main() -> None:
             retention_days=dict(type="int", default=28),
             set_path=dict(type="path"),
             file_number=dict(type="int", default=-1),
-            ledger=dict(type="dict"),
+            **job_argument_spec()
         ),
-        required_if=[("state", "verified", ("set_path", "volume")), ("state", "copied", ("set_path", "volume"))],
+        required_if=[("state", "verified", ("set_path", "job"), True), ("state", "copied", ("set_path", "job"), True),
+                     ("state", "verified", ("volume",)), ("state", "copied", ("volume",))],
         supports_check_mode=True,
     )
     # volume: '' (the default) takes any labelled volume; file_number: -1 (the default) is "not known" (copied spaces
     # to the end of data).
     check_options(module, empty_ok=("volume",), minimum=dict(file_number=-1),
                   units=dict(retention_days="days", record_size="bytes", block_size="bytes"))
+    module.params["set_path"] = module.params["set_path"] or job_set_path(module)
     problem = record_size_problem(module.params["record_size"], module.params["block_size"])
     if problem:
         module.fail_json(msg="tape %s: %s" % (module.params["device"], problem))

@@ -81,6 +81,10 @@ BASELINE: t.Dict[str, t.Dict[str, t.Any]] = {
     "tape_status": dict(device=TMP + "/nst0"),
 }
 
+# The modules that take the job handle (meta/runtime.yml, action group job).
+JOB_MODULES = ("aligned_copy", "backup_command", "backup_set", "bdb_checkpoint", "bdb_verify", "btrieve_continuous",
+               "pg_backup_session", "tape_set")
+
 # The valid parent of each dict or list-of-dict option with sub-options, into which a sub-option's case goes.
 PARENTS: t.Dict[t.Tuple[str, str], t.Dict[str, t.Any]] = {
     ("aligned_copy", "sources"): {"path": TMP + "/src"},
@@ -89,6 +93,7 @@ PARENTS: t.Dict[t.Tuple[str, str], t.Dict[str, t.Any]] = {
     ("btrieve_continuous", "pre_window"): {"guard_dir": TMP + "/guard", "run_id": "r1", "timeout": 60},
     ("pg_backup_session", "pre_window"): {"guard_dir": TMP + "/guard", "run_id": "r1", "timeout": 60},
     ("bdb_checkpoint", "plan"): {"backup_id": "b1", "mode": "hot"},
+    **{(module, "job"): {"dest": TMP + "/dest", "backup_id": "b1", "run_id": "r1"} for module in JOB_MODULES},
 }
 
 # Lowest values other than 0, as the modules declare them (the negative case goes below them).
@@ -124,10 +129,12 @@ ALLOWED: t.Dict[t.Tuple[str, str, str], str] = {
 # AnsibleModule refuses these before the collection's check can run, but its message does not name the option: for a
 # dict with sub-options given a string its first error is "dictionary requested, could not parse JSON or key=value"
 # (ansible-core 2.19, parameters._validate_sub_spec; the option is named only in a later error it does not show).
+DICTS_WITH_SUB_OPTIONS = (("aligned_copy", "sink"), ("backup_command", "pre_window"), ("btrieve_continuous", "pre_window"),
+                          ("pg_backup_session", "pre_window"), ("bdb_checkpoint", "plan")) + tuple(
+                              (module, "job") for module in JOB_MODULES)
 UNNAMED_BY_ANSIBLE: t.Dict[t.Tuple[str, str, str], str] = {
     (module, option, "wrong_type"): "AnsibleModule's own message for a dict with sub-options"
-    for module, option in (("aligned_copy", "sink"), ("backup_command", "pre_window"), ("btrieve_continuous", "pre_window"),
-                           ("pg_backup_session", "pre_window"), ("bdb_checkpoint", "plan"))
+    for module, option in DICTS_WITH_SUB_OPTIONS
 }
 
 INJECTION = "x; touch {tmp}/pwned $(touch {tmp}/pwned2) `touch {tmp}/pwned3`"

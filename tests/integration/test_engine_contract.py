@@ -40,7 +40,9 @@ def test_an_engine_role_under_tests_runs_through_backup_and_restore_and_latest_k
     assert fakedb.calls() == ["pre ok", "post ok"]
     report = load_json(os.path.join(media.path, "c1", "report.json"))
     assert (report["engine"], report["verdict"], report["complete"]) == ("cmdengine", "success", True)
-    assert report["cmdengine"] == {"post_rc": 0}  # the engine's report facts
+    # the engine's section: what the set records about itself (its manifest facts) and what its post reported
+    assert report["cmdengine"] == {"dir": fakedb.data_dir, "files": [os.path.join(fakedb.data_dir, "table.dat")],
+                                   "changed_during_copy": 0, "post_rc": 0}
     assert load_json(os.path.join(media.path, "c1", "set.json"))["database"] == fakedb.data_dir
     # a newer set of another engine on the same destination
     files = run_playbook("backup.yml", inv, {"backup_engine": "files", "backup_dest": media.path, "backup_id": "f1",

@@ -157,6 +157,29 @@ def open_set(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int
     raise BackupSetError("backup set %s: could not take the lock %s; remove it if no run is using the set" % (path, lock_file))
 
 
+def open_or_plan(dest: str, backup_id: str, run_id: str, stale_after: t.Optional[int], owner_pid: t.Optional[int],
+                 engine: str, host: t.Optional[str], database: t.Optional[str], check_mode: bool) -> t.Dict[str, t.Any]:
+    """state=open of backup_set (and of backup_guard's open_set): open the set, or in check mode say whether it would
+    be opened (a live lock of another run is refused as it would be). Raises BackupSetError; the result's ``warning``
+    says when an abandoned lock was taken over."""
+    path = set_path(dest, backup_id)
+    if check_mode:
+        plan = plan_open(dest, backup_id, run_id)
+        held = plan["lock"]
+        stale = lock_is_stale(held, stale_after, time.time()) if held and not plan["own_lock"] else None
+        if held and not plan["own_lock"] and not stale:
+            raise BackupSetError("backup set %s is locked by run %s from host %s since %s; wait for that run to finish"
+                                 % (path, held.get("run_id"), held.get("host"), held.get("since")))
+        return {"changed": not plan["own_lock"], "set_path": path, "lock": held, "identity": None,
+                "broke_stale_lock": dict(held, taken_over_because=stale) if stale else None}
+    result = open_set(dest, backup_id, run_id, stale_after, owner_pid, engine, host, database)
+    broke = result.get("broke_stale_lock")
+    if broke:
+        result["warning"] = "took over the lock of run %s on backup set %s: %s" % (
+            broke.get("run_id"), path, broke["taken_over_because"])
+    return result
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The phase ledger
 # ---------------------------------------------------------------------------------------------------------

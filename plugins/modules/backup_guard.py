@@ -114,10 +114,33 @@ options:
     description:
       - Directory for the guards; defaults to C(/run/consistent-backup) as root, else C(/tmp/consistent-backup-<uid>).
     type: path
+  open_set:
+    description:
+      - With O(state=armed) and O(job), also open the job's backup set in the same call, owned by the guard just armed
+        (what M(consistent.backup.backup_set) O(consistent.backup.backup_set#module:state=open) does - the set's lock
+        names the guard's process, C(set.json) says whose set it is). One call instead of two on the job's critical path.
+      - When the set cannot be opened (a C(COMPLETE) set, another run's live lock), the guard just armed is disarmed
+        before the module fails, so nothing stays armed for a run that never reaches pre.
+    type: dict
+    suboptions:
+      engine:
+        description: The engine, recorded in C(set.json) and the report.
+        type: str
+        required: true
+      host:
+        description: The host whose set this is (the job variable C(backup_host)).
+        type: str
+      database:
+        description: The engine's database key, recorded in C(set.json). Defaults to O(database).
+        type: str
+      stale_lock_after:
+        description: Seconds after which another run's lock is taken as abandoned (unset - never).
+        type: int
 extends_documentation_fragment:
   - consistent.backup._attributes
-  - consistent.backup._attributes.actiongroup_all
+  - consistent.backup._attributes.actiongroup_all_job
   - consistent.backup._set.identity
+  - consistent.backup._job
 attributes:
   check_mode:
     support: full
@@ -161,6 +184,12 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+set:
+  description:
+    - With O(open_set), the opened set as M(consistent.backup.backup_set) returns it - C(set_path), C(lock),
+      C(identity), C(broke_stale_lock), C(changed).
+  returned: when open_set is given with state armed
+  type: dict
 guard_dir:
   description: The guard's directory on the host.
   returned: always
@@ -223,6 +252,7 @@ from ansible_collections.consistent.backup.plugins.module_utils._guard import (
     disarm,
     status,
 )
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import BackupSetError, job_argument_spec, open_or_plan
 from ansible_collections.consistent.backup.plugins.module_utils._layout import backup_id_problem
 
 
@@ -242,6 +272,9 @@ def main() -> None:
             retry_delay=dict(type='int', default=5),
             post_timeout=dict(type='int', default=600),
             runtime_dir=dict(type='path'),
+            open_set=dict(type='dict', options=dict(engine=dict(type='str', required=True), host=dict(type='str'),
+                                                    database=dict(type='str'), stale_lock_after=dict(type='int'))),
+            **job_argument_spec()
         ),
         required_if=[('state', 'armed', ('post', 'backup_id'))],
         supports_check_mode=True,
@@ -267,6 +300,8 @@ def main() -> None:
             for record in (result.get('took_over'), result.get('previous')):
                 if record and record.get('state'):
                     module.warn(describe_record(record))
+            if params['open_set']:
+                result['set'] = open_guarded_set(module, gdir, result)
             module.exit_json(**result)
         if params['state'] == 'disarmed':
             result = disarm(gdir, params['run_id'], module.check_mode)
@@ -280,6 +315,30 @@ def main() -> None:
         module.fail_json(msg='guard for database %s in %s: %s (%s); check that the runtime directory is a local, writable '
                          'directory of this user' % (params['database'], gdir.path, exc.strerror or exc,
                                                      getattr(exc, 'filename', None) or gdir.path), retryable=False)
+
+
+def open_guarded_set(module: AnsibleModule, gdir: GuardDir, armed: dict) -> dict:
+    """The job's set, opened and owned by the guard just armed; a refusal disarms that guard first."""
+    params, job, opening = module.params, module.params['job'], module.params['open_set']
+    if not job:
+        disarm(gdir, params['run_id'], module.check_mode)
+        module.fail_json(msg='open_set needs job (dest, backup_id, run_id), the set to open; backup.yml sets it with '
+                         'module_defaults', retryable=False)
+    try:
+        opened = open_or_plan(job['dest'], job['backup_id'], job['run_id'], opening['stale_lock_after'], armed.get('pid'),
+                              opening['engine'], opening['host'], opening['database'] or params['database'],
+                              module.check_mode)
+    except (BackupSetError, OSError) as exc:
+        disarmed = disarm(gdir, params['run_id'], module.check_mode)
+        reason = str(exc) if isinstance(exc, BackupSetError) else 'backup set in %s: %s (%s); check that the backup ' \
+            'medium is mounted read-write and has space' % (job['dest'], exc.strerror or exc, exc.filename or job['backup_id'])
+        module.fail_json(msg='%s. The guard armed for it was disarmed (%s)' % (
+            reason, 'it had not fired' if not disarmed.get('fired') else describe_record(disarmed['fired'])),
+            retryable=False, guard_disarmed=disarmed)
+    warning = opened.pop('warning', None)
+    if warning:
+        module.warn(warning)
+    return opened
 
 
 if __name__ == '__main__':

@@ -71,6 +71,24 @@ options:
     description: For O(state=closed), the result of M(consistent.backup.backup_guard) O(consistent.backup.backup_guard#module:state=disarmed).
     type: dict
     default: {}
+  disarm:
+    description:
+      - For O(state=closed), disarm this run's on-host guard first (what M(consistent.backup.backup_guard)
+        O(consistent.backup.backup_guard#module:state=disarmed) does), and record the result as O(guard_disarmed): one
+        call instead of two after post. Not done when O(guard_disarmed) already holds a disarm's result.
+    type: dict
+    suboptions:
+      engine:
+        description: The guard's engine (as armed).
+        type: str
+        required: true
+      database:
+        description: The guard's database (as armed).
+        type: str
+        required: true
+      runtime_dir:
+        description: The guards' directory (as armed).
+        type: path
   would:
     description:
       - For O(state=closed) in check mode, what the engine says pre, copy and post would do (its declaration), for
@@ -153,6 +171,10 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+guard_disarmed:
+  description: For O(state=closed), the disarm's result (O(disarm), or O(guard_disarmed) as given).
+  returned: when state is closed
+  type: dict
 set_path:
   description: The set directory.
   returned: always
@@ -212,10 +234,10 @@ readiness:
 
 
 import json
-import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.consistent.backup.plugins.module_utils._guard import GuardDir, GuardError, describe_record, disarm
 from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
 from ansible_collections.consistent.backup.plugins.module_utils._backup_set import (
     BackupSetError,
@@ -223,9 +245,7 @@ from ansible_collections.consistent.backup.plugins.module_utils._backup_set impo
     close_set,
     guard_section,
     job_argument_spec,
-    lock_is_stale,
-    open_set,
-    plan_open,
+    open_or_plan,
     read_lock,
     read_manifest,
     release_lock,
@@ -263,6 +283,8 @@ def main() -> None:
             would=dict(type='dict', default={}),
             stale_lock_after=dict(type='int'),
             owner_pid=dict(type='int'),
+            disarm=dict(type='dict', options=dict(engine=dict(type='str', required=True),
+                                                  database=dict(type='str', required=True), runtime_dir=dict(type='path'))),
             **job_argument_spec()
         ),
         required_one_of=[('dest', 'job'), ('backup_id', 'job'), ('run_id', 'job')],
@@ -273,29 +295,24 @@ def main() -> None:
     params = module.params
     for key in ('dest', 'backup_id', 'run_id'):  # the job handle's, unless the call names its own
         params[key] = params[key] or (params['job'] or {}).get(key)
+    path = None
     try:
         path = set_path(params['dest'], params['backup_id'])
         if params['state'] == 'open':
-            if module.check_mode:
-                plan = plan_open(params['dest'], params['backup_id'], params['run_id'])
-                held = plan['lock']
-                stale = lock_is_stale(held, params['stale_lock_after'], time.time()) if held and not plan['own_lock'] else None
-                if held and not plan['own_lock'] and not stale:
-                    module.fail_json(
-                        msg='backup set %s is locked by run %s from host %s since %s; wait for that run to finish'
-                        % (path, held.get('run_id'), held.get('host'), held.get('since')),
-                        set_path=path, lock=held)
-                module.exit_json(changed=not plan['own_lock'], set_path=path, lock=held,
-                                 broke_stale_lock=dict(held, taken_over_because=stale) if stale else None)
-            result = open_set(params['dest'], params['backup_id'], params['run_id'], params['stale_lock_after'],
-                              params['owner_pid'], params['engine'], params['host'], params['database'])
-            if result.get('broke_stale_lock'):
+            result = open_or_plan(params['dest'], params['backup_id'], params['run_id'], params['stale_lock_after'],
+                                  params['owner_pid'], params['engine'], params['host'], params['database'], module.check_mode)
+            if result.pop('warning', None):
                 module.warn('took over the lock of run %s on backup set %s: %s' % (
                     result['broke_stale_lock'].get('run_id'), path, result['broke_stale_lock']['taken_over_because']))
             module.exit_json(**result)
         if params['state'] == 'released':
             released = False if module.check_mode else release_lock(path, params['run_id'])
             module.exit_json(changed=released, set_path=path, released=released)
+        if params['disarm'] and not params['guard_disarmed']:
+            params['guard_disarmed'] = disarm(GuardDir(params['disarm']['runtime_dir'], params['disarm']['engine'],
+                                                       params['disarm']['database']), params['run_id'], module.check_mode)
+            if params['guard_disarmed'].get('fired'):
+                module.warn(describe_record(params['guard_disarmed']['fired']))
         guard = guard_section(params['guard'], params['guard_disarmed'])
         if module.check_mode:
             manifest, _problem = read_manifest(path)
@@ -310,7 +327,8 @@ def main() -> None:
                 readiness.append('a dead guard would be taken over: %s' % json.dumps(guard['took_over'], sort_keys=True))
             module.exit_json(changed=False, set_path=path, report=report, verdict=report['verdict'], complete=False,
                              quiesce_seconds=report['quiesce_seconds'], released=False, readiness=readiness,
-                             summary=summary(report, path), failure_message=failure_message(report, path))
+                             summary=summary(report, path), failure_message=failure_message(report, path),
+                             guard_disarmed=params['guard_disarmed'])
         held_before = read_lock(path)
         report = close_set(path, params['backup_id'], params['run_id'], params['engine'], {},
                            None, params['require'], dict(params['extra'], guard=guard),
@@ -318,9 +336,13 @@ def main() -> None:
         module.exit_json(changed=True, set_path=path, report=report, verdict=report['verdict'],
                          complete=report['complete'], quiesce_seconds=report['quiesce_seconds'],
                          released=bool(held_before and held_before.get('run_id') == params['run_id']),
-                         summary=summary(report, path), failure_message=failure_message(report, path))
+                         summary=summary(report, path), failure_message=failure_message(report, path),
+                         guard_disarmed=params['guard_disarmed'])
+    except GuardError as exc:
+        module.fail_json(msg=str(exc), retryable=exc.retryable)
     except BackupSetError as exc:
-        module.fail_json(msg=str(exc))
+        held = read_lock(path) if params['state'] == 'open' and path else None
+        module.fail_json(msg=str(exc), **({'set_path': path, 'lock': held} if held else {}))
     except OSError as exc:
         module.fail_json(msg='backup set in %s: %s (%s); check that the backup medium is mounted read-write and has space'
                          % (params['dest'], exc.strerror or exc, getattr(exc, 'filename', None) or params['backup_id']))

@@ -65,7 +65,7 @@ BASELINE: t.Dict[str, t.Dict[str, t.Any]] = {
     "aligned_copy": dict(dest=TMP + "/dest", backup_id="b1", sources=[{"path": TMP + "/src"}]),
     "backup_command": dict(argv=["true"]),
     "backup_guard": dict(engine="files", database="db1", backup_id="b1", run_id="r1", post={"none": True},
-                         runtime_dir=TMP + "/run"),
+                         runtime_dir=TMP + "/run", job={"dest": TMP, "backup_id": "b1", "run_id": "r1"}),
     "backup_set": dict(dest=TMP, backup_id="b1", run_id="r1"),
     "bdb_checkpoint": dict(home=TMP + "/env"),
     "bdb_verify": dict(backup_dest=TMP),
@@ -82,7 +82,7 @@ BASELINE: t.Dict[str, t.Dict[str, t.Any]] = {
 }
 
 # The modules that take the job handle (meta/runtime.yml, action group job).
-JOB_MODULES = ("aligned_copy", "backup_command", "backup_set", "bdb_checkpoint", "bdb_verify", "btrieve_continuous",
+JOB_MODULES = ("aligned_copy", "backup_command", "backup_guard", "backup_set", "bdb_checkpoint", "bdb_verify", "btrieve_continuous",
                "pg_backup_session", "tape_set")
 
 # The valid parent of each dict or list-of-dict option with sub-options, into which a sub-option's case goes.
@@ -93,6 +93,8 @@ PARENTS: t.Dict[t.Tuple[str, str], t.Dict[str, t.Any]] = {
     ("btrieve_continuous", "pre_window"): {"guard_dir": TMP + "/guard", "run_id": "r1", "timeout": 60},
     ("pg_backup_session", "pre_window"): {"guard_dir": TMP + "/guard", "run_id": "r1", "timeout": 60},
     ("bdb_checkpoint", "plan"): {"backup_id": "b1", "mode": "hot"},
+    ("backup_guard", "open_set"): {"engine": "files"},
+    ("backup_set", "disarm"): {"engine": "files", "database": "db1"},
     **{(module, "job"): {"dest": TMP + "/dest", "backup_id": "b1", "run_id": "r1"} for module in JOB_MODULES},
 }
 
@@ -130,7 +132,8 @@ ALLOWED: t.Dict[t.Tuple[str, str, str], str] = {
 # dict with sub-options given a string its first error is "dictionary requested, could not parse JSON or key=value"
 # (ansible-core 2.19, parameters._validate_sub_spec; the option is named only in a later error it does not show).
 DICTS_WITH_SUB_OPTIONS = (("aligned_copy", "sink"), ("backup_command", "pre_window"), ("btrieve_continuous", "pre_window"),
-                          ("pg_backup_session", "pre_window"), ("bdb_checkpoint", "plan")) + tuple(
+                          ("pg_backup_session", "pre_window"), ("bdb_checkpoint", "plan"),
+                          ("backup_guard", "open_set"), ("backup_set", "disarm")) + tuple(
                               (module, "job") for module in JOB_MODULES)
 UNNAMED_BY_ANSIBLE: t.Dict[t.Tuple[str, str, str], str] = {
     (module, option, "wrong_type"): "AnsibleModule's own message for a dict with sub-options"

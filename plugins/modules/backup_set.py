@@ -74,7 +74,7 @@ options:
   disarm:
     description:
       - For O(state=closed), disarm this run's on-host guard first (what M(consistent.backup.backup_guard)
-        O(consistent.backup.backup_guard#module:state=disarmed) does), and record the result as O(guard_disarmed): one
+        O(consistent.backup.backup_guard#module:state=disarmed) does), and record the result as O(guard_disarmed) - one
         call instead of two after post. Not done when O(guard_disarmed) already holds a disarm's result.
     type: dict
     suboptions:

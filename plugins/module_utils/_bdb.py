@@ -46,6 +46,7 @@ import typing as t
 from ansible_collections.consistent.backup.plugins.module_utils import _backup_set
 from ansible_collections.consistent.backup.plugins.module_utils import _restore_gate as _gate
 from ansible_collections.consistent.backup.plugins.module_utils import _sets
+from ansible_collections.consistent.backup.plugins.module_utils._fsutil import read_json_object
 from ansible_collections.consistent.backup.plugins.module_utils._layout import (
     COMPLETE_NAME, MANIFEST_NAME, REPORT_NAME, backup_id_problem)
 
@@ -477,18 +478,9 @@ def lsn_tuple(text: t.Optional[str]) -> t.Optional[t.Tuple[int, int]]:
 
 # --- sets: the chain of a full set and its incrementals ------------------------------------------------------
 
-def _read_json(path: str) -> t.Optional[t.Dict[str, t.Any]]:
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            document = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return document if isinstance(document, dict) else None
-
-
 def set_facts(set_path: str) -> t.Dict[str, t.Any]:
     """The bdb facts a set's manifest records (written by the role's copy through aligned_copy's facts)."""
-    manifest = _read_json(os.path.join(set_path, MANIFEST_NAME)) or {}
+    manifest = read_json_object(os.path.join(set_path, MANIFEST_NAME)) or {}
     facts = manifest.get("facts") or {}
     return facts.get("bdb") or {}
 
@@ -508,7 +500,7 @@ def previous_set(backup_dest: str, home: str, host: t.Optional[str] = None) -> t
     found = _from_reader(lambda: _sets.select_latest(backup_dest, "bdb", host, os.path.normpath(home), required=False))
     if found is None:
         return None
-    report = _read_json(os.path.join(found["path"], REPORT_NAME)) or {}
+    report = read_json_object(os.path.join(found["path"], REPORT_NAME)) or {}
     return dict(set_facts(found["path"]), backup_id=found["backup_id"], set_path=found["path"], host=found["host"],
                 verified=bool(((report.get("bdb") or {}).get("verification") or {}).get("ok")))
 
@@ -614,7 +606,7 @@ def plan_backup(backup_dest: str, home: str, host: t.Optional[str], backup_id: s
 
 def manifest_files(set_path: str) -> t.Dict[str, t.Dict[str, t.Any]]:
     """The files a set's manifest lists below data/<SET_PREFIX>/, by their path there (check mode's log listing)."""
-    manifest = _read_json(os.path.join(set_path, MANIFEST_NAME))
+    manifest = read_json_object(os.path.join(set_path, MANIFEST_NAME))
     if manifest is None:
         raise BdbError("backup set %s has no readable %s; the set cannot vouch for its files: restore another set"
                        % (set_path, MANIFEST_NAME))
@@ -677,7 +669,7 @@ def plan_chain(chain: t.List[t.Dict[str, t.Any]], target: str) -> t.Dict[str, t.
     config_facts: t.Dict[str, t.Any] = {}
     for link in chain:
         set_path = link["set_path"]
-        manifest = _read_json(os.path.join(set_path, MANIFEST_NAME))
+        manifest = read_json_object(os.path.join(set_path, MANIFEST_NAME))
         if manifest is None:
             raise _gate.GateError("backup set %s has no readable %s; the set cannot vouch for its files: restore another "
                                   "set" % (set_path, MANIFEST_NAME))
@@ -736,7 +728,7 @@ def recorded_databases(chain: t.List[t.Dict[str, t.Any]]) -> t.List[t.Tuple[str,
     """The databases the chain's full set records (its data files, but those recorded as vanished), as paths in a copy
     laid out from it, each with the page size the set recorded (None: not recorded as a database)."""
     full = chain[0]
-    manifest = _read_json(os.path.join(full["set_path"], MANIFEST_NAME)) or {}
+    manifest = read_json_object(os.path.join(full["set_path"], MANIFEST_NAME)) or {}
     facts = (manifest.get("facts") or {}).get("bdb") or {}
     vanished = set(manifest.get("vanished") or [])
     page_sizes = facts.get("page_sizes") or {}
@@ -790,7 +782,7 @@ def plan_kept(keep_dir: str, chain: t.List[t.Dict[str, t.Any]], check_mode: bool
     """The sets to lay out into the kept copy ``keep_dir``: only the newest when the copy already holds the chain up
     to the set before it; else the whole chain, into a directory emptied first (it must be empty or ours; with
     ``check_mode`` it is only said which, nothing is emptied)."""
-    state = _read_json(os.path.join(keep_dir, KEPT_STATE)) if os.path.isdir(keep_dir) else None
+    state = read_json_object(os.path.join(keep_dir, KEPT_STATE)) if os.path.isdir(keep_dir) else None
     ids = [link["backup_id"] for link in chain]
     if state and state.get("chain") == ids[:-1] and len(ids) > 1:
         return chain[-1:]
@@ -947,7 +939,7 @@ def archivable_in_set(env_info: t.Dict[str, t.Any], set_path: str) -> t.Tuple[t.
     set holds it with the same size and SHA-256 as the live file."""
     if not os.path.isfile(os.path.join(set_path, COMPLETE_NAME)):
         raise BdbError("backup set %s is not COMPLETE; logs are only archived from a COMPLETE, verified set" % set_path)
-    report = _read_json(os.path.join(set_path, REPORT_NAME)) or {}
+    report = read_json_object(os.path.join(set_path, REPORT_NAME)) or {}
     if not ((report.get("bdb") or {}).get("verification") or {}).get("ok"):
         raise BdbError("backup set %s has no passed verification in its report.json; logs are only archived from a set "
                        "whose copy was recovered and verified. Run a backup with verification first" % set_path)

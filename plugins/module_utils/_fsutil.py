@@ -93,6 +93,17 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, owner: t.Optional[t.
     fsync_dir(directory)
 
 
+def read_json_object(path: str) -> t.Optional[t.Dict[str, t.Any]]:
+    """A JSON object from ``path``, or None when the file is missing, unreadable or not an object (a record that
+    cannot vouch for anything)."""
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            document = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
 def write_json(path: str, document: t.Any, mode: int = 0o600) -> None:
     """A state file: JSON, atomically written (see atomic_write), private by default."""
     atomic_write(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8"), mode)

@@ -18,10 +18,10 @@ public API and may change without notice.
 
 from __future__ import annotations
 
-import json
 import os
 import typing as t
 
+from ansible_collections.consistent.backup.plugins.module_utils._fsutil import read_json_object
 from ansible_collections.consistent.backup.plugins.module_utils._layout import (
     COMPLETE_NAME, IDENTITY_NAME, MANIFEST_NAME, backup_id_problem, set_path)
 
@@ -33,15 +33,6 @@ class SetError(ValueError):
     """No set, or not the set the caller asked for; the message names the destination, the filter and what to do."""
 
 
-def _read_object(path: str) -> t.Optional[t.Dict[str, t.Any]]:
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            document = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return document if isinstance(document, dict) else None
-
-
 def identity_document(backup_id: str, engine: str, host: str, database: t.Optional[str], run_id: str) -> t.Dict[str, t.Any]:
     """What set.json holds (written by _backup_set.open_set, read by read_set)."""
     return {"format": 1, "backup_id": backup_id, "engine": engine, "host": host, "database": database, "run_id": run_id}
@@ -49,7 +40,7 @@ def identity_document(backup_id: str, engine: str, host: str, database: t.Option
 
 def read_identity(set_dir: str) -> t.Optional[t.Dict[str, t.Any]]:
     """The set's set.json, or None when it was never written (or cannot be read)."""
-    return _read_object(os.path.join(set_dir, IDENTITY_NAME))
+    return read_json_object(os.path.join(set_dir, IDENTITY_NAME))
 
 
 def read_set(dest: str, backup_id: str) -> t.Dict[str, t.Any]:
@@ -57,7 +48,7 @@ def read_set(dest: str, backup_id: str) -> t.Dict[str, t.Any]:
     path = os.path.join(dest, backup_id)
     ident = read_identity(path)
     if ident is None:
-        manifest = _read_object(os.path.join(path, MANIFEST_NAME)) or {}
+        manifest = read_json_object(os.path.join(path, MANIFEST_NAME)) or {}
         ident = {"engine": manifest.get("engine"), "host": manifest.get("host"), "database": None}
     try:
         completed_at: t.Optional[float] = os.stat(os.path.join(path, COMPLETE_NAME)).st_mtime

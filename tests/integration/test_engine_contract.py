@@ -7,23 +7,13 @@ roles/media, plugins/ or meta/; and latest stays within its own engine when anot
 
 from __future__ import annotations
 
-import hashlib
 import os
 
+from bdb_fixtures import tree_checksums
 from helpers import FAKEDB, PYTHON, ROOT, inventory, load_json, run_playbook
 
 ROLES = os.path.join(ROOT, "tests", "integration", "files", "roles")
 ENV = {"ANSIBLE_ROLES_PATH": ROLES}
-
-
-def digests(root):
-    found = {}
-    for directory, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as handle:
-                found[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
-    return found
 
 
 def cmdengine_job(fakedb, dest, backup_id):
@@ -55,7 +45,7 @@ def test_an_engine_role_under_tests_runs_through_backup_and_restore_and_latest_k
                                                  "restore_target": target}, env=ENV)
     assert restored.rc == 0, restored.failure_messages()
     assert restored.fact("cmdengine_restored")["backup_id"] == "c1"
-    assert digests(os.path.join(target, fakedb.data_dir.lstrip("/"))) == digests(fakedb.data_dir)
+    assert tree_checksums(os.path.join(target, fakedb.data_dir.lstrip("/"))) == tree_checksums(fakedb.data_dir)
 
 
 def test_an_engine_without_a_role_is_refused_before_the_medium_is_touched(tmp_path, fakedb, media):

@@ -293,6 +293,20 @@ def job_set_path(module: t.Any) -> t.Optional[str]:
     return None  # not reached
 
 
+def apply_job_defaults(module: t.Any, keys: t.Sequence[str] = ("dest", "backup_id", "run_id")) -> None:
+    """Fill the module's own ``dest``, ``backup_id`` and ``run_id`` from its ``job`` where the call left them empty (the
+    call's own values take precedence)."""
+    job = module.params.get("job") or {}
+    for key in keys:
+        module.params[key] = module.params.get(key) or job.get(key, module.params.get(key))
+
+
+def medium_error_message(dest: str, exc: OSError, backup_id: str) -> str:
+    """What an OS error on the backup medium while a set is opened or closed says, and what to do."""
+    return ("backup set in %s: %s (%s); check that the backup medium is mounted read-write and has space"
+            % (dest, exc.strerror or exc, getattr(exc, "filename", None) or backup_id))
+
+
 def job_ledger(module: t.Any) -> t.Optional[t.Dict[str, t.Any]]:
     """The ledger this attempt is recorded in: {set_path, run_id, phase} from ``job`` and ``phase``, else None."""
     path = job_set_path(module)

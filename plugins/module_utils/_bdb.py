@@ -554,14 +554,16 @@ def resolve_chain(backup_dest: str, backup_id: str, head_complete: bool = True, 
 
 
 def plan_backup(backup_dest: str, home: str, host: t.Optional[str], backup_id: str, requested_mode: str,
-                full_every: int, bulk_loaded: bool, live_logs: t.Sequence[str]) -> t.Dict[str, t.Any]:
+                full_every: int, bulk_loaded: bool, live_logs: t.Sequence[str],
+                previous: t.Optional[t.Dict[str, t.Any]]) -> t.Dict[str, t.Any]:
     """Full or incremental, decided before pre: the whole chain an incremental would build on is resolved first.
 
     An incremental builds on the newest COMPLETE set of this host and environment. It becomes a full set (the reason
     is recorded as ``full_reason``) when that set's chain is broken (a set of it gone, not COMPLETE, of another host
     or environment), when the logs from that set's last log on are no longer all in the environment (the incremental
     starts at that log again: records were appended to it after the set copied it), every ``full_every`` runs, and
-    after a bulk load. Without any set to build on, an incremental is refused (BdbError): take a full set first."""
+    after a bulk load. Without any set to build on, an incremental is refused (BdbError): take a full set first.
+    ``previous`` is previous_set(backup_dest, home, host), which the caller has read already."""
     if requested_mode not in ("hot", "offline", "incremental"):
         raise BdbError("backup_bdb_mode must be hot, offline or incremental; found %r. Set backup_bdb_mode" % requested_mode)
     if full_every < 1:
@@ -572,7 +574,6 @@ def plan_backup(backup_dest: str, home: str, host: t.Optional[str], backup_id: s
                                 "incremental_from": 0, "chain": []}
     if requested_mode != "incremental":
         return plan
-    previous = previous_set(backup_dest, home, host)
     if previous is None:
         raise BdbError("backup_bdb_mode is incremental, but %s holds no COMPLETE set of the environment %s%s to build on; "
                        "an incremental set holds only the logs written since the last set. Take a full set first "

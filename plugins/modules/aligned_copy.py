@@ -525,7 +525,7 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.consistent.backup.plugins.module_utils._options import check_options
-from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger, job_argument_spec, job_ledger
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import PhaseLedger, apply_job_defaults, job_argument_spec, job_ledger
 from ansible_collections.consistent.backup.plugins.module_utils._copy import run_copy
 from ansible_collections.consistent.backup.plugins.module_utils._copy_plan import (
     CHANGES_CHOICES,
@@ -622,11 +622,9 @@ def main() -> None:
     check_options(module, empty_ok=("run_id", "sink.volume"), minimum={"sink.file_number": -1},
                   units={"free_space_margin": "percent", "block_size": "bytes", "sink.block_size": "bytes"})
     params = module.params
-    job = params["job"] or {}
-    # the job handle gives the set; an option of the call's own takes precedence
-    dest = params["dest"] or job.get("dest")
-    backup_id = params["backup_id"] or job.get("backup_id")
-    params["run_id"] = params["run_id"] or job.get("run_id", "")
+    apply_job_defaults(module)  # the job handle gives the set and the run; an option of the call's own takes precedence
+    dest = params["dest"]
+    backup_id = params["backup_id"]
     try:
         read_size = parse_size(params["read_size"], "read_size")
     except ValueError as exc:

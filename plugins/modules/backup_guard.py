@@ -252,7 +252,8 @@ from ansible_collections.consistent.backup.plugins.module_utils._guard import (
     disarm,
     status,
 )
-from ansible_collections.consistent.backup.plugins.module_utils._backup_set import BackupSetError, job_argument_spec, open_or_plan
+from ansible_collections.consistent.backup.plugins.module_utils._backup_set import (
+    BackupSetError, job_argument_spec, medium_error_message, open_or_plan)
 from ansible_collections.consistent.backup.plugins.module_utils._layout import backup_id_problem
 
 
@@ -330,8 +331,7 @@ def open_guarded_set(module: AnsibleModule, gdir: GuardDir, armed: dict) -> dict
                               module.check_mode)
     except (BackupSetError, OSError) as exc:
         disarmed = disarm(gdir, params['run_id'], module.check_mode)
-        reason = str(exc) if isinstance(exc, BackupSetError) else 'backup set in %s: %s (%s); check that the backup ' \
-            'medium is mounted read-write and has space' % (job['dest'], exc.strerror or exc, exc.filename or job['backup_id'])
+        reason = str(exc) if isinstance(exc, BackupSetError) else medium_error_message(job['dest'], exc, job['backup_id'])
         module.fail_json(msg='%s. The guard armed for it was disarmed (%s)' % (
             reason, 'it had not fired' if not disarmed.get('fired') else describe_record(disarmed['fired'])),
             retryable=False, guard_disarmed=disarmed)

@@ -244,7 +244,9 @@ from ansible_collections.consistent.backup.plugins.module_utils._backup_set impo
     build_report,
     close_set,
     guard_section,
+    apply_job_defaults,
     job_argument_spec,
+    medium_error_message,
     open_or_plan,
     read_lock,
     read_manifest,
@@ -293,17 +295,16 @@ def main() -> None:
     # no process has pid 0
     check_options(module, minimum=dict(owner_pid=1), units=dict(stale_lock_after="seconds"))
     params = module.params
-    for key in ('dest', 'backup_id', 'run_id'):  # the job handle's, unless the call names its own
-        params[key] = params[key] or (params['job'] or {}).get(key)
+    apply_job_defaults(module)  # the job handle's set and run, unless the call names its own
     path = None
     try:
         path = set_path(params['dest'], params['backup_id'])
         if params['state'] == 'open':
             result = open_or_plan(params['dest'], params['backup_id'], params['run_id'], params['stale_lock_after'],
                                   params['owner_pid'], params['engine'], params['host'], params['database'], module.check_mode)
-            if result.pop('warning', None):
-                module.warn('took over the lock of run %s on backup set %s: %s' % (
-                    result['broke_stale_lock'].get('run_id'), path, result['broke_stale_lock']['taken_over_because']))
+            warning = result.pop('warning', None)
+            if warning:
+                module.warn(warning)
             module.exit_json(**result)
         if params['state'] == 'released':
             released = False if module.check_mode else release_lock(path, params['run_id'])
@@ -344,8 +345,7 @@ def main() -> None:
         held = read_lock(path) if params['state'] == 'open' and path else None
         module.fail_json(msg=str(exc), **({'set_path': path, 'lock': held} if held else {}))
     except OSError as exc:
-        module.fail_json(msg='backup set in %s: %s (%s); check that the backup medium is mounted read-write and has space'
-                         % (params['dest'], exc.strerror or exc, getattr(exc, 'filename', None) or params['backup_id']))
+        module.fail_json(msg=medium_error_message(params['dest'], exc, params['backup_id']))
 
 
 if __name__ == '__main__':

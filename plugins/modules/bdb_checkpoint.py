@@ -322,7 +322,7 @@ def main() -> None:
             if plan:
                 result['plan'] = plan_backup(module.params['backup_dest'], env.home, module.params['set_host'],
                                              plan['backup_id'], plan['mode'], plan['full_every'], plan['bulk_loaded'],
-                                             before['log_files'])
+                                             before['log_files'], result['previous_set'])
         if module.params['archive_set']:
             remove, kept = archivable_in_set(after, module.params['archive_set'])
             if remove and not module.check_mode:

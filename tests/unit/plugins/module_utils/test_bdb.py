@@ -276,7 +276,8 @@ def chain_of_two(dest, host="db1"):
 
 
 def plan(dest, mode="incremental", host="db1", live=None, full_every=7, bulk_loaded=False):
-    return _bdb.plan_backup(dest, "/env", host, "new", mode, full_every, bulk_loaded, LIVE if live is None else live)
+    return _bdb.plan_backup(dest, "/env", host, "new", mode, full_every, bulk_loaded, LIVE if live is None else live,
+                            _bdb.previous_set(dest, "/env", host))
 
 
 def test_an_incremental_builds_on_the_newest_set_of_its_host_with_the_whole_chain_resolved(tmp_path):

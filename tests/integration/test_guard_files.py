@@ -9,10 +9,12 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import subprocess
 import time
 
 import pytest
 
+from ansible_collections.consistent.backup.plugins.module_utils import _backup_set
 from helpers import (FAKEDB, PYTHON, big_source, inventory, load_json, pid_alive, run_playbook, start_playbook, wait_until,
                      write_inventory)
 
@@ -89,6 +91,26 @@ def test_normal_run_leaves_no_guard_process_and_records_the_disarm(tmp_path, fak
     report = load_json(os.path.join(media.path, "b1", "report.json"))
     assert report["guard"]["fired"] is None and report["guard"]["previous"] is None
     assert isinstance(report["guard"]["pid"], int)
+
+
+def test_a_set_that_cannot_be_opened_disarms_the_guard_armed_for_it_and_pre_never_runs(tmp_path, fakedb, tmpfs_factory):
+    # backup_guard's open_set arms the guard and opens the set in one call: a set another live run holds is refused,
+    # and the guard armed for it must not stay armed for a run that never reaches pre.
+    media = tmpfs_factory()
+    holder = subprocess.Popen(["sleep", "300"])
+    try:
+        _backup_set.open_set(media.path, "b1", "other-run", None, owner_pid=holder.pid)
+        run = run_playbook("backup.yml", inventory(tmp_path), job_vars(fakedb, media.path, backup_id="b1"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run.rc != 0
+    [msg] = [msg for msg in run.failure_messages() if "is locked by run other-run" in msg]
+    assert msg.endswith("The guard armed for it was disarmed (it had not fired)"), msg
+    assert fakedb.calls() == []
+    assert not guard_alive(fakedb)
+    assert glob.glob(os.path.join(fakedb.runtime_dir, "guards", "*", "state.json")) == []
+    assert load_json(os.path.join(media.path, "b1", "LOCK"))["run_id"] == "other-run"  # the other run's lock is kept
 
 
 # --- one backup per database ----------------------------------------------------------------------------------
